@@ -73,8 +73,10 @@ class ScheduleConfig:
     beta: Optional[float] = _f(None, "SILO: steepness of the S-curve")
     midpoint: Optional[float] = _f(None, "SILO: pruned fraction at the S-curve's midpoint")
     lag: Optional[int] = _f(None, "SILO: rounds of lag in the pruned fraction")
-    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular")
+    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant")
     preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19")
+    silo_p: Optional[float] = _f(None, "SILO: planned prune rate p of the S-curve's x (default: the run's prune rate; presets: 0.2)")
+    measured_sparsity: Optional[bool] = _f(None, "SILO: use the measured sparsity instead of the planned 1-(1-p)^(k-lag)")
 
 
 @dataclass

@@ -1,0 +1,164 @@
+"""Pure learning-rate math: the SILO S-curve of peaks over rounds, and within-round shapes.
+
+Every function here is a closed form of its arguments (no state), so schedulers built on
+them survive pickling, ``state_dict`` round-trips and mid-round resumes exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.special import expit, logit
+
+__all__ = [
+    "s_curve", "planned_pruned_fraction", "allr_peak",
+    "warmup_step_lr", "one_cycle_lr", "triangular_lr", "cosine_lr", "linear_lr",
+    "constant_lr", "SHAPES",
+]
+
+
+# ----------------------------------------------------------------------------- peaks
+def s_curve(x, lo: float, hi: float, beta: float, midpoint: float = 0.5):
+    """SILO's S-curve ``lo + (hi - lo)·sigmoid(β·(logit(x) − logit(midpoint)))``.
+
+    With midpoint 0.5 this is the released ``lo + (hi−lo)·x^β/(x^β + (1−x)^β)``; x ≤ 0 gives
+    ``lo`` and x ≥ 1 gives ``hi``. Vectorised over numpy arrays; a scalar in gives a float out.
+    """
+    xa = np.asarray(x, dtype=float)
+    inner = np.clip(xa, 1e-300, 1.0 - 1e-16)  # keep logit finite; ends are set below
+    frac = expit(beta * (logit(inner) - logit(midpoint)))
+    frac = np.where(xa <= 0.0, 0.0, np.where(xa >= 1.0, 1.0, frac))
+    out = lo + (hi - lo) * frac
+    return float(out) if out.ndim == 0 else out
+
+
+def planned_pruned_fraction(k, p: float, lag: int = 1):
+    """Pruned fraction SILO uses in round k: ``1 − (1 − p)^(k − lag)``, 0 for k ≤ lag.
+
+    Round 0 is the dense net; each later round prunes a fraction p of the remaining weights,
+    so round k has pruned ``1 − (1 − p)^k``; the lag looks back ``lag`` rounds.
+    """
+    ka = np.asarray(k, dtype=float)
+    out = 1.0 - (1.0 - p) ** np.maximum(ka - lag, 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def allr_peak(norm_drop: float, step_pruned: float, max_lr: float, retrain_ratio: float = 1.0) -> float:
+    """ALLR peak (Zimmer et al. 2023): ``clip(norm_drop/√s · η_max, min(ratio, 1)·η_max, η_max)``.
+
+    ``norm_drop = ‖θ−θ_pruned‖/‖θ‖``, ``s`` = fraction pruned in this step, ``ratio`` =
+    T_retrain/T_orig. When nothing was pruned (s = 0) the estimate is taken as 0 (lower bound).
+    """
+    low = min(retrain_ratio, 1.0) * max_lr
+    est = 0.0 if step_pruned <= 0 else norm_drop / math.sqrt(step_pruned) * max_lr
+    return float(min(max(est, low), max_lr))
+
+
+# ----------------------------------------------------------------------------- shapes
+# Each shape maps (t, total, peak, **params) -> lr for step t = 0..total-1 of a round.
+# Steps past the end of the round hold the last step's value.
+
+def _clamp_step(t: int, total: int) -> int:
+    return min(max(int(t), 0), total - 1)
+
+
+def _warmup_steps(warmup: float, total: int) -> int:
+    return int(round(warmup * total))
+
+
+def warmup_step_lr(t: int, total: int, peak: float, warmup: float = 0.0,
+                   milestones: Sequence[float] = (0.5, 0.75),
+                   factors: Sequence[float] = (0.1, 0.01)) -> float:
+    """Linear warm-up then step decay, all as fractions of the round's ``total`` steps.
+
+    Warm-up: ``peak·(t+1)/W`` for the first ``W = round(warmup·total)`` steps (rises from
+    near 0, reaches the peak at step W−1). From step ``round(m_i·total)`` on the LR is
+    ``peak·factors[i]`` (factors are absolute multipliers of the peak, e.g. 0.1 then 0.01).
+    """
+    t = _clamp_step(t, total)
+    w = _warmup_steps(warmup, total)
+    lr = peak * (t + 1) / w if t < w else peak
+    for m, f in zip(milestones, factors):
+        if t >= int(round(m * total)):
+            lr = peak * f
+    return float(lr)
+
+
+def one_cycle_lr(t: int, total: int, peak: float, pct_start: float = 0.3,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 anneal: str = "cos", three_phase: bool = False) -> float:
+    """The 1cycle policy, step for step the formula of ``torch.optim.lr_scheduler.OneCycleLR``."""
+    t = _clamp_step(t, total)
+    initial = peak / div_factor
+    min_lr = initial / final_div_factor
+    if three_phase:
+        phases = [(float(pct_start * total) - 1, initial, peak),
+                  (float(2 * pct_start * total) - 2, peak, initial),
+                  (total - 1, initial, min_lr)]
+    else:
+        phases = [(float(pct_start * total) - 1, initial, peak), (total - 1, peak, min_lr)]
+    start_step = 0.0
+    for i, (end_step, a, b) in enumerate(phases):
+        if t <= end_step or i == len(phases) - 1:
+            span = end_step - start_step
+            pct = (t - start_step) / span if span != 0 else 1.0
+            if anneal == "cos":
+                return float(b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1))
+            return float((b - a) * pct + a)
+        start_step = end_step
+    raise AssertionError("unreachable")
+
+
+def triangular_lr(t: int, total: int, peak: float, cycles: int = 1, div_factor: float = 10.0) -> float:
+    """Triangular cyclical LR (Smith): ``cycles`` triangles per round between peak/div and peak.
+
+    Same formula as ``CyclicLR(mode='triangular')`` with ``step_size_up = total/(2·cycles)``.
+    """
+    t = _clamp_step(t, total)
+    base = peak / div_factor
+    half = total / (2.0 * cycles)
+    cycle = math.floor(1 + t / (2 * half))
+    x = abs(t / half - 2 * cycle + 1)
+    return float(base + (peak - base) * max(0.0, 1.0 - x))
+
+
+def cosine_lr(t: int, total: int, peak: float, warmup: float = 0.0, eta_min: float = 0.0) -> float:
+    """Optional linear warm-up (as in warmup-step), then cosine annealing to ``eta_min``.
+
+    Without warm-up this is ``CosineAnnealingLR(T_max=total, eta_min)``'s closed form.
+    """
+    t = _clamp_step(t, total)
+    w = min(_warmup_steps(warmup, total), total - 1)
+    if t < w:
+        return float(peak * (t + 1) / w)
+    span = total - w
+    return float(eta_min + (peak - eta_min) * (1 + math.cos(math.pi * (t - w) / span)) / 2)
+
+
+def linear_lr(t: int, total: int, peak: float, warmup: float = 0.0, end_factor: float = 0.0) -> float:
+    """Optional linear warm-up, then linear decay from the peak towards ``peak·end_factor``.
+
+    With no warm-up and end_factor 0 this is the linear LR restarting (LLR) of Zimmer et al.
+    """
+    t = _clamp_step(t, total)
+    w = min(_warmup_steps(warmup, total), total - 1)
+    if t < w:
+        return float(peak * (t + 1) / w)
+    frac = (t - w) / (total - w)
+    return float(peak * (1.0 - (1.0 - end_factor) * frac))
+
+
+def constant_lr(t: int, total: int, peak: float) -> float:
+    """The peak at every step."""
+    return float(peak)
+
+
+SHAPES = {
+    "warmup-step": warmup_step_lr,
+    "one-cycle": one_cycle_lr,
+    "triangular": triangular_lr,
+    "cosine": cosine_lr,
+    "linear": linear_lr,
+    "constant": constant_lr,
+}
