@@ -1,0 +1,122 @@
+"""Reading image-folder datasets (a folder or a .tar.* archive of JPEGs) into uint8 tensors,
+with a decoded-tensor cache keyed by the source's path, size and modification time."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from gradscope import GradscopeError
+
+CACHE_VERSION = 1
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+WANTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".txt")
+
+
+def is_archive(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def source_key(path: str) -> str:
+    """A short hash that changes when the source changes.
+
+    Archive: absolute path, size and mtime. Folder: absolute path, plus the mtime of every
+    sub-folder and the number of files (adding, removing or renaming files changes it).
+    """
+    path = os.path.abspath(path)
+    parts = [f"v{CACHE_VERSION}", path]
+    if os.path.isfile(path):
+        st = os.stat(path)
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    else:
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            parts.append(f"{os.path.relpath(dirpath, path)}:{os.stat(dirpath).st_mtime_ns}:{len(filenames)}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def iter_files(path: str) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(relative/posix/path, bytes)`` of the image and text files of a folder or archive.
+
+    Archives are read member by member and never unpacked, so nothing is written next to
+    (or inside) the read-only source.
+    """
+    if is_archive(path):
+        try:
+            with tarfile.open(path, mode="r:*") as tar:
+                for m in tar:
+                    if m.isfile() and m.name.lower().endswith(WANTED_SUFFIXES):
+                        f = tar.extractfile(m)
+                        if f is not None:
+                            yield m.name.removeprefix("./"), f.read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise GradscopeError(f"cannot read archive {path}: {e}; check the file or pass another --data-root") from None
+    else:
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if fn.lower().endswith(WANTED_SUFFIXES):
+                    full = os.path.join(dirpath, fn)
+                    with open(full, "rb") as f:
+                        yield os.path.relpath(full, path).replace(os.sep, "/"), f.read()
+
+
+def _decode_one(b: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(b)) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decoding",
+                  workers: int = 1, progress: bool = True) -> torch.Tensor:
+    """Decode encoded images to a uint8 tensor ``[N, 3, H, W]`` (greyscale becomes RGB).
+
+    One thread by default: for 32x32 JPEGs a 2-thread pool measured 2x slower (GIL-bound
+    Python overhead dominates), and ~8k img/s makes CIFAR-10 a one-off ~8 s.
+    """
+    from tqdm.auto import tqdm
+
+    h, w = size
+    out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = pool.map(_decode_one, blobs, chunksize=256) if workers > 1 else map(_decode_one, blobs)
+        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not progress, leave=False)):
+            if a.shape != (h, w, 3):
+                raise GradscopeError(f"image {i} of {desc} has shape {a.shape[:2]}, expected {h}x{w}; the dataset files look wrong")
+            out[i] = a
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def cached(cache_dir: str, name: str, source: str, build: Callable[[], dict]) -> dict:
+    """Load ``build()``'s dict of tensors from ``cache_dir`` if a cache for this source exists,
+    else build it and save it atomically (temp file, then ``os.replace``)."""
+    path = os.path.join(cache_dir, f"{name}-{source_key(source)}.pt")
+    if os.path.isfile(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt or truncated cache: rebuild it
+            warnings.warn(f"ignoring unreadable cache {path} ({e}); decoding again")
+    data = build()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(data, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        warnings.warn(f"could not write the dataset cache in {cache_dir} ({e}); the next load will decode again")
+    return data
