@@ -1,0 +1,118 @@
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradscope import GradscopeError
+from gradscope.callbacks import Callback
+from gradscope.train import PruningRun
+from gradscope.train.checkpoint import load_torch
+
+from conftest import PY, ROOT, cli_env
+
+
+def test_three_rounds_sparsity_and_accuracy(tiny_config):
+    lines = []
+    df = PruningRun(tiny_config, log=lines.append).run()
+    assert list(df["round"]) == [0, 1, 2]
+    assert df["sparsity"].tolist() == pytest.approx([0.0, 0.2, 0.36], abs=1e-3)
+    assert (df["val_acc"] > 0.5).all()  # 10 classes: chance is 0.1
+    out = Path(tiny_config.out)
+    assert json.loads((out / "rounds.json").read_text())[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
+    r2 = load_torch(out / "round_2.pt")
+    masks = r2["masks"]
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert 1 - kept / total == pytest.approx(0.36, abs=1e-3)
+    assert r2["result"]["rewind_point"].startswith("init")
+    assert len(r2["epochs"]) == 1 and "val_acc" in r2["epochs"][0]
+    assert any("36.0%" in l for l in lines)
+    # a finished run is not trained again
+    again = PruningRun(tiny_config, log=lambda s: None).run()
+    assert again["val_acc"].tolist() == df["val_acc"].tolist()
+
+
+class _Snap(Callback):
+    def __init__(self, run):
+        self.run, self.at_start = run, {}
+
+    def on_round_start(self, state):
+        self.at_start[state.round] = {n: (l.weight_orig.detach().clone(), l.weight_mask.detach().clone())
+                                      for n, l in self.run.layers.items()}
+
+
+@pytest.mark.parametrize("mode", ["init", "lr", "early"])
+def test_rewind_modes(tiny_config, mode):
+    tiny_config.prune.rewind = mode
+    tiny_config.prune.rounds = 2
+    tiny_config.prune.rewind_step = 3 if mode == "early" else None
+    run = PruningRun(tiny_config, log=lambda s: None)
+    snap = _Snap(run)
+    run.user_callbacks.append(snap)
+    run.run()
+    w0 = snap.at_start[0]
+    w1 = snap.at_start[1]
+    end0 = load_torch(Path(tiny_config.out) / "round_0.pt")
+    for n in w0:
+        same_as_init = torch.equal(w1[n][0], w0[n][0])
+        assert same_as_init == (mode == "init"), n
+        assert (w1[n][1] == 0).any()  # pruned before round 1 starts
+    if mode == "early":
+        assert run.early_state is not None
+        for n in w0:
+            assert torch.equal(w1[n][0], run.early_state[n + ".weight"])
+    assert end0["result"]["round"] == 0
+
+
+def test_refuses_full_sparsity_and_bad_flags(tiny_config):
+    tiny_config.prune.rounds = 200
+    tiny_config.prune.prune_rate = 0.5
+    with pytest.raises(GradscopeError, match="100 %"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+    tiny_config.prune.rounds = 2
+    tiny_config.prune.rewind = "sideways"
+    with pytest.raises(GradscopeError, match="--rewind"):
+        PruningRun(tiny_config)
+
+
+def test_other_config_in_same_dir_is_refused(tiny_config):
+    tiny_config.prune.rounds = 1
+    PruningRun(tiny_config, log=lambda s: None).run()
+    tiny_config.train.epochs = 2
+    with pytest.raises(GradscopeError, match="different config"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+
+
+def _cmd(out):
+    return [PY, "-m", "gradscope", "prune", "--dataset", "digits", "--model", "small_cnn", "--rounds", "3",
+            "--epochs", "2", "--batch-size", "32", "--threads", "1", "--no-progress", "--schedule", "lth",
+            "--max-lr", "0.05", "--cache-dir", str(Path(out).parent / "cache"), "--out", str(out)]
+
+
+def test_sigkill_resume_matches_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(ref), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    killed = tmp_path / "killed"
+    rng = random.Random(0)
+    for attempt in range(3):  # kill it at random moments, several times
+        p = subprocess.Popen(_cmd(killed), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 1.5))
+        p.kill()
+        p.wait()
+    subprocess.run(_cmd(killed), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    a = json.loads((ref / "rounds.json").read_text())
+    b = json.loads((killed / "rounds.json").read_text())
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("round", "sparsity", "val_acc", "test_acc", "train_loss", "max_lr"):
+            assert ra[key] == rb[key], (key, ra, rb)
+    for k in range(3):
+        ma, mb = load_torch(ref / f"round_{k}.pt")["masks"], load_torch(killed / f"round_{k}.pt")["masks"]
+        assert all(torch.equal(ma[n], mb[n]) for n in ma)
