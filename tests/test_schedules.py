@@ -290,7 +290,6 @@ def test_subclass_with_params_keeps_class_and_extra_state():
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("name,kw,match", [
     ("nope", {}, "unknown schedule 'nope'"),
-    ("silo-auto", {}, "gradscope.calibrate"),
     ("silo", {"gamma": 1}, "gamma"),
     ("silo", {"beta": -1.0}, "beta"),
     ("silo", {"lo": 0.1, "hi": 0.05}, "'hi'"),

@@ -464,14 +464,19 @@ def _read_schedule_file(path: str) -> dict:
     return data
 
 
+_FILE_NOTES = ("uncertainty", "source", "prediction", "points", "notes")
+
+
 def schedule_from_config(cfg) -> ScheduleFactory:
     """The factory for a ``ScheduleConfig``: parameters from ``cfg.schedule_file`` (JSON/YAML),
     then the flags that are not None. A file made from ``factory.params()`` works as is."""
     params: dict[str, Any] = {}
     if getattr(cfg, "schedule_file", None):
         params.update(_read_schedule_file(cfg.schedule_file))
-        fname = params.pop("name", cfg.schedule)
-        if fname != cfg.schedule:
+        fname = params.pop("name", params.pop("schedule", cfg.schedule))
+        for key in _FILE_NOTES:  # what `gradscope calibrate` writes beside the parameters
+            params.pop(key, None)
+        if fname != cfg.schedule and not (fname == "silo" and cfg.schedule == "silo-auto"):
             raise GradscopeError(f"schedule file {cfg.schedule_file} is for schedule {fname!r} "
                                  f"but the schedule is {cfg.schedule!r}; pass --schedule {fname}")
     flags = {param: getattr(cfg, field) for field, param in _FLAG_PARAMS.items()

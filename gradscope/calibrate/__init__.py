@@ -1,0 +1,16 @@
+"""Narrowing -> SILO S-curve parameters (``calibrate_run``), and the closed-loop ``silo-auto``.
+
+Importing this package registers ``silo-auto`` in the schedule registry.
+"""
+from gradscope.calibrate.auto import SiloAuto, register
+from gradscope.calibrate.core import (DEFAULT_BOUNDS, MIN_POINTS, Calibration, calibrate_points,
+                                      calibrate_run, fit_s_curve, format_calibration,
+                                      implied_max_lr, narrowing_points, pruned_fraction)
+
+register()
+
+__all__ = [
+    "DEFAULT_BOUNDS", "MIN_POINTS", "Calibration", "SiloAuto", "calibrate_points", "calibrate_run",
+    "fit_s_curve", "format_calibration", "implied_max_lr", "narrowing_points", "pruned_fraction",
+    "register",
+]

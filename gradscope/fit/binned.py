@@ -1,0 +1,348 @@
+"""Vectorised maximum-likelihood fits of symmetric families to many histograms at once.
+
+Binned likelihood: cells are (-inf, e0) (underflow), the bins, and (e_last, inf) (overflow);
+log L = sum_j c_j log P_j(loc, scale, shape). Exact likelihood on raw samples uses log f.
+Location is fixed (the exact mean from the moments), scale (and shape) are found by a
+trust-region Newton iteration in (log shape, log scale) run on all histograms together:
+analytic derivatives in log scale, central differences in log shape. Nothing calls
+scipy.optimize per histogram.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from gradscope.fit.families import Family, initial_shape
+
+_H = 1e-3  # log-shape step of the finite differences
+_TINY = 1e-300
+
+
+def _safe(x):
+    return np.where(np.isfinite(x), x, 0.0)
+
+
+def binned_terms(fam: Family, ext_edges, loc, logscale, shape):
+    """Per cell log P, dlogP/dlog(scale), d2logP/dlog(scale)2; arrays [m, cells].
+
+    ``ext_edges`` [E] include -inf and +inf; loc, logscale, shape are [m] (shape may be None).
+    """
+    s = np.exp(logscale)[:, None]
+    sh = None if shape is None else shape[:, None]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        z = (ext_edges[None, :] - loc[:, None]) / s
+        fin = np.isfinite(z)
+        zf = np.where(fin, z, 0.0)
+        G = np.where(fin, fam.lower_tail(np.abs(zf), sh), 0.0)
+        f = np.where(fin, np.exp(fam.logpdf(zf, sh)), 0.0)
+        q = zf * f
+        r = q * (1.0 + _safe(fam.zg(zf, sh)))
+        za, zb = z[:, :-1], z[:, 1:]
+        Ga, Gb = G[:, :-1], G[:, 1:]
+        p = np.where(za >= 0, Ga - Gb, np.where(zb <= 0, Gb - Ga, 1.0 - Ga - Gb))
+        p = np.maximum(p, _TINY)
+        dp = q[:, :-1] - q[:, 1:]
+        d2p = r[:, 1:] - r[:, :-1]
+        d1 = dp / p
+        d2 = d2p / p - d1 * d1
+    return np.log(p), d1, d2
+
+
+def exact_terms(fam: Family, x, loc, logscale, shape):
+    """Per sample log density and its log-scale derivatives; NaN samples give zeros."""
+    sh = None if shape is None else shape[:, None]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        z = (x - loc[:, None]) * np.exp(-logscale)[:, None]
+        fin = np.isfinite(z)
+        zf = np.where(fin, z, 0.0)
+        zg = fam.zg(zf, sh)
+        lp = fam.logpdf(zf, sh) - logscale[:, None]
+        d1 = -zg - 1.0
+        d2 = zg + fam.zzgp(zf, sh)
+    return np.where(fin, lp, 0.0), np.where(fin, d1, 0.0), np.where(fin, d2, 0.0)
+
+
+class _Problem:
+    """Data of one fit: weights [m, W] and a terms function over the same columns."""
+
+    def __init__(self, fam, weights, loc, terms):
+        self.fam, self.w, self.loc, self._terms = fam, weights, loc, terms
+
+    def cell_terms(self, rows, logshape, logscale):
+        shape = None if logshape is None else np.exp(logshape)
+        return self._terms(self.fam, rows, self.loc[rows], logscale, shape)
+
+    def stats(self, rows, x):
+        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2)."""
+        w = self.w[rows]
+        m, d = x.shape
+        if d == 1:
+            lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
+            return (w * lp).sum(1), (w * d1).sum(1)[:, None], (w * d2).sum(1)[:, None, None]
+        phi, th = x[:, 0], x[:, 1]
+        lp, d1, d2 = self.cell_terms(rows, phi, th)
+        lpp, d1p, _ = self.cell_terms(rows, phi + _H, th)
+        lpm, d1m, _ = self.cell_terms(rows, phi - _H, th)
+        g = np.stack([(w * (lpp - lpm)).sum(1) / (2 * _H), (w * d1).sum(1)], 1)
+        hpp = (w * (lpp - 2 * lp + lpm)).sum(1) / _H**2
+        hpt = (w * (d1p - d1m)).sum(1) / (2 * _H)
+        htt = (w * d2).sum(1)
+        H = np.stack([np.stack([hpp, hpt], 1), np.stack([hpt, htt], 1)], 1)
+        return (w * lp).sum(1), g, H
+
+    def cell_grad_hess(self, rows, x):
+        """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x (bootstrap)."""
+        if x.shape[1] == 1:
+            lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
+            return d1[..., None], d2[..., None, None]
+        phi, th = x[:, 0], x[:, 1]
+        lp, d1, d2 = self.cell_terms(rows, phi, th)
+        lpp, d1p, _ = self.cell_terms(rows, phi + _H, th)
+        lpm, d1m, _ = self.cell_terms(rows, phi - _H, th)
+        a = np.stack([(lpp - lpm) / (2 * _H), d1], -1)
+        hpp = (lpp - 2 * lp + lpm) / _H**2
+        hpt = (d1p - d1m) / (2 * _H)
+        H = np.stack([np.stack([hpp, hpt], -1), np.stack([hpt, d2], -1)], -2)
+        return a, H
+
+
+def _newton_step(g, H, radius):
+    """Newton step for maximisation, or a gradient step where H is not negative definite."""
+    m, d = g.shape
+    if d == 1:
+        h = H[:, 0, 0]
+        nd = h < 0
+        step = np.where(nd, -g[:, 0] / np.where(nd, h, -1.0), g[:, 0])[:, None]
+    else:
+        det = H[:, 0, 0] * H[:, 1, 1] - H[:, 0, 1] ** 2
+        nd = (H[:, 0, 0] < 0) & (det > 0)
+        inv = np.empty_like(H)
+        safe = np.where(nd, det, 1.0)
+        inv[:, 0, 0], inv[:, 1, 1] = H[:, 1, 1] / safe, H[:, 0, 0] / safe
+        inv[:, 0, 1] = inv[:, 1, 0] = -H[:, 0, 1] / safe
+        newton = -np.einsum("mij,mj->mi", inv, g)
+        step = np.where(nd[:, None], newton, g)
+    norm = np.sqrt((step**2).sum(1))
+    scale = np.minimum(1.0, radius / np.maximum(norm, 1e-300))
+    return step * scale[:, None]
+
+
+def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: int = 60,
+               tol: float = 1e-7):
+    """Maximise the log-likelihood of every row from x0 [m, d]; bounds [d, 2] in log units.
+
+    Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
+    step, shrinks by 4 on a rejected one.
+    """
+    m, d = x0.shape
+    x = np.clip(x0, bounds[:, 0], bounds[:, 1])
+    LL, g, H = problem.stats(np.arange(m), x)
+    radius = np.full(m, 0.5)
+    done = np.zeros(m, bool)
+    for _ in range(max_iter):
+        act = np.flatnonzero(~done)
+        if act.size == 0:
+            break
+        step = _newton_step(g[act], H[act], radius[act])
+        xn = np.clip(x[act] + step, bounds[:, 0], bounds[:, 1])
+        real = np.sqrt(((xn - x[act]) ** 2).sum(1))
+        LLn, gn, Hn = problem.stats(act, xn)
+        ok = np.isfinite(LLn) & (LLn >= LL[act] - 1e-10 * np.abs(LL[act]))
+        acc = act[ok]
+        x[acc], LL[acc], g[acc], H[acc] = xn[ok], LLn[ok], gn[ok], Hn[ok]
+        radius[act] = np.where(ok, np.minimum(radius[act] * 2, 1.0), radius[act] / 4)
+        done[act] = (ok & (real < tol)) | (radius[act] < 1e-9)
+    conv = done & (radius >= 1e-9)
+    # a last check: tiny gradient relative to curvature also counts as converged
+    return x, LL, conv
+
+
+# ----------------------------------------------------------------------------- binned cdf
+def binned_cdf(counts, under, over):
+    """Empirical cdf at the edges [m, B+1] (under/overflow included in the total)."""
+    c = np.asarray(counts, float)
+    tot = c.sum(1) + under + over
+    cum = under[:, None] + np.concatenate([np.zeros((c.shape[0], 1)), np.cumsum(c, 1)], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cum / tot[:, None]
+
+
+def _interp_rows(x, xp, fp_rows):
+    """Row-wise linear interpolation of fp_rows [m, E] (common xp [E]) at x [m]."""
+    j = np.clip(np.searchsorted(xp, x, side="right"), 1, len(xp) - 1)
+    x0, x1 = xp[j - 1], xp[j]
+    r = np.arange(len(x))
+    y0, y1 = fp_rows[r, j - 1], fp_rows[r, j]
+    t = np.clip((x - x0) / (x1 - x0), 0.0, 1.0)
+    return y0 + t * (y1 - y0)
+
+
+def binned_quantile(cdf, edges, q):
+    """Quantile q per row by linear interpolation of the binned cdf; NaN when q falls in
+    the under/overflow (outside the edges)."""
+    m, E = cdf.shape
+    below = cdf < q
+    j = below.sum(1)  # first edge index with cdf >= q
+    out = np.full(m, np.nan)
+    inside = (j >= 1) & (j <= E - 1)
+    r = np.flatnonzero(inside)
+    jj = j[r]
+    c0, c1 = cdf[r, jj - 1], cdf[r, jj]
+    t = np.where(c1 > c0, (q - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.5)
+    out[r] = edges[jj - 1] + t * (edges[jj] - edges[jj - 1])
+    return out
+
+
+def binned_mad(cdf, edges, median, iters: int = 60):
+    """Median absolute deviation from the binned cdf: m with F(med+m) - F(med-m) = 1/2."""
+    lo = np.zeros_like(median)
+    hi = np.full_like(median, edges[-1] - edges[0])
+    ok = np.isfinite(median)
+    med = np.where(ok, median, 0.0)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        mass = _interp_rows(med + mid, edges, cdf) - _interp_rows(med - mid, edges, cdf)
+        big = mass >= 0.5
+        hi = np.where(big, mid, hi)
+        lo = np.where(big, lo, mid)
+    out = 0.5 * (lo + hi)
+    # if the half-mass interval reaches past the edges, the MAD is not measurable
+    bad = ~ok | (med + out >= edges[-1]) | (med - out <= edges[0])
+    return np.where(bad, np.nan, out)
+
+
+# ----------------------------------------------------------------------------- fitting
+def _initial(fam: Family, q, fallback_scale):
+    """Initial (log shape, log scale) [m, d] from binned quantiles q = {p: values}."""
+    iqr = q[0.75] - q[0.25]
+    ratio = (q[0.95] - q[0.05]) / np.where(iqr > 0, iqr, np.nan)
+    cols = []
+    if fam.n_shape:
+        shape = initial_shape(fam, ratio)
+        cols.append(np.log(shape))
+        half = fam.ppf(0.75, shape)
+    else:
+        half = fam.ppf(0.75, None)
+    scale = np.where(np.isfinite(iqr) & (iqr > 0), iqr / (2 * half), fallback_scale)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    cols.append(np.log(scale))
+    return np.stack(cols, 1)
+
+
+def _bounds(fam: Family, ref_scale: np.ndarray):
+    b = [[np.log(fam.shape_bounds[0]), np.log(fam.shape_bounds[1])]] if fam.n_shape else []
+    return np.array(b + [[-np.inf, np.inf]], float)
+
+
+def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "auto",
+                     chunk_elems: int = 20_000_000):
+    """One-step (linearised Newton) bootstrap of log scale from the MLE x [m, d].
+
+    Each replicate resamples the cell counts (multinomial with the observed proportions),
+    then takes one Newton step from the MLE: theta* = theta - H(c*)^-1 g(c*), where g and H
+    are linear in the counts, so a replicate costs a matrix product, not a refit.
+    ``resample``: "multinomial" (exact draws), "normal" (the multinomial's normal limit of
+    the linear statistics: used automatically for very many histograms), or "auto".
+    Returns log-scale replicates [m, n_boot].
+    """
+    m, d = x.shape
+    W = problem.w.shape[1]
+    out = np.empty((m, n_boot))
+    if resample == "auto":
+        resample = "multinomial" if m * n_boot * W <= 5e6 else "normal"
+    rows_per = max(1, int(chunk_elems // max(1, n_boot * W)))
+    for s in range(0, m, rows_per):
+        rows = np.arange(s, min(m, s + rows_per))
+        a, H = problem.cell_grad_hess(rows, x[rows])  # [r, W, d], [r, W, d, d]
+        w = problem.w[rows]
+        N = w.sum(1)
+        p = w / np.where(N > 0, N, 1.0)[:, None]
+        if resample == "multinomial":
+            cstar = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
+                                    size=(len(rows), n_boot)).astype(float)
+            g = np.einsum("rbw,rwd->rbd", cstar, a)
+            Hs = np.einsum("rbw,rwde->rbde", cstar, H)
+        else:
+            iu = np.triu_indices(d)
+            v = np.concatenate([a, H[:, :, iu[0], iu[1]]], -1)  # [r, W, D]
+            mean = np.einsum("rw,rwk->rk", p, v)
+            dv = v - mean[:, None, :]
+            cov = np.einsum("rw,rwk,rwl->rkl", p, dv, dv) * N[:, None, None]
+            D = v.shape[-1]
+            jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
+            L = np.linalg.cholesky(cov + jitter * np.eye(D))
+            zs = rng.standard_normal((len(rows), n_boot, D))
+            vs = N[:, None, None] * mean[:, None, :] + np.einsum("rkl,rbl->rbk", L, zs)
+            g = vs[..., :d]
+            Hs = np.zeros((len(rows), n_boot, d, d))
+            Hs[..., iu[0], iu[1]] = vs[..., d:]
+            Hs[..., iu[1], iu[0]] = vs[..., d:]
+        if d == 1:
+            h = Hs[..., 0, 0]
+            delta = -g[..., 0] / np.where(h < 0, h, np.nan)
+        else:
+            delta = -np.linalg.solve(Hs, g[..., None])[..., 1, 0]
+        out[rows] = x[rows, -1][:, None] + delta
+    return out
+
+
+def _row_quantiles(b, a):
+    """Lower and upper a-quantiles of each row (NaN replicates dropped; all-NaN -> NaN)."""
+    s = np.sort(b, axis=1)  # NaN sort last
+    n = np.isfinite(s).sum(1)
+    out = []
+    for q in (a, 1 - a):
+        pos = q * np.maximum(n - 1, 0)
+        i0 = np.floor(pos).astype(int)
+        i1 = np.minimum(i0 + 1, np.maximum(n - 1, 0))
+        r = np.arange(len(b))
+        v = s[r, i0] + (pos - i0) * (s[r, i1] - s[r, i0])
+        out.append(np.where(n > 0, v, np.nan))
+    return out
+
+
+def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
+               n_boot: int = 0, rng=None, resample: str = "auto", level: float = 0.95):
+    """Binned ML fit of one family to every row of counts_ext [m, cells].
+
+    Returns dict of arrays: scale, scale_lo, scale_hi, shape, loglik, converged.
+    """
+    m = counts_ext.shape[0]
+    terms = lambda f, rows, lc, ls, sh: binned_terms(f, ext_edges, lc, ls, sh)  # noqa: E731
+    prob = _Problem(fam, counts_ext.astype(float), loc, terms)
+    x0 = _initial(fam, q, fallback_scale)
+    x, LL, conv = newton_fit(prob, x0, _bounds(fam, None))
+    res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
+           "shape": np.exp(x[:, 0]) if fam.n_shape else np.full(m, np.nan)}
+    if n_boot and m:
+        boots = bootstrap_scales(prob, x, n_boot, rng, resample)
+        a = (1 - level) / 2
+        lo, hi = _row_quantiles(boots, a)
+        res["scale_lo"], res["scale_hi"] = np.exp(lo), np.exp(hi)
+    else:
+        res["scale_lo"] = res["scale_hi"] = np.full(m, np.nan)
+    return res
+
+
+def model_cdf_at_edges(fam: Family, edges, loc, scale, shape):
+    """Model cdf at the (finite) edges [m, B+1]."""
+    sh = None if shape is None else shape[:, None]
+    z = (edges[None, :] - loc[:, None]) / scale[:, None]
+    G = fam.lower_tail(np.abs(z), sh)
+    return np.where(z < 0, G, 1.0 - G)
+
+
+def fit_exact(fam: Family, values, loc, max_iter: int = 60):
+    """Exact ML fit to raw samples values [m, K] (NaN-padded); returns scale, shape, loglik."""
+    m = values.shape[0]
+    fin = np.isfinite(values)
+    w = fin.astype(float)
+    v = np.where(fin, values, np.nan)
+    terms = lambda f, rows, lc, ls, sh: exact_terms(f, v[rows], lc, ls, sh)  # noqa: E731
+    prob = _Problem(fam, w, loc, terms)
+    qs = {p: np.nanquantile(v, p, axis=1) for p in (0.05, 0.25, 0.75, 0.95)}
+    x0 = _initial(fam, qs, np.nanstd(v, axis=1))
+    x, LL, conv = newton_fit(prob, x0, _bounds(fam, None), max_iter=max_iter)
+    return {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
+            "shape": np.exp(x[:, 0]) if fam.n_shape else np.full(m, np.nan)}

@@ -1,0 +1,234 @@
+"""``fit_run``: read a run file, fit every histogram, and derive narrowing and trends.
+
+Glue only: aggregation of histograms/moments to the requested granularity, then the pure
+table functions of ``gradscope.fit.core``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gradscope import GradscopeError
+from gradscope.fit.core import (MODELS, MOMENT_STATS, fit_histograms, fit_samples,
+                                narrowing_table, trend_table)
+
+_SUMS = ["count", "sum", "sumsq", "sumabs", "sum3", "sum4"]
+_KEYS = {"window": ["round", "epoch", "window"], "round": ["round"]}
+
+
+@dataclass
+class FitResult:
+    """Tables of one fit. NaN appears only in rows whose ``status`` is not "ok"."""
+
+    per_layer: pd.DataFrame
+    pooled: pd.DataFrame
+    narrowing: pd.DataFrame
+    trend: pd.DataFrame
+    exact: Optional[pd.DataFrame] = None
+    per: str = "round"
+    meta: dict = field(default_factory=dict)
+
+
+def open_source(source):
+    """A RunReader from a path, or ``source`` itself when it already is a reader-like object."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise GradscopeError(f"run file {source} does not exist")
+        from gradscope.store import open_run  # noqa: PLC0415
+
+        return open_run(source)
+    for m in ("histograms", "moments", "rounds"):
+        if not hasattr(source, m):
+            raise GradscopeError(f"expected a run file path or RunReader, got {type(source).__name__}")
+    return source
+
+
+def _relu_flags(reader, idx: pd.DataFrame) -> pd.Series:
+    if "relu_fed" in idx:
+        return idx["relu_fed"].astype(bool)
+    lay = reader.layers()
+    flags = dict(zip(lay["layer"], lay["relu_fed"].astype(bool)))
+    return idx["layer"].map(flags).fillna(False).astype(bool)
+
+
+def load_windows(reader):
+    """Histogram counts, edges and one index row per histogram with its exact moments."""
+    counts, edges, idx = reader.histograms()
+    counts = np.asarray(counts)
+    idx = idx.reset_index(drop=True).copy()
+    if len(idx) != counts.shape[0]:
+        raise GradscopeError("run file is inconsistent: histogram index and counts differ in length")
+    idx["relu_fed"] = _relu_flags(reader, idx).to_numpy()
+    mom = reader.moments()
+    keys = [k for k in ("round", "epoch", "window", "layer") if k in idx and k in mom]
+    cols = [c for c in _SUMS if c in mom] + [c for c in ("under", "over", "nonfinite")
+                                               if c in mom and c not in idx]
+    missing = [c for c in ("under", "over", "nonfinite") if c not in idx and c not in mom]
+    merged = idx.drop(columns=[c for c in _SUMS if c in idx]).merge(
+        mom[keys + cols].drop_duplicates(keys), on=keys, how="left", validate="many_to_one")
+    for c in missing:
+        merged[c] = 0
+    return counts, np.asarray(edges, float), merged
+
+
+def aggregate(counts, idx: pd.DataFrame, keys: Sequence[str]):
+    """Sum histograms and power sums over rows sharing ``keys`` (windows -> rounds, layers -> pooled)."""
+    if len(idx) == 0:
+        return np.zeros((0, counts.shape[1])), idx.iloc[:0][list(keys)]
+    gid = idx.groupby(list(keys), sort=True, dropna=False).ngroup().to_numpy()
+    order = np.argsort(gid, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(gid[order]) != 0])
+    c = np.asarray(counts, float)[order]
+    summed = np.add.reduceat(c, starts, axis=0)
+    num = [k for k in _SUMS + ["under", "over", "nonfinite"] if k in idx]
+    vals = idx[num].to_numpy(float)[order]
+    with np.errstate(invalid="ignore"):
+        s = np.add.reduceat(vals, starts, axis=0)
+    out = idx.iloc[order[starts]][list(keys)].reset_index(drop=True)
+    out[num] = s
+    return summed, out
+
+
+def _fit_table(counts, edges, idx, models, bootstrap, seed, resample):
+    mom = {k: idx[k].to_numpy(float) for k in _SUMS if k in idx}
+    if "count" not in mom:
+        mom = None
+    res = fit_histograms(counts, edges, idx["under"].to_numpy(float), idx["over"].to_numpy(float),
+                         nonfinite=idx["nonfinite"].to_numpy(float), moments=mom, models=models,
+                         bootstrap=bootstrap, seed=seed, resample=resample)
+    res = res.drop(columns=["count"])
+    key = idx.drop(columns=[c for c in _SUMS + ["under", "over", "nonfinite"] if c in idx]).reset_index(drop=True)
+    return pd.concat([key, idx[["count", "under", "over", "nonfinite"]].reset_index(drop=True), res], axis=1)
+
+
+def sparsity_by_round(reader) -> dict:
+    """Measured global sparsity per round (target sparsity where the measurement is missing)."""
+    r = reader.rounds()
+    if r is None or len(r) == 0:
+        return {}
+    s = r["sparsity"].astype(float) if "sparsity" in r else pd.Series(np.nan, index=r.index)
+    if "target_sparsity" in r:
+        s = s.fillna(r["target_sparsity"].astype(float))
+    return {int(k): float(v) for k, v in zip(r["round"], s) if np.isfinite(v)}
+
+
+def fit_tables(counts, edges, idx, *, per="round", models=MODELS, bootstrap=200, seed=0,
+               resample="auto"):
+    """Per-layer and pooled (sum over ReLU-fed layers) fit tables at ``per`` granularity."""
+    if per not in _KEYS:
+        raise GradscopeError(f"per must be 'round' or 'window', got {per!r}")
+    keys = [k for k in _KEYS[per] if k in idx]
+    c_l, i_l = aggregate(counts, idx, keys + ["layer", "relu_fed"])
+    relu = idx["relu_fed"].to_numpy(bool)
+    c_p, i_p = aggregate(counts[relu], idx[relu], keys)
+    i_p.insert(len(keys), "layer", "pooled")
+    per_layer = _fit_table(c_l, edges, i_l, models, bootstrap, seed, resample)
+    pooled = _fit_table(c_p, edges, i_p, models, bootstrap, seed + 1, resample)
+    return per_layer, pooled
+
+
+def fit_run(path, *, per: str = "round", models: Sequence[str] = MODELS, bootstrap: int = 200,
+            seed: int = 0, store: bool = True, resample: str = "auto") -> FitResult:
+    """Fit every histogram of a run (per layer and pooled), then narrowing and trends.
+
+    ``path``: a run file or a RunReader-like object. ``per``: "round" sums each round's
+    windows; "window" fits every window (narrowing still uses round sums). ``store``
+    writes fit_per_layer, fit_pooled, fit_narrowing, fit_trend (and fit_exact) as derived
+    tables of the run file.
+    """
+    models = tuple(models)
+    reader = open_source(path)
+    counts, edges, idx = load_windows(reader)
+    if counts.shape[0] == 0:
+        raise GradscopeError("the run file holds no histograms yet (record a round first)")
+    per_layer, pooled = fit_tables(counts, edges, idx, per=per, models=models,
+                                   bootstrap=bootstrap, seed=seed, resample=resample)
+    if per == "round":
+        rl, rp = per_layer, pooled
+    else:
+        rl, rp = fit_tables(counts, edges, idx, per="round", models=models,
+                            bootstrap=bootstrap, seed=seed, resample=resample)
+    spars = sparsity_by_round(reader)
+    stats_ = [s for s in MOMENT_STATS + models]
+    narrowing = narrowing_table(pd.concat([rp, rl], ignore_index=True), spars, stats_)
+    trend = trend_table(narrowing)
+    exact = _exact(reader, idx, per, models)
+    res = FitResult(per_layer, pooled, narrowing, trend, exact, per,
+                    {"models": list(models), "bootstrap": bootstrap, "seed": seed})
+    if store:
+        _store(path, reader, res)
+    return res
+
+
+def _exact(reader, idx, per, models):
+    """Exact-likelihood fits of the raw samples (when recorded), at the same granularity."""
+    if not hasattr(reader, "samples"):
+        return None
+    try:
+        values, sidx = reader.samples()
+    except (GradscopeError, KeyError):  # samples not recorded in this run
+        return None
+    values = np.asarray(values, float)
+    if values.size == 0 or not np.isfinite(values).any():
+        return None
+    sidx = sidx.reset_index(drop=True)
+    keys = [k for k in _KEYS[per] if k in sidx] + ["layer"]
+    groups = sidx.groupby(keys, sort=True).indices
+    K = max(values.shape[1] * len(ix) for ix in groups.values())
+    rows = np.full((len(groups), K), np.nan)
+    key_rows = []
+    for i, (k, ix) in enumerate(groups.items()):
+        v = values[ix].ravel()
+        v = v[np.isfinite(v)]
+        rows[i, : len(v)] = v
+        key_rows.append(k if isinstance(k, tuple) else (k,))
+    key_df = pd.DataFrame(key_rows, columns=keys)
+    return pd.concat([key_df, fit_samples(rows, models=models)], axis=1)
+
+
+def _store(path, reader, res: FitResult) -> None:
+    tables = {"fit_per_layer": res.per_layer, "fit_pooled": res.pooled,
+              "fit_narrowing": res.narrowing, "fit_trend": res.trend}
+    if res.exact is not None:
+        tables["fit_exact"] = res.exact
+    if hasattr(reader, "write_derived"):
+        writer = reader.write_derived
+    else:
+        if not isinstance(path, (str, os.PathLike)):
+            raise GradscopeError("store=True needs a run file path (or a reader with write_derived)")
+        from gradscope.store import write_derived  # noqa: PLC0415
+
+        writer = lambda name, df: write_derived(path, name, df)  # noqa: E731
+    for name, df in tables.items():
+        writer(name, df)
+
+
+# ----------------------------------------------------------------------------- formatting
+def format_summary(res: FitResult, models: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Compact pooled table for printing: status, std, iqr, mad, each model's scale and the
+    best model by AIC."""
+    t = res.pooled
+    models = models or res.meta.get("models", MODELS)
+    keys = [c for c in ("round", "epoch", "window", "layer") if c in t]
+    cols = keys + ["status", "count", "std", "iqr", "mad"] + \
+        [f"{m}_scale" for m in models if f"{m}_scale" in t] + ["best"]
+    return t[[c for c in cols if c in t]].copy()
+
+
+def format_narrowing(res: FitResult, statistic: str = "std", layer: Optional[str] = "pooled") -> pd.DataFrame:
+    """Narrowing ratios of one statistic (one layer, or all with layer=None) for printing."""
+    n = res.narrowing
+    n = n[n["statistic"] == statistic]
+    if layer is not None:
+        n = n[n["layer"] == layer]
+    return n.reset_index(drop=True)
+
+
+def format_trend(res: FitResult, statistic: Optional[str] = None) -> pd.DataFrame:
+    """Trend slopes (all statistics, or one) for printing."""
+    t = res.trend
+    return (t if statistic is None else t[t["statistic"] == statistic]).reset_index(drop=True)

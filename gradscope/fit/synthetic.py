@@ -1,0 +1,144 @@
+"""Synthetic runs with known gradient scales: a RunReader-like object for tests, benches and
+docs. Samples per (round, window, layer) are drawn from a chosen family with a chosen
+scale, histogrammed on fixed symmetric log-spaced edges with under/overflow and summarised
+by exact power sums, exactly what the recorder stores.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def log_edges(max_abs: float, n_half: int = 100, min_abs: Optional[float] = None) -> np.ndarray:
+    """Symmetric edges: log-spaced magnitudes from min_abs to max_abs on each side, and one
+    central bin (-min_abs, min_abs) around 0. 2*n_half edges, 2*n_half - 1 bins."""
+    min_abs = max_abs * 1e-4 if min_abs is None else min_abs
+    mag = np.geomspace(min_abs, max_abs, n_half)
+    return np.concatenate([-mag[::-1], mag])
+
+
+def draw(rng, family: str, scale: float, n: int, shape: Optional[float] = None) -> np.ndarray:
+    """n values from a zero-centred family with the given scale (shape: t df / gennorm beta)."""
+    if family == "normal":
+        return rng.normal(0.0, scale, n)
+    if family == "laplace":
+        return rng.laplace(0.0, scale, n)
+    if family == "t":
+        return scale * rng.standard_t(3.0 if shape is None else shape, n)
+    if family == "gennorm":
+        from scipy import stats  # noqa: PLC0415
+
+        return stats.gennorm.rvs(2.0 if shape is None else shape, scale=scale, size=n, random_state=rng)
+    raise ValueError(family)
+
+
+def summarize(x: np.ndarray, edges: np.ndarray) -> dict:
+    """Histogram (with under/over/nonfinite) and exact power sums of one batch of values."""
+    fin = np.isfinite(x)
+    xf = x[fin]
+    j = np.searchsorted(edges, xf, side="right") - 1
+    nb = len(edges) - 1
+    inside = (j >= 0) & (j < nb) | (xf == edges[-1])
+    j = np.where(xf == edges[-1], nb - 1, j)
+    counts = np.bincount(j[inside], minlength=nb)
+    return {"counts": counts, "under": int((xf < edges[0]).sum()), "over": int((xf > edges[-1]).sum()),
+            "nonfinite": int((~fin).sum()), "count": xf.size, "sum": xf.sum(), "sumsq": (xf**2).sum(),
+            "sumabs": np.abs(xf).sum(), "sum3": (xf**3).sum(), "sum4": (xf**4).sum(),
+            "min": xf.min() if xf.size else np.nan, "max": xf.max() if xf.size else np.nan}
+
+
+class SyntheticRun:
+    """A RunReader-like object held in memory (histograms, moments, rounds, layers, samples)."""
+
+    def __init__(self, edges, rows: list, rounds: pd.DataFrame, layers: pd.DataFrame,
+                 config: Optional[dict] = None, samples: Optional[list] = None):
+        self.edges = np.asarray(edges, float)
+        self._rows = rows
+        self._rounds = rounds
+        self._layers = layers
+        self.config = config or {}
+        self._samples = samples or []
+        self.derived_tables: dict = {}
+
+    def _index(self):
+        keys = ["round", "epoch", "window", "step_start", "step_end", "layer"]
+        idx = pd.DataFrame([{k: r[k] for k in keys} for r in self._rows])
+        relu = dict(zip(self._layers["layer"], self._layers["relu_fed"]))
+        idx["relu_fed"] = idx["layer"].map(relu).astype(bool) if len(idx) else []
+        return idx
+
+    def _select(self, df, layer=None, round=None, window=None):
+        m = np.ones(len(df), bool)
+        for col, v in (("layer", layer), ("round", round), ("window", window)):
+            if v is not None:
+                m &= df[col].isin(np.atleast_1d(v)).to_numpy()
+        return m
+
+    def layers(self):
+        return self._layers.copy()
+
+    def rounds(self):
+        return self._rounds.copy()
+
+    def moments(self, layer=None, round=None):
+        idx = self._index()
+        for c in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over", "nonfinite"):
+            idx[c] = [r[c] for r in self._rows]
+        return idx[self._select(idx, layer, round)].reset_index(drop=True)
+
+    def histograms(self, layer=None, round=None, window=None):
+        idx = self._index()
+        for c in ("under", "over", "nonfinite"):
+            idx[c] = [r[c] for r in self._rows]
+        m = self._select(idx, layer, round, window)
+        nb = len(self.edges) - 1
+        counts = np.array([r["counts"] for r in self._rows]).reshape(-1, nb)[m]
+        return counts, self.edges.copy(), idx[m].reset_index(drop=True)
+
+    def samples(self, layer=None, round=None, window=None):
+        if not self._samples:
+            return np.zeros((0, 0)), pd.DataFrame(columns=["round", "epoch", "window", "layer"])
+        idx = pd.DataFrame([{k: s[k] for k in ("round", "epoch", "window", "layer")} for s in self._samples])
+        vals = np.array([s["values"] for s in self._samples], float)
+        m = self._select(idx, layer, round, window)
+        return vals[m], idx[m].reset_index(drop=True)
+
+    def write_derived(self, name, df):
+        self.derived_tables[name] = df.copy()
+
+    def derived(self, name):
+        return self.derived_tables[name].copy()
+
+
+def make_synthetic_run(scales: dict, *, family: str = "laplace", shape: Optional[float] = None,
+                       n: int = 100_000, windows: int = 1, prune_rate: float = 0.2, max_lr0: float = 0.03,
+                       edges: Optional[np.ndarray] = None, sample_k: int = 0, relu_fed: Optional[dict] = None,
+                       seed: int = 0) -> SyntheticRun:
+    """A run whose layer L in round k has values ~ family(scale=scales[L][k]).
+
+    Round k has planned sparsity 1-(1-prune_rate)^k; every window draws ``n`` values.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(scales)
+    K = len(next(iter(scales.values())))
+    if edges is None:
+        edges = log_edges(8.0 * max(max(v) for v in scales.values()))
+    rows, samples = [], []
+    for k in range(K):
+        for w in range(windows):
+            for li, name in enumerate(names):
+                x = draw(rng, family, float(scales[name][k]), n, shape)
+                r = summarize(x, edges)
+                r.update(round=k, epoch=0, window=w, step_start=w * 10, step_end=w * 10 + 10, layer=name)
+                rows.append(r)
+                if sample_k:
+                    samples.append({"round": k, "epoch": 0, "window": w, "layer": name, "values": x[:sample_k]})
+    sp = 1 - (1 - prune_rate) ** np.arange(K)
+    rounds = pd.DataFrame({"round": np.arange(K), "sparsity": sp, "target_sparsity": sp,
+                           "max_lr": np.full(K, max_lr0)})
+    relu_fed = relu_fed or {}
+    layers = pd.DataFrame({"layer": names, "relu_fed": [relu_fed.get(n_, True) for n_ in names]})
+    cfg = {"prune": {"prune_rate": prune_rate}, "schedule": {"lag": 1, "shape": "warmup-step"}}
+    return SyntheticRun(edges, rows, rounds, layers, cfg, samples)
