@@ -83,8 +83,10 @@ class ScheduleConfig:
 class RecordConfig:
     record: bool = _f(False, "attach the GradientRecorder (on for `gradscope profile`)")
     window: Optional[int] = _f(None, "record window in steps (default: one epoch)")
-    bins: int = _f(201, "histogram bins")
-    hist_range: Optional[float] = _f(None, "histogram range [-R, R] (default: fixed from round 0's first window)")
+    bins: int = _f(201, "histogram bins (odd for the default log-spaced edges)")
+    hist_range: Optional[float] = _f(None, "linear histogram edges over [-R, R] (default: fixed symmetric log-spaced magnitude edges hist_min..hist_max)")
+    hist_min: float = _f(1e-10, "smallest |gradient| edge of the log-spaced histogram edges")
+    hist_max: float = _f(10.0, "largest |gradient| edge of the log-spaced histogram edges")
     layers: str = _f("relu", "relu | all: which conv/linear layers to record")
     include: Optional[str] = _f(None, "regex of layer names to include")
     exclude: Optional[str] = _f(None, "regex of layer names to exclude")
