@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from gradscope import GradscopeError, __version__
 from gradscope.config import add_run_arguments, run_config_from_args
 
-PROFILE_DEFAULTS = {"record": True, "out": "runs/profile"}
+PROFILE_DEFAULTS = {"record": True, "out": "runs/profile", "rounds": 8, "epochs": 5, "schedule": "lth", "max_lr": 0.05}
 PRUNE_DEFAULTS = {"out": "runs/prune"}
 
 
@@ -32,6 +32,7 @@ def _cmd_profile(ns) -> int:
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
         table = r.round_summary(relu_only=True)
+    table = table.rename(columns={"std": "grad_std"})
     cols = [c for c in ("round", "sparsity", "val_acc", "test_acc", "grad_std", "std_ratio") if c in table]
     print("\nGradient spread of unpruned ReLU-layer weights per round:")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -67,6 +68,44 @@ def _cmd_oracle_candidate(ns) -> int:
     from gradscope.train.oracle import run_candidate
     r = run_candidate(ns.out, ns.round, ns.max_lr)
     print(f"round {r['round']} max_lr {r['max_lr']:.6g}: val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}")
+    return 0
+
+
+def _cmd_fit(ns) -> int:
+    from gradscope.fit import fit_run
+    from gradscope.fit.run import format_narrowing, format_trend
+    models = tuple(m for m in ns.models.split(",") if m)
+    res = fit_run(ns.run, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store)
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731
+    n = format_narrowing(res, statistic=ns.statistic, layer="pooled")
+    print(f"Pooled narrowing of ReLU-fed layers ({ns.statistic}; ratio = scale(round k) / scale(round 0)):")
+    print(n[[c for c in ("round", "sparsity", "scale", "ratio", "ratio_lo", "ratio_hi") if c in n]]
+          .to_string(index=False, float_format=fmt))
+    t = format_trend(res, statistic=ns.statistic)
+    print("\nTrend: slope of log scale against log density (> 0: narrows as the net gets sparser):")
+    print(t.to_string(index=False, float_format=fmt))
+    best = res.pooled["best"].value_counts().to_dict() if "best" in res.pooled else {}
+    if best:
+        print("\nbest model by AIC (pooled, count of rounds):", ", ".join(f"{k}: {v}" for k, v in best.items()))
+    if not ns.no_store:
+        print(f"\nfit tables stored in {ns.run} under /derived (raw data untouched)")
+    return 0
+
+
+def _cmd_calibrate(ns) -> int:
+    from gradscope.calibrate import calibrate_run, format_calibration
+    cal = calibrate_run(ns.run, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x,
+                        rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo)
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731
+    print("Measured points (max_lr that keeps max_lr * scale constant):")
+    print(cal.points.to_string(index=False, float_format=fmt))
+    print("\nFitted SILO S-curve (value, standard error):")
+    print(format_calibration(cal).to_string(index=False, float_format=fmt))
+    print("\nPredicted max_lr per round:")
+    print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
+    if ns.output:
+        cal.to_file(ns.output)
+        print(f"\nwrote {ns.output}  (use: gradscope prune --schedule silo --schedule-file {ns.output})")
     return 0
 
 
@@ -107,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--round", type=int, required=True)
     s.add_argument("--max-lr", type=float, required=True)
     s.set_defaults(func=_cmd_oracle_candidate)
+
+    s = sub.add_parser("fit", help="fit the recorded gradient distributions; print the narrowing per round")
+    s.add_argument("run", metavar="RUN.h5")
+    s.add_argument("--per", choices=("round", "window"), default="round", help="fit per round (default) or per window")
+    s.add_argument("--models", default="normal,laplace,t,gennorm", help="comma-separated distribution families")
+    s.add_argument("--statistic", default="std", help="statistic whose narrowing is printed (std, iqr, mad, or a family)")
+    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for confidence intervals")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
+    s.set_defaults(func=_cmd_fit)
+
+    s = sub.add_parser("calibrate", help="SILO S-curve parameters from the measured narrowing")
+    s.add_argument("run", metavar="RUN.h5")
+    s.add_argument("-o", "--output", default=None, help="write the parameters (JSON, or YAML by extension)")
+    s.add_argument("--lo", type=float, default=None, help="max_lr of round 0 (default: the run's)")
+    s.add_argument("--gamma", type=float, default=1.0, help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma")
+    s.add_argument("--statistic", default="std", help="spread statistic (std, iqr, mad, or a fitted family)")
+    s.add_argument("--x", choices=("planned", "measured"), default="planned",
+                   help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity")
+    s.add_argument("--rounds-planned", type=int, default=None, help="predict max_lr up to this many rounds")
+    s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr")
+    s.set_defaults(func=_cmd_calibrate)
 
     s = sub.add_parser("list", help="known models, datasets and schedules")
     s.set_defaults(func=_cmd_list)

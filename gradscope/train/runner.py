@@ -149,9 +149,12 @@ class PruningRun:
             self.rewind_step = 0
         self.callbacks = list(self.user_callbacks)
         if c.record.record:
+            from dataclasses import asdict
             from gradscope.record import GradientRecorder
-            self.callbacks.insert(0, GradientRecorder.from_config(self.model, self.out / "run.h5", c.record,
-                                                                  seed=c.train.seed, config=c.to_dict()))
+            rec = {k: v for k, v in asdict(c.record).items() if k != "record"}
+            example = next(iter(self.val_loader or self.test_loader))[0][:2]
+            self.callbacks.insert(0, GradientRecorder(self.model, str(self.out / "run.h5"), **rec, seed=c.train.seed,
+                                                      config=c.to_dict(), example_input=example))
 
     def _write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
