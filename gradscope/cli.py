@@ -101,6 +101,10 @@ def _cmd_calibrate(ns) -> int:
     print(cal.points.to_string(index=False, float_format=fmt))
     print("\nFitted SILO S-curve (value, standard error):")
     print(format_calibration(cal).to_string(index=False, float_format=fmt))
+    at_bound = [b for b in cal.uncertainty.get("at_bound", []) if b]
+    if at_bound:
+        print(f"\nnote: the fit sits at its bounds ({', '.join(at_bound)}); the measured narrowing does not pin "
+              "down an S-curve (standard errors are infinite). Check `gradscope fit`'s trend before using it.")
     print("\nPredicted max_lr per round:")
     print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
     if ns.output:

@@ -1,0 +1,106 @@
+"""The command line: main paths end to end on tiny runs, and bad input gives one clear line."""
+import json
+import subprocess
+from pathlib import Path
+
+import h5py
+import pytest
+
+from gradscope.cli import main
+
+from conftest import PY, ROOT, cli_env
+
+TINY = ["--dataset", "digits", "--model", "small_cnn", "--epochs", "1", "--threads", "1", "--no-progress",
+        "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "prof"
+    rc = main(["profile", *TINY, "--rounds", "5", "--cache-dir", str(out.parent / "cache"), "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_profile_prints_narrowing_table(profiled, capsys):
+    assert (profiled / "run.h5").exists()
+    rounds = json.loads((profiled / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+
+
+def test_fit_and_calibrate_and_schedule_file(profiled, capsys, tmp_path):
+    h5 = str(profiled / "run.h5")
+    assert main(["fit", h5, "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "Pooled narrowing" in out and "ratio" in out
+    with h5py.File(h5, "r") as f:
+        assert "derived" in f
+    js = tmp_path / "silo.json"
+    assert main(["calibrate", h5, "-o", str(js)]) == 0
+    params = json.loads(js.read_text())
+    assert params["schedule"] == "silo" and params["lo"] > 0 and params["hi"] >= params["lo"]
+    run2 = tmp_path / "with-file"
+    assert main(["prune", *TINY, "--rounds", "2", "--schedule", "silo", "--schedule-file", str(js),
+                 "--cache-dir", str(profiled.parent / "cache"), "--out", str(run2)]) == 0
+    r = json.loads((run2 / "rounds.json").read_text())
+    assert r[0]["max_lr"] == pytest.approx(params["lo"])
+
+
+def test_silo_auto_runs_closed_loop(tmp_path):
+    out = tmp_path / "auto"
+    assert main(["prune", *TINY, "--rounds", "3", "--schedule", "silo-auto", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out)]) == 0
+    assert (out / "run.h5").exists()  # silo-auto turns the recorder on
+
+
+def test_oracle_picks_by_validation_and_records_interval(tmp_path):
+    out = tmp_path / "oracle"
+    assert main(["oracle", *TINY, "--rounds", "2", "--schedule", "lth", "--grid", "0.01,0.1",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    for k in (0, 1):
+        d = json.loads((out / "oracle" / f"round_{k}" / "candidates.json").read_text())
+        best = max(d["candidates"], key=lambda c: (c["val_acc"], -c["max_lr"]))
+        assert d["best_max_lr"] == best["max_lr"]
+        lo, hi = d["optimal_interval"]
+        assert lo <= d["best_max_lr"] <= hi
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert rounds[1]["max_lr"] in (0.01, 0.1)
+
+
+def _run(*args):
+    return subprocess.run([PY, "-m", "gradscope", *args], env=cli_env(), cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["prune", "--model", "nope", "--rounds", "1"], "unknown model"),
+    (["prune", "--dataset", "imagenet-21k", "--rounds", "1"], "imagenet-21k"),
+    (["prune", "--prune-rate", "1.5", "--rounds", "2"], "prune-rate"),
+    (["prune", "--rounds", "400", "--prune-rate", "0.5"], "100 %"),
+    (["prune", "--rewind", "sideways"], "--rewind"),
+    (["prune", "--schedule", "zigzag"], "zigzag"),
+    (["prune", "--device", "cuda:7"], "cuda"),
+    (["fit", "/nonexistent/run.h5"], "run.h5"),
+    (["calibrate", "/nonexistent/run.h5"], "run.h5"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    r = _run(*args, "--out", str(tmp_path / "o")) if args[0] == "prune" else _run(*args)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    err = [l for l in r.stderr.strip().splitlines() if l.startswith("gradscope: error:")]
+    assert len(err) == 1 and needle.lower() in err[0].lower(), r.stderr
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all" * 10)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2, 3]
+    for p in (bad, foreign):
+        r = _run("fit", str(p))
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "gradscope: error:" in r.stderr
+
+
+def test_unknown_flag_is_argparse_error():
+    r = _run("prune", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr and "Traceback" not in r.stderr
