@@ -181,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXTRA: list = []  # other subcommands register themselves here (fit, calibrate, oracle, plot, report)
+def _register_plot(sub) -> None:
+    from gradscope.plot.commands import register
+    register(sub)
+
+
+_EXTRA: list = [_register_plot]  # subcommands that live with their module (plot, report)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

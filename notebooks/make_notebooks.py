@@ -1,0 +1,148 @@
+"""Writes the notebooks of this folder (without outputs): ``python notebooks/make_notebooks.py``.
+
+Each notebook starts with a cell tagged "parameters" (papermill style). Edit the cells here,
+not the .ipynb files, then re-run this script.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+COMMON_PARAMS = '''# Parameters (papermill: override with -p NAME VALUE)
+out_dir = "runs/notebooks"   # run directories are written here
+data_root = None             # a CIFAR-10 folder -> cifar10 + resnet20; None -> built-in digits + small_cnn
+rounds = 8                   # pruning rounds (round 0 = dense)
+epochs = 2                   # epochs per round
+threads = None               # CPU threads (None = torch default)
+cache_dir = "data/cache"     # tensor cache of the dataset
+seed = 0'''
+
+MAKE_CONFIG = '''from pathlib import Path
+from gradscope.config import RunConfig
+from gradscope.train import PruningRun
+
+
+def make_config(out, schedule="silo", record=True):
+    """A run configuration from the parameters above."""
+    cfg = RunConfig()
+    if data_root:
+        cfg.data.dataset, cfg.data.data_root, cfg.model.model = "cifar10", data_root, "resnet20"
+    else:
+        cfg.data.dataset, cfg.model.model = "digits", "small_cnn"
+    cfg.data.cache_dir = cache_dir
+    cfg.prune.rounds, cfg.train.epochs, cfg.train.seed = rounds, epochs, seed
+    cfg.train.threads, cfg.train.progress = threads, False
+    cfg.schedule.schedule = schedule
+    cfg.record.record = record
+    cfg.out = str(Path(out_dir) / out)
+    return cfg'''
+
+
+def _nb(cells):
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def _params(extra: str = "") -> nbformat.NotebookNode:
+    c = new_code_cell(COMMON_PARAMS + extra)
+    c.metadata["tags"] = ["parameters"]
+    return c
+
+
+def narrowing():
+    return _nb([
+        new_markdown_cell("# 01 - The weight-gradient distribution narrows as the network is pruned\n\n"
+                          "Iterative magnitude pruning with rewinding, recording per-layer histograms and exact "
+                          "moments of the gradients of the **unpruned** weights of every ReLU-fed layer "
+                          "(`gradscope profile`). Built-in digits data by default; set `data_root` to a CIFAR-10 "
+                          "folder for the real thing."),
+        _params(),
+        new_code_cell(MAKE_CONFIG),
+        new_code_cell('cfg = make_config("narrowing")\nPruningRun(cfg, log=lambda s: None).run()\n'
+                      'run = Path(cfg.out) / "run.h5"\nrun'),
+        new_markdown_cell("Per round: sparsity, accuracy and the pooled standard deviation of the gradients; "
+                          "`std_ratio` is that std relative to round 0 (below 1 = narrower)."),
+        new_code_cell('from gradscope.store import open_run\n\nwith open_run(run) as r:\n'
+                      '    summary = r.round_summary(relu_only=True)\nsummary'),
+        new_markdown_cell("Distribution fits per layer and pooled (normal, Laplace, Student-t, generalized "
+                          "normal, plus moment statistics), and the trend of each statistic against sparsity "
+                          "(`narrows` = the slope's confidence interval lies below 0)."),
+        new_code_cell('from gradscope.fit import fit_run, format_trend\n\n'
+                      'fit = fit_run(run, bootstrap=100, store=True)\nformat_trend(fit)'),
+        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_histograms, plot_narrowing\n\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")\n'
+                      'plot_histograms(run, ax=axes[0])\nplot_narrowing(run, fit=fit, ax=axes[1])\nplt.show()'),
+    ])
+
+
+def calibrate():
+    return _nb([
+        new_markdown_cell("# 02 - From a profile run to a calibrated SILO schedule\n\n"
+                          "The measured narrowing implies `max_lr(k) = max_lr(0) * (scale(0)/scale(k))^gamma`; "
+                          "SILO's S-curve (lo, hi, beta, midpoint) is fitted to those points and compared with "
+                          "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5)."),
+        _params('\nprofile = None             # an existing RUN.h5 to calibrate from; None -> run a profile here\n'
+                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"'),
+        new_code_cell(MAKE_CONFIG),
+        new_code_cell('if profile is None:\n    cfg = make_config("calibrate-profile")\n'
+                      '    PruningRun(cfg, log=lambda s: None).run()\n    profile = str(Path(cfg.out) / "run.h5")\n'
+                      'profile'),
+        new_code_cell('from gradscope.calibrate import calibrate_run, format_calibration\n\n'
+                      'cal = calibrate_run(profile, gamma=gamma, statistic=statistic)\nformat_calibration(cal)'),
+        new_code_cell('import pandas as pd\nfrom gradscope.schedules import SILO_PRESETS\n\n'
+                      'keys = ["lo", "hi", "beta", "midpoint"]\n'
+                      'pd.DataFrame({"calibrated": [cal.params[k] for k in keys],\n'
+                      '              **{f"released {n}": [SILO_PRESETS[n][k] for k in keys] for n in SILO_PRESETS}},\n'
+                      '             index=keys)'),
+        new_markdown_cell("Write the schedule file that `gradscope prune --schedule silo --schedule-file` reads."),
+        new_code_cell('schedule_file = Path(out_dir) / "silo-calibrated.yaml"\ncal.to_file(schedule_file)\n'
+                      'print(schedule_file.read_text())'),
+        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_calibration, plot_peaks\n'
+                      'from gradscope.schedules import get_schedule\n\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")\n'
+                      'plot_calibration(profile, statistic=statistic, gamma=gamma, ax=axes[0])\n'
+                      'p = cal.params\n'
+                      'silo_cal = get_schedule("silo", lo=p["lo"], hi=p["hi"], beta=p["beta"], midpoint=p["midpoint"])\n'
+                      'plot_peaks({"calibrated": silo_cal, "released resnet20": get_schedule("silo", preset="resnet20")},\n'
+                      '           rounds=25, prune_rate=p["p"], ax=axes[1])\nplt.show()'),
+    ])
+
+
+def schedules():
+    return _nb([
+        new_markdown_cell("# 03 - SILO vs the baselines on accuracy vs sparsity\n\n"
+                          "The same pruning run under several LR schedules (SILO's S-curved `max_lr` against "
+                          "fixed-peak LTH warm-up+step and one-cycle CLR), and the Oracle when its run "
+                          "directory is given (`gradscope oracle`)."),
+        _params('\nschedules = ["silo", "lth", "clr"]\noracle_dir = None          # a `gradscope oracle` run directory, if any'),
+        new_code_cell(MAKE_CONFIG),
+        new_code_cell('runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False)\n'
+                      '    PruningRun(cfg, log=lambda s: None).run()\n    runs[name] = cfg.out\n'
+                      'if oracle_dir:\n    runs["oracle"] = oracle_dir\nruns'),
+        new_code_cell('import pandas as pd\nfrom gradscope.plot import run_rounds\n\n'
+                      'table = pd.concat({n: run_rounds(d).set_index("round")[["sparsity", "max_lr", "test_acc"]]\n'
+                      '                   for n, d in runs.items()}, axis=1)\ntable'),
+        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_accuracy, plot_schedule\n\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")\n'
+                      'plot_accuracy(list(runs.values()), labels=list(runs), ax=axes[0])\n'
+                      'plot_schedule(schedules, rounds=rounds, prune_rate=0.2, peaks=True, ax=axes[1])\nplt.show()'),
+    ])
+
+
+NOTEBOOKS = {"01-narrowing.ipynb": narrowing, "02-calibrate-silo.ipynb": calibrate, "03-schedules.ipynb": schedules}
+
+
+def main() -> None:
+    for name, make in NOTEBOOKS.items():
+        nbformat.write(make(), HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main()

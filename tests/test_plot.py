@@ -1,0 +1,206 @@
+"""gradscope.plot: figures from tables, run wrappers, the plot/report commands."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradscope import GradscopeError
+from gradscope import plot as P
+from gradscope.plot.commands import register
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def profile_run(tmp_path_factory):
+    """A real 5-round recorded run on built-in digits (seconds)."""
+    from gradscope.config import RunConfig
+    from gradscope.train import PruningRun
+
+    tmp = tmp_path_factory.mktemp("plotrun")
+    cfg = RunConfig()
+    cfg.data.dataset = "digits"
+    cfg.model.model = "small_cnn"
+    cfg.prune.rounds = 5
+    cfg.train.epochs = 1
+    cfg.train.threads = 1
+    cfg.train.progress = False
+    cfg.record.record = True
+    cfg.data.cache_dir = str(tmp / "cache")
+    cfg.out = str(tmp / "run")
+    PruningRun(cfg, log=lambda s: None).run()
+    return tmp / "run"
+
+
+def _cli(argv):
+    p = argparse.ArgumentParser(prog="gradscope")
+    sub = p.add_subparsers(dest="command")
+    register(sub)
+    ns = p.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except GradscopeError as e:  # what cli.main does
+        return f"error: {e}"
+
+
+def _fake_index(rounds, layers, relu):
+    rows = [{"round": r, "layer": l, "relu_fed": relu[l]} for r in rounds for l in layers]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_round_histograms_pools_relu_layers_and_normalises():
+    edges = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    idx = _fake_index([0, 1], ["a", "b", "fc"], {"a": True, "b": True, "fc": False})
+    counts = np.zeros((6, 4))
+    counts[0] = [1, 0, 0, 0]  # r0 a
+    counts[1] = [0, 3, 0, 0]  # r0 b
+    counts[2] = [0, 0, 0, 100]  # r0 fc (not ReLU-fed: excluded from pooled)
+    counts[3] = [0, 0, 2, 2]  # r1 a
+    rounds, mass = P.round_histograms(counts, edges, idx)
+    assert list(rounds) == [0, 1]
+    np.testing.assert_allclose(mass[0], [0.25, 0.75, 0, 0])
+    np.testing.assert_allclose(mass[1], [0, 0, 0.5, 0.5])
+    _, m_fc = P.round_histograms(counts, edges, idx, layer="fc")
+    np.testing.assert_allclose(m_fc[0], [0, 0, 0, 1])
+    np.testing.assert_allclose(m_fc[1], 0)  # an empty round stays zero, not NaN
+    with pytest.raises(GradscopeError, match="no histograms of layer"):
+        P.round_histograms(counts, edges, idx, layer="nope")
+    with pytest.raises(GradscopeError, match="shapes disagree"):
+        P.round_histograms(counts[:, :3], edges, idx)
+
+
+def test_draw_histograms_symlog_on_log_edges_and_colour_by_sparsity():
+    pos = np.geomspace(1e-6, 1.0, 30)
+    edges = np.concatenate([-pos[::-1], pos])
+    rng = np.random.default_rng(0)
+    mass = []
+    for s in (1e-2, 5e-3):
+        c, _ = np.histogram(rng.normal(0, s, 5000), bins=edges)
+        mass.append(c / c.sum())
+    ax = P.draw_histograms([0, 1], np.array(mass), edges, {0: 0.0, 1: 0.5})
+    assert ax.get_xscale() == "symlog"
+    assert len(ax.figure.axes) == 2  # main + sparsity colorbar
+    fills = [p for p in ax.patches if p.get_fill()]
+    assert len(fills) == 2
+    assert fills[0].get_facecolor() != fills[1].get_facecolor()
+    lin = P.draw_histograms([0], np.array([[0.5, 0.5]]), np.array([-1.0, 0.0, 1.0]))
+    assert lin.get_xscale() == "linear"
+    with pytest.raises(GradscopeError):
+        P.draw_histograms([0, 1], np.array(mass)[:1], edges)
+
+
+def test_draw_narrowing_pooled_last_with_bands():
+    n = pd.DataFrame({"round": [0, 1, 0, 1], "sparsity": [0, 0.2, 0, 0.2], "layer": ["pooled", "pooled", "c1", "c1"],
+                      "statistic": "std", "ratio": [1, 0.8, 1, 0.9], "ratio_lo": [1, 0.7, 1, 0.85],
+                      "ratio_hi": [1, 0.9, 1, 0.95]})
+    ax = P.draw_narrowing(n)
+    lines = [l for l in ax.get_lines() if l.get_label() in ("pooled", "c1")]
+    assert [l.get_label() for l in lines] == ["c1", "pooled"]
+    np.testing.assert_allclose(lines[1].get_xdata(), [0, 20])  # sparsity in percent
+    np.testing.assert_allclose(lines[1].get_ydata(), [1, 0.8])
+    assert len(ax.collections) == 2  # one band per line
+    with pytest.raises(GradscopeError, match="statistic 'iqr'"):
+        P.draw_narrowing(n, statistic="iqr")
+    with pytest.raises(GradscopeError, match="unknown layer"):
+        P.draw_narrowing(n, layers=["zz"])
+    with pytest.raises(GradscopeError, match="lacks column"):
+        P.draw_narrowing(n.drop(columns="sparsity"))
+
+
+def test_draw_calibration_shows_every_part():
+    pts = pd.DataFrame({"round": [0, 1, 2], "implied_max_lr": [0.03, 0.035, 0.05],
+                        "implied_lo": [0.03, 0.033, 0.045], "implied_hi": [0.03, 0.037, 0.055]})
+    curve = pd.DataFrame({"round": [0, 1, 2], "max_lr": [0.03, 0.036, 0.049], "max_lr_lo": [0.03, 0.034, 0.045],
+                          "max_lr_hi": [0.03, 0.038, 0.053]})
+    oracle = pd.DataFrame({"round": [1, 2], "lo": [0.02, 0.04], "hi": [0.05, 0.08], "best": [0.03, 0.06]})
+    ax = P.draw_calibration(pts, curve, {"resnet20": [0.03, 0.03, 0.032]}, oracle, note="hello")
+    labels = ax.get_legend_handles_labels()[1]
+    for want in ("fitted S-curve", "preset resnet20", "Oracle optimal interval", "Oracle best",
+                 "implied by measured narrowing"):
+        assert want in labels
+    assert any(t.get_text() == "hello" for t in ax.texts)
+
+
+def test_draw_accuracy_one_line_per_run_in_percent():
+    runs = {"a": pd.DataFrame({"sparsity": [0.2, 0.0], "test_acc": [0.8, 0.9]}),
+            "b": pd.DataFrame({"sparsity": [0.0], "test_acc": [0.5]})}
+    ax = P.draw_accuracy(runs)
+    a, b = ax.get_lines()
+    np.testing.assert_allclose(a.get_xdata(), [0, 20])  # sorted by sparsity
+    np.testing.assert_allclose(a.get_ydata(), [90, 80])
+    assert b.get_label() == "b"
+    with pytest.raises(GradscopeError):
+        P.draw_accuracy({})
+
+
+def test_given_axes_is_used_and_returned():
+    from matplotlib.figure import Figure
+    ax0 = Figure().add_subplot()
+    runs = {"a": pd.DataFrame({"sparsity": [0.0], "test_acc": [0.9]})}
+    assert P.draw_accuracy(runs, ax=ax0) is ax0
+
+
+def test_plot_schedule_uses_registry():
+    ax = P.plot_schedule("silo,lth", rounds=4, steps_per_round=10)
+    assert [l.get_label() for l in ax.get_lines()] == ["silo", "lth"]
+    assert len(ax.get_lines()[0].get_xdata()) == 40
+    with pytest.raises(GradscopeError, match="unknown schedule"):
+        P.plot_schedule("nope")
+
+
+# ----------------------------------------------------------------------------- on a real run
+def test_run_wrappers_on_a_real_run(profile_run):
+    h5 = profile_run / "run.h5"
+    t = P.run_rounds(profile_run)
+    assert list(t["round"]) == [0, 1, 2, 3, 4]
+    ax = P.plot_histograms(h5)
+    assert len([p for p in ax.patches if p.get_fill()]) == 5
+    ax = P.plot_narrowing(profile_run)
+    assert "pooled" in ax.get_legend_handles_labels()[1]
+    ax = P.plot_calibration(profile_run)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "implied by measured narrowing" in labels and "preset resnet20" in labels
+    ax = P.plot_accuracy([profile_run, h5], labels=["x", "y"])
+    assert [l.get_label() for l in ax.get_lines()] == ["x", "y"]
+
+
+def test_oracle_intervals_read_from_candidates(tmp_path):
+    d = tmp_path / "oracle" / "round_2"
+    d.mkdir(parents=True)
+    (d / "candidates.json").write_text(json.dumps({"best_max_lr": 0.05, "optimal_interval": [0.04, 0.07],
+                                                   "candidates": [], "within_noise": [0.04, 0.05, 0.07]}))
+    o = P.oracle_intervals(tmp_path)
+    assert o.to_dict("records") == [{"round": 2, "lo": 0.04, "hi": 0.07, "best": 0.05}]
+    assert P.oracle_intervals(tmp_path / "none") is None
+
+
+def test_bad_inputs_raise_gradscope_error(tmp_path):
+    with pytest.raises(GradscopeError, match="does not exist"):
+        P.resolve_run(tmp_path / "missing.h5")
+    with pytest.raises(GradscopeError, match="not a run directory"):
+        P.resolve_run(tmp_path)
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(GradscopeError, match="not a run file"):
+        P.resolve_run(tmp_path / "x.txt")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(GradscopeError):
+        P.plot_histograms(bad)
+    assert bad.read_bytes() == b"not hdf5 at all"  # untouched
+
+
+def test_plot_command_writes_png_and_reports_errors(profile_run, tmp_path):
+    for kind in ("histograms", "narrowing", "calibration"):
+        out = tmp_path / f"{kind}.png"
+        assert _cli(["plot", kind, str(profile_run / "run.h5"), "-o", str(out)]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _cli(["plot", "accuracy", str(profile_run), str(profile_run), "-o", str(tmp_path / "a.png")]) == 0
+    assert _cli(["plot", "schedule", "--schedules", "silo,clr", "--rounds", "3", "-o", str(tmp_path / "s.svg")]) == 0
+    assert (tmp_path / "s.svg").read_text().lstrip().startswith("<?xml")
+    assert "needs a run" in _cli(["plot", "narrowing", "-o", str(tmp_path / "n.png")])
+    assert "does not exist" in _cli(["plot", "narrowing", str(tmp_path / "no.h5"), "-o", str(tmp_path / "n.png")])
+    assert ".png, .pdf or .svg" in _cli(["plot", "narrowing", str(profile_run), "-o", str(tmp_path / "n.jpg")])
