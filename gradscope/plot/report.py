@@ -128,18 +128,26 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
                          lambda: _img(figure_png(plot_accuracy(srcs, "test_acc")), "accuracy vs sparsity")))
 
     def schedules():
-        names = []
+        from gradscope.config import RunConfig  # noqa: PLC0415
+        from gradscope.plot.schedules import plot_schedules  # noqa: PLC0415
+        from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+
+        factories = {}
         for s in srcs:
-            n = (run_config(s).get("schedule") or {}).get("schedule")
-            if n and n not in names:
-                names.append(n)
+            cfg = run_config(s)
+            if not cfg.get("schedule"):
+                continue
+            sc = RunConfig.from_dict(cfg).schedule
+            if sc.schedule == "silo-auto":
+                import gradscope.calibrate  # noqa: F401,PLC0415 - registers silo-auto
+            factories[f"{s.label} ({sc.schedule})"] = schedule_from_config(sc)
+        if not factories:
+            raise GradscopeError("the runs' configs name no schedule")
         rounds = max(int(run_rounds(s)["round"].max()) + 1 for s in srcs)
         p = (run_config(srcs[0]).get("prune") or {}).get("prune_rate", 0.2)
-        if not names:
-            raise GradscopeError("the runs' configs name no schedule")
         ax = new_axes(None, (8, 3.2))
-        plot_schedule(names, rounds=rounds, prune_rate=float(p), steps_per_round=50, ax=ax)
-        ax.set_title("Nominal LR over rounds of the schedules used (default parameters, planned sparsity)")
+        plot_schedules(factories, rounds, 50, float(p), ax=ax)
+        ax.set_title("LR over rounds of each run's schedule (its parameters, planned sparsity)")
         return _img(figure_png(ax), "schedules")
     body.append(_section("Schedules", schedules))
     for s in srcs:
