@@ -116,3 +116,16 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
     for k in range(3):
         ma, mb = load_torch(ref / f"round_{k}.pt")["masks"], load_torch(killed / f"round_{k}.pt")["masks"]
         assert all(torch.equal(ma[n], mb[n]) for n in ma)
+
+
+def test_failed_start_leaves_out_dir_usable(tiny_config):
+    tiny_config.data.dataset = "cifar10"
+    tiny_config.data.data_root = "/nonexistent/cifar"
+    with pytest.raises(GradscopeError, match="CIFAR-10 not found"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+    assert not (Path(tiny_config.out) / "config.json").exists()
+    tiny_config.data.dataset, tiny_config.data.data_root = "digits", None
+    tiny_config.prune.rounds = 1
+    tiny_config.record.record = True
+    df = PruningRun(tiny_config, log=lambda s: None).run()
+    assert len(df) == 1 and (Path(tiny_config.out) / "run.h5").exists()

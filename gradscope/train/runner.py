@@ -28,7 +28,7 @@ from gradscope.train.loop import evaluate, train_epoch
 from gradscope import pruning as P
 
 REWIND_MODES = ("init", "early", "lr", "finetune")
-_VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device")}  # may change on resume
+_VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}  # may change on resume
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,8 +156,8 @@ class PruningRun:
             self.callbacks.insert(0, GradientRecorder(self.model, str(self.out / "run.h5"), **rec, seed=c.train.seed,
                                                       config=c.to_dict(), example_input=example))
 
-    def _write_config(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def _write_config(self, check_only: bool = False) -> None:
+        """Refuse an --out that holds another run's config; else save ours (after set-up worked)."""
         path = self.out / "config.json"
         mine = self.cfg.to_dict()
         if path.exists():
@@ -170,7 +170,9 @@ class PruningRun:
                               for k in sec if theirs.get(s, {}).get(k) != sec[k])
                 raise GradscopeError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
                                      f"use another --out to start a new run")
-        save_json(mine, path)
+        if not check_only:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_json(mine, path)
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, **pos) -> None:
@@ -297,8 +299,9 @@ class PruningRun:
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
         import pandas as pd
         c = self.cfg
-        self._write_config()
+        self._write_config(check_only=True)
         self._setup()
+        self._write_config()
         self.optimizer = self.scheduler = None
         self._resume_opt = (None, None)
         ck_path = self.out / "checkpoint.pt"
