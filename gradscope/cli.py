@@ -101,10 +101,14 @@ def _cmd_calibrate(ns) -> int:
     print(cal.points.to_string(index=False, float_format=fmt))
     print("\nFitted SILO S-curve (value, standard error):")
     print(format_calibration(cal).to_string(index=False, float_format=fmt))
+    import math
     at_bound = [b for b in cal.uncertainty.get("at_bound", []) if b]
-    if at_bound:
-        print(f"\nnote: the fit sits at its bounds ({', '.join(at_bound)}); the measured narrowing does not pin "
-              "down an S-curve (standard errors are infinite). Check `gradscope fit`'s trend before using it.")
+    unpinned = [k for k in ("lo", "hi", "beta", "midpoint")
+                if not isinstance(cal.uncertainty.get(k), (int, float)) or not math.isfinite(cal.uncertainty[k])]
+    if at_bound or unpinned:
+        print(f"\nnote: the measured points do not pin down an S-curve (at a bound: {', '.join(at_bound) or '-'}; "
+              f"no finite standard error: {', '.join(unpinned) or '-'}). A rising S-curve needs gradients that "
+              "narrow: check the trend of `gradscope fit` before using these parameters.")
     print("\nPredicted max_lr per round:")
     print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
     if ns.output:
