@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -159,7 +160,9 @@ class Calibration:
             sd = np.sqrt(np.clip(np.diag(cov), 0, None))
             fixed = sd == 0
             cov_ = cov + np.diag(np.where(fixed, 1.0, 0.0))
-            smp = rng.multivariate_normal(np.zeros(4), cov_, size=draws, method="eigh")
+            with warnings.catch_warnings():  # near-singular covariances (a parameter at a bound) are expected
+                warnings.simplefilter("ignore", RuntimeWarning)
+                smp = rng.multivariate_normal(np.zeros(4), cov_, size=draws, method="eigh")
             smp[:, fixed] = 0.0
             smp = np.clip(th + smp, lb, ub)
             ys = np.stack([s_curve(x, s[0], s[0] * s[1], s[2], s[3]) for s in smp])

@@ -134,7 +134,8 @@ class PruningRun:
         common = dict(mean=d.mean, std=d.std, device=self.device, channels_last=self.channels_last)
         self.train_loader = BatchLoader(d.train_x, d.train_y, c.data.batch_size, shuffle=True,
                                         augment=d.augment if c.data.augment else "none",
-                                        seed=c.train.seed, **common)
+                                        seed=c.train.seed, drop_last=len(d.train_y) >= c.data.batch_size,
+                                        **common)  # no tiny last batch: it would skew gradient statistics
         if len(self.train_loader) == 0:
             raise GradscopeError("the training set is empty (check --train-subset / --val-fraction)")
         self.val_loader = BatchLoader(d.val_x, d.val_y, 512, shuffle=False, **common) if len(d.val_y) else None
