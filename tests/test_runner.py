@@ -129,3 +129,39 @@ def test_failed_start_leaves_out_dir_usable(tiny_config):
     tiny_config.record.record = True
     df = PruningRun(tiny_config, log=lambda s: None).run()
     assert len(df) == 1 and (Path(tiny_config.out) / "run.h5").exists()
+
+
+def test_sigkill_during_profile_keeps_run_file_exact(tmp_path):
+    """A recorded run killed and resumed holds exactly the windows of an uninterrupted one."""
+    from gradscope.store import open_run
+
+    def cmd(out):
+        c = _cmd(out)
+        c[c.index("prune")] = "profile"
+        return c
+
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(cmd(ref), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    rng = random.Random(1)
+    for _ in range(2):
+        p = subprocess.Popen(cmd(killed), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not (killed / "run.h5").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.3, 1.5))
+        p.kill()
+        p.wait()
+    subprocess.run(cmd(killed), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    keys = ["round", "window", "layer"]
+    with open_run(ref / "run.h5") as a, open_run(killed / "run.h5") as b:
+        ma, mb = a.moments().sort_values(keys).reset_index(drop=True), b.moments().sort_values(keys).reset_index(drop=True)
+        assert not mb.duplicated(keys).any()
+        assert len(ma) == len(mb) == 3 * 2 * ma["layer"].nunique()
+        for col in ("count", "sum", "sumsq", "min", "max"):
+            assert (ma[col].to_numpy() == mb[col].to_numpy()).all(), col
+        ca, _, ia = a.histograms()
+        cb, _, ib = b.histograms()
+        oa, ob = ia.sort_values(keys).index, ib.sort_values(keys).index
+        assert (ca[oa] == cb[ob]).all()
+        assert len(a.rounds()) == len(b.rounds()) == 3
