@@ -26,8 +26,9 @@ from gradscope.config import RunConfig
 from gradscope.train import PruningRun
 
 
-def make_config(out, schedule="silo", record=True):
-    """A run configuration from the parameters above."""
+def make_config(out, schedule="lth", record=True, max_lr=0.05):
+    """A run configuration from the parameters above (a fixed-peak schedule by default, so a
+    rising learning rate does not confound the measured narrowing)."""
     cfg = RunConfig()
     if data_root:
         cfg.data.dataset, cfg.data.data_root, cfg.model.model = "cifar10", data_root, "resnet20"
@@ -37,6 +38,8 @@ def make_config(out, schedule="silo", record=True):
     cfg.prune.rounds, cfg.train.epochs, cfg.train.seed = rounds, epochs, seed
     cfg.train.threads, cfg.train.progress = threads, False
     cfg.schedule.schedule = schedule
+    if max_lr is not None and schedule in ("lth", "lrr", "clr", "cosine", "constant"):
+        cfg.schedule.max_lr = max_lr
     cfg.record.record = record
     cfg.out = str(Path(out_dir) / out)
     return cfg'''
@@ -72,7 +75,7 @@ def narrowing():
                       '    summary = r.round_summary(relu_only=True)\nsummary'),
         new_markdown_cell("Distribution fits per layer and pooled (normal, Laplace, Student-t, generalized "
                           "normal, plus moment statistics), and the trend of each statistic against sparsity "
-                          "(`narrows` = the slope's confidence interval lies below 0)."),
+                          "(`narrows` = the slope's confidence interval lies above 0: the scale falls as the density falls)."),
         new_code_cell('from gradscope.fit import fit_run, format_trend\n\n'
                       'fit = fit_run(run, bootstrap=100, store=True)\nformat_trend(fit)'),
         new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_histograms, plot_narrowing\n\n'
@@ -122,7 +125,7 @@ def schedules():
                           "directory is given (`gradscope oracle`)."),
         _params('\nschedules = ["silo", "lth", "clr"]\noracle_dir = None          # a `gradscope oracle` run directory, if any'),
         new_code_cell(MAKE_CONFIG),
-        new_code_cell('runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False)\n'
+        new_code_cell('runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False, max_lr=None)\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    runs[name] = cfg.out\n'
                       'if oracle_dir:\n    runs["oracle"] = oracle_dir\nruns'),
         new_code_cell('import pandas as pd\nfrom gradscope.plot import run_rounds\n\n'
