@@ -93,21 +93,25 @@ def _cmd(out):
             "--max-lr", "0.05", "--cache-dir", str(Path(out).parent / "cache"), "--out", str(out)]
 
 
-def test_sigkill_resume_matches_uninterrupted(tmp_path):
-    ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
-    killed = tmp_path / "killed"
-    rng = random.Random(0)
-    for attempt in range(3):  # kill it at random moments, several times
-        p = subprocess.Popen(_cmd(killed), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+def _kill_then_finish(cmd, started: Path, times: int, seed: int) -> None:
+    """SIGKILL ``cmd`` at random moments after ``started`` appears, ``times`` times; then let it finish."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        p = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        while not started.exists() and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.2, 1.5))
         p.kill()
         p.wait()
-    subprocess.run(_cmd(killed), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    subprocess.run(cmd, check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+
+
+def test_sigkill_resume_matches_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(ref), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    killed = tmp_path / "killed"
+    _kill_then_finish(_cmd(killed), killed / "checkpoint.pt", times=3, seed=0)
     a = json.loads((ref / "rounds.json").read_text())
     b = json.loads((killed / "rounds.json").read_text())
     for ra, rb in zip(a, b, strict=True):
@@ -142,17 +146,7 @@ def test_sigkill_during_profile_keeps_run_file_exact(tmp_path):
 
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(cmd(ref), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
-    rng = random.Random(1)
-    for _ in range(2):
-        p = subprocess.Popen(cmd(killed), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while not (killed / "run.h5").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.3, 1.5))
-        p.kill()
-        p.wait()
-    subprocess.run(cmd(killed), check=True, env=cli_env(), cwd=ROOT, capture_output=True)
+    _kill_then_finish(cmd(killed), killed / "run.h5", times=2, seed=1)
     keys = ["round", "window", "layer"]
     with open_run(ref / "run.h5") as a, open_run(killed / "run.h5") as b:
         ma, mb = a.moments().sort_values(keys).reset_index(drop=True), b.moments().sort_values(keys).reset_index(drop=True)
