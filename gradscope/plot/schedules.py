@@ -53,7 +53,7 @@ def plot_schedules(factories: dict[str, ScheduleFactory], rounds: int, steps_per
     ax.set_xlim(0, rounds)
     ax.set_xlabel("pruning round")
     ax.set_ylabel("learning rate")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the curves, never over them
     return ax
 
 
