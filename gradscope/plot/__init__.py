@@ -2,17 +2,26 @@
 
 ``draw_*`` take plain tables/arrays; ``plot_*`` take a run (RUN.h5 or RUN_DIR) and read what
 they need. ``gradscope plot KIND`` and ``gradscope report`` live in ``gradscope.plot.commands``.
+Names load lazily, so the CLI can register its commands without importing matplotlib/torch.
 """
-from gradscope.plot.figures import (draw_accuracy, draw_calibration, draw_histograms, draw_narrowing,
-                                    new_axes, round_histograms)
-from gradscope.plot.runs import (RunSource, calibration_data, oracle_intervals, plot_accuracy,
-                                 plot_calibration, plot_histograms, plot_narrowing, plot_schedule,
-                                 resolve_run, run_config, run_fit, run_rounds, schedule_factories)
-from gradscope.plot.schedules import plot_peaks, plot_schedules
+from importlib import import_module
 
-__all__ = [
-    "RunSource", "calibration_data", "draw_accuracy", "draw_calibration", "draw_histograms",
-    "draw_narrowing", "new_axes", "oracle_intervals", "plot_accuracy", "plot_calibration",
-    "plot_histograms", "plot_narrowing", "plot_peaks", "plot_schedule", "plot_schedules",
-    "resolve_run", "round_histograms", "run_config", "run_fit", "run_rounds", "schedule_factories",
-]
+_WHERE = {
+    **dict.fromkeys(["draw_accuracy", "draw_calibration", "draw_histograms", "draw_narrowing", "new_axes",
+                     "round_histograms"], "gradscope.plot.figures"),
+    **dict.fromkeys(["RunSource", "calibration_data", "oracle_intervals", "plot_accuracy", "plot_calibration",
+                     "plot_histograms", "plot_narrowing", "plot_schedule", "resolve_run", "run_config",
+                     "run_fit", "run_rounds", "schedule_factories"], "gradscope.plot.runs"),
+    **dict.fromkeys(["plot_peaks", "plot_schedules"], "gradscope.plot.schedules"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'gradscope.plot' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
