@@ -104,3 +104,15 @@ def test_corrupt_and_foreign_files(tmp_path):
 def test_unknown_flag_is_argparse_error():
     r = _run("prune", "--no-such-flag")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_reference_lists_every_command_and_flag():
+    from gradscope.cli import build_parser
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        assert f"## gradscope {name}" in doc, name
+        for action in p._actions:
+            for opt in action.option_strings:
+                assert opt in doc, f"{name} {opt} missing from docs/cli.md (run scripts/gen_cli_docs.py)"
