@@ -23,6 +23,7 @@ def test_three_rounds_sparsity_and_accuracy(tiny_config):
     assert (df["val_acc"] > 0.5).all()  # 10 classes: chance is 0.1
     out = Path(tiny_config.out)
     assert json.loads((out / "rounds.json").read_text())[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
+    assert "torch" in json.loads((out / "versions.json").read_text())["versions"]
     r2 = load_torch(out / "round_2.pt")
     masks = r2["masks"]
     kept = sum(int(m.sum()) for m in masks.values())

@@ -1,6 +1,6 @@
 """The round runner: train, then per round prune -> rewind -> train again, resumably.
 
-A run directory holds ``config.json``, ``checkpoint.pt`` (atomic, written after every epoch
+A run directory holds ``config.json``, ``versions.json`` (package versions, git commit), ``checkpoint.pt`` (atomic, written after every epoch
 and at every round boundary), ``round_K.pt`` (masks, metrics, rewind point of round K),
 ``rounds.json`` (the per-round table) and, when recording, ``run.h5``. Starting the same
 command again continues from the checkpoint; a finished run is not trained again.
@@ -172,8 +172,10 @@ class PruningRun:
                 raise GradscopeError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
                                      f"use another --out to start a new run")
         if not check_only:
+            from gradscope.store.writer import git_commit, package_versions
             self.out.mkdir(parents=True, exist_ok=True)
             save_json(mine, path)
+            save_json({"versions": package_versions(), "git_commit": git_commit()}, self.out / "versions.json")
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, **pos) -> None:
