@@ -11,7 +11,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Optional
 
 from gradscope import GradscopeError
 

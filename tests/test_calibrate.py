@@ -2,12 +2,11 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from gradscope import GradscopeError
-from gradscope.calibrate import (Calibration, SiloAuto, calibrate_points, calibrate_run, fit_s_curve,
+from gradscope.calibrate import (Calibration, SiloAuto, calibrate_run, fit_s_curve,
                                  implied_max_lr, pruned_fraction)
 from gradscope.fit.synthetic import make_synthetic_run
 from gradscope.schedules import RoundInfo, get_schedule

@@ -1,7 +1,6 @@
 """The command line: main paths end to end on tiny runs, and bad input gives one clear line."""
 import json
 import subprocess
-from pathlib import Path
 
 import h5py
 import pytest

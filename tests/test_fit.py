@@ -1,6 +1,5 @@
 """Fits on synthetic gradients with known scales (gradscope.fit)."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from gradscope import GradscopeError

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickle
 
 import numpy as np
@@ -16,8 +15,7 @@ matplotlib.use("Agg")
 
 from gradscope import GradscopeError  # noqa: E402
 from gradscope.config import ScheduleConfig  # noqa: E402
-from gradscope.schedules import (AllrSchedule, RoundInfo, RoundLR, ScheduleFactory,  # noqa: E402
-                                 SiloSchedule, allr_peak, get_schedule, list_schedules,
+from gradscope.schedules import (RoundInfo, RoundLR, SiloSchedule, allr_peak, get_schedule, list_schedules,
                                  planned_pruned_fraction, planned_round_info, register_schedule,
                                  s_curve, schedule_from_config)
 

@@ -1,7 +1,6 @@
 """``silo-auto``: SILO whose S-curve is re-calibrated from the run after every round."""
 from __future__ import annotations
 
-from typing import Any, Optional
 
 from gradscope import GradscopeError
 from gradscope.calibrate.core import MIN_POINTS, calibrate_run

@@ -9,7 +9,6 @@ scipy.optimize per histogram.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 

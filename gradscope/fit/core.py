@@ -4,7 +4,7 @@ log-likelihood, AIC and a binned KS distance; then narrowing ratios and trends.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -5,7 +5,7 @@ by exact power sums, exactly what the recorder stores.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd

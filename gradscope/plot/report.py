@@ -16,7 +16,7 @@ import pandas as pd
 from gradscope import GradscopeError, __version__
 from gradscope.plot.figures import new_axes
 from gradscope.plot.runs import (RunSource, plot_accuracy, plot_calibration, plot_histograms, plot_narrowing,
-                                 plot_schedule, resolve_run, run_config, run_fit, run_label, run_rounds)
+                                 resolve_run, run_config, run_fit, run_rounds)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;

@@ -13,7 +13,6 @@ flush the window and store epoch metrics, on_round_end -> store round metadata).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Optional

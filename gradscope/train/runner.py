@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,18 +55,6 @@ def epoch_key(round_: int, epoch: int) -> int:
 def _comparable(cfg: dict) -> dict:
     return {s: {k: v for k, v in sec.items() if (s, k) not in _VOLATILE} if isinstance(sec, dict) else sec
             for s, sec in cfg.items() if s != "out"}
-
-
-@dataclass
-class RoundResult:
-    round: int
-    sparsity: float
-    target_sparsity: float
-    max_lr: float
-    train_loss: float
-    val_acc: float
-    test_acc: float
-    time_s: float
 
 
 class PruningRun:
