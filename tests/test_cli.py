@@ -115,3 +115,19 @@ def test_cli_reference_lists_every_command_and_flag():
         for action in p._actions:
             for opt in action.option_strings:
                 assert opt in doc, f"{name} {opt} missing from docs/cli.md (run scripts/gen_cli_docs.py)"
+
+
+def test_oracle_candidates_as_separate_jobs(tmp_path):
+    """--workers 0 names the missing candidate jobs; once they ran, the same command continues."""
+    out = tmp_path / "cluster"
+    args = ["oracle", *TINY, "--rounds", "1", "--schedule", "lth", "--grid", "0.01,0.05",
+            "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--workers", "0"]
+    r = _run(*args)
+    assert r.returncode == 2 and "oracle-candidate" in r.stderr
+    jobs = [l.split() for l in r.stderr.splitlines() if l.strip().startswith("gradscope oracle-candidate")]
+    assert len(jobs) == 2
+    for job in jobs:
+        assert main(job[1:]) == 0
+    assert main(args) == 0
+    d = json.loads((out / "oracle" / "round_0" / "candidates.json").read_text())
+    assert sorted(c["max_lr"] for c in d["candidates"]) == [0.01, 0.05]
