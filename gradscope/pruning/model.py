@@ -56,11 +56,20 @@ def effective_weights(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor
 
 
 @torch.no_grad()
+def refresh_weights(modules) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` now (prune's hook does it only at the next
+    forward), after masks or ``weight_orig`` were written directly."""
+    for m in modules:
+        if hasattr(m, "weight_mask"):
+            m.weight = weight_param(m) * m.weight_mask
+
+
+@torch.no_grad()
 def set_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
     """Write new masks into the layers' ``weight_mask`` buffers and refresh ``weight``."""
     for n, m in layers.items():
         m.weight_mask.copy_(masks[n].to(m.weight_mask.device, m.weight_mask.dtype))
-        m.weight = weight_param(m) * m.weight_mask
+    refresh_weights(layers.values())
 
 
 def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,9 +91,7 @@ def load_plain_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         if key not in sd:
             raise GradscopeError(f"rewind state has {k!r}, which the model lacks")
         sd[key].copy_(v)
-    for mod in model.modules():
-        if hasattr(mod, "weight_mask"):
-            mod.weight = weight_param(mod) * mod.weight_mask
+    refresh_weights(model.modules())
 
 
 def norm_drop(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> float:

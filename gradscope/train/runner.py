@@ -176,8 +176,7 @@ class PruningRun:
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
-        for m in self.layers.values():
-            m.weight = P.weight_param(m) * m.weight_mask
+        P.refresh_weights(self.layers.values())
         self.pos = ck["pos"]
         self.init_state, self.early_state = ck["init_state"], ck["early_state"]
         self.results, self.epochs_log, self.round_extra = ck["results"], ck["epochs_log"], ck["round_extra"]
