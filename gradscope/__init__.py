@@ -9,3 +9,10 @@ class GradscopeError(Exception):
 
     The CLI prints these as one line and exits with status 2, never a traceback.
     """
+
+
+class InternalError(AssertionError):
+    """A broken internal invariant (a gradscope bug, not bad input): never shown as a user error.
+
+    The CLI lets it through as a traceback so that it gets reported, unlike ``GradscopeError``.
+    """
