@@ -26,7 +26,8 @@ class TrainState:
     epochs: int = 0  # epochs in this round
     loss: Any = None  # the current batch loss (a tensor: do not call .item() per step)
     metrics: dict = field(default_factory=dict)  # epoch metrics, set before on_epoch_end
-    round_info: dict = field(default_factory=dict)  # sparsity, schedule params, ... of this round
+    info: Any = None  # the round's gradscope.rounds.RoundInfo (sparsity, target, layer sparsity, ...)
+    schedule: dict = field(default_factory=dict)  # the round's schedule parameters, incl. max_lr
     config: dict = field(default_factory=dict)  # the run's full config (plain dict)
     resumed: bool = False  # True when this round/epoch continues from a checkpoint
 

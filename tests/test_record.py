@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from gradscope import GradscopeError
+from gradscope.rounds import RoundInfo
 from gradscope.record import Binner, GradientRecorder, find_layers, linear_edges, log_edges, select_layers
 from gradscope.store import open_run
 
@@ -236,7 +237,8 @@ def test_callback_protocol_rounds_epochs_and_lazy_discovery(tmp_path):
         if r == 1:
             prune.l1_unstructured(net[0], "weight", amount=0.5)
         st.round, st.step = r, 0
-        st.round_info = {"round": r, "target_sparsity": 0.5 * r, "schedule": {"max_lr": 0.05 + r, "name": "x"}}
+        st.info = RoundInfo.for_steps(r, 6, target_sparsity=0.5 * r)
+        st.schedule = {"max_lr": 0.05 + r, "name": "x"}
         call_all([rec], "on_round_start", st)
         for e in range(2):
             st.epoch = e

@@ -271,9 +271,11 @@ class GradientRecorder:
             self.config = dict(state.config)
 
     def on_round_start(self, state) -> None:
-        info = dict(getattr(state, "round_info", {}) or {})
-        info.pop("round", None)
-        self.start_round(state.round, **info)
+        info = getattr(state, "info", None)
+        meta = {"schedule": dict(getattr(state, "schedule", {}) or {})}
+        if info is not None:
+            meta.update(sparsity=info.sparsity, target_sparsity=info.target_sparsity)
+        self.start_round(state.round, **meta)
         self._step = int(state.step)
 
     def on_epoch_start(self, state) -> None:
@@ -300,10 +302,8 @@ class GradientRecorder:
             self.writer.commit()
 
     def on_round_end(self, state) -> None:
-        info = getattr(state, "round_info", {}) or {}
-        for k in ("sparsity", "target_sparsity", "schedule"):
-            if k in info:
-                self._round_meta.setdefault(k, info[k])
+        if getattr(state, "schedule", None):
+            self._round_meta.setdefault("schedule", dict(state.schedule))
         self.end_round(**(getattr(state, "metrics", {}) or {}))
 
     def on_run_end(self, state) -> None:

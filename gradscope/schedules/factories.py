@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from gradscope import GradscopeError
 from gradscope.schedules.curves import SHAPES, allr_peak, planned_pruned_fraction, s_curve
+from gradscope.rounds import RoundInfo
 from gradscope.schedules.scheduler import RoundLR
 
 __all__ = [
@@ -28,38 +28,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- round info
-@dataclass
-class RoundInfo:
-    """What a schedule may know about a round (filled by the round runner).
-
-    ``sparsity``: measured global pruned fraction in this round (after its pruning);
-    ``prev_sparsity``: the same for the previous round (0 for rounds 0 and 1);
-    ``norm_drop`` = ‖θ−θ_pruned‖/‖θ‖ and ``step_pruned`` = fraction pruned in this round's
-    pruning step (both only needed by ALLR, from round 1 on).
-    """
-
-    round: int
-    sparsity: float
-    prev_sparsity: float
-    prune_rate: float
-    steps_per_epoch: int
-    epochs: int
-    norm_drop: Optional[float] = None
-    step_pruned: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if int(self.round) != self.round or self.round < 0:
-            raise GradscopeError(f"RoundInfo.round must be a non-negative integer, got {self.round!r}")
-        for key in ("sparsity", "prev_sparsity", "prune_rate"):
-            v = getattr(self, key)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                raise GradscopeError(f"RoundInfo.{key} must be a fraction in [0, 1], got {v!r}")
-
-    @property
-    def total_steps(self) -> int:
-        return int(self.steps_per_epoch) * int(self.epochs)
-
-
 def planned_round_info(k: int, prune_rate: float, steps_per_epoch: int = 1, epochs: int = 1,
                        norm_drop: Optional[float] = None) -> RoundInfo:
     """The RoundInfo of round k when exactly ``prune_rate`` of the remaining weights is pruned

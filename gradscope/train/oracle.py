@@ -128,8 +128,8 @@ class OracleRun(PruningRun):
                    "lr": best["max_lr"], "time_s": 0.0}
         self.epochs_log.append(metrics)
         ri = chosen["ri"]
-        self.state = TrainState(model=self.net, device=self.device, round=k, metrics=metrics, round_info=ri,
-                                config=self.cfg.to_dict())
+        self.state = TrainState(model=self.net, device=self.device, round=k, metrics=metrics,
+                                schedule=ri["schedule"], config=self.cfg.to_dict())
         return {"ri": ri, "metrics": metrics}
 
 

@@ -210,7 +210,9 @@ class PruningRun:
         extra = self.round_extra.get(k, {})
         info = RoundInfo(round=k, sparsity=sp, prev_sparsity=prev, prune_rate=c.prune.prune_rate,
                          steps_per_epoch=self.steps_per_epoch, epochs=c.train.epochs,
-                         norm_drop=extra.get("norm_drop"), step_pruned=extra.get("step_pruned"))
+                         norm_drop=extra.get("norm_drop"), step_pruned=extra.get("step_pruned"),
+                         target_sparsity=P.target_sparsity(k, c.prune.prune_rate), layer_sparsity=per,
+                         rewind_point=extra.get("rewind_point", "-"))
         return {"info": info, "round": k, "sparsity": sp, "layer_sparsity": per,
                 "target_sparsity": P.target_sparsity(k, c.prune.prune_rate)}
 
@@ -239,7 +241,7 @@ class PruningRun:
         state = TrainState(model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
                            device=self.device, round=k, epoch=start_epoch,
                            step=start_epoch * self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-                           epochs=c.train.epochs, round_info=ri, config=c.to_dict(),
+                           epochs=c.train.epochs, info=info, schedule=ri["schedule"], config=c.to_dict(),
                            resumed=start_epoch > 0 or opt_state is not None)
         self.state = state
         call_all(callbacks, "on_round_start", state)
