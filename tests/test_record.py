@@ -237,7 +237,7 @@ def test_callback_protocol_rounds_epochs_and_lazy_discovery(tmp_path):
         if r == 1:
             prune.l1_unstructured(net[0], "weight", amount=0.5)
         st.round, st.step = r, 0
-        st.info = RoundInfo.for_steps(r, 6, target_sparsity=0.5 * r)
+        st.info = RoundInfo.for_steps(r, 6, sparsity=18 / (36 + 192) * r, target_sparsity=0.5 * r)
         st.schedule = {"max_lr": 0.05 + r, "name": "x"}
         call_all([rec], "on_round_start", st)
         for e in range(2):
