@@ -1,18 +1,39 @@
-"""The ``gradscope`` command. Thin: parses flags into configs and calls the library.
+"""The ``gradscope`` command: measure how weight-gradient distributions change under iterative
+pruning, calibrate SILO learning-rate schedules from the measurement, and compare schedules.
 
-Every user error is a ``GradscopeError``, printed as one line with exit status 2.
+Thin: parses flags into configs and calls the library. Every user error is a
+``GradscopeError``, printed as one line with exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from gradscope import GradscopeError, __version__
+from gradscope import GradscopeError, JobsPending, __version__
 from gradscope.config import add_run_arguments, run_config_from_args
 
-PROFILE_DEFAULTS = {"record": True, "out": "runs/profile", "rounds": 8, "epochs": 5, "schedule": "lth", "max_lr": 0.05}
+DESCRIPTION = ("gradscope: record per-layer weight-gradient statistics across iterative pruning "
+               "rounds, fit how they change, calibrate SILO's max_lr S-curve from them, and compare "
+               "LR schedules (SILO, baselines, the Oracle).")
+PROFILE_DEFAULTS = {"record": True, "out": "runs/profile", "rounds": 8, "epochs": 5, "schedule": "lth"}
+PROFILE_MAX_LR = 0.05  # profile's peak for fixed-peak schedules: a fixed LR does not confound the measurement
 PRUNE_DEFAULTS = {"out": "runs/prune"}
+ORACLE_DEFAULTS = {"out": "runs/oracle"}
+
+
+def run_file(path: str) -> str:
+    """A run file path from RUN.h5 or a run directory holding run.h5."""
+    from gradscope.paths import RunPaths  # noqa: PLC0415
+
+    if os.path.isdir(path):
+        h5 = RunPaths(path).run_h5
+        if not h5.exists():
+            raise GradscopeError(f"{path} is a directory without a run.h5 (was it recorded? "
+                                 "`gradscope profile` records; `gradscope prune` does not)")
+        return str(h5)
+    return path
 
 
 def _cmd_prune(ns) -> int:
@@ -24,39 +45,33 @@ def _cmd_prune(ns) -> int:
 
 
 def _cmd_profile(ns) -> int:
-    from gradscope.train import PruningRun
+    from gradscope.schedules import SCHEDULES
     from gradscope.store import open_run
+    from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
     cfg.record.record = True
+    if cfg.schedule.max_lr is None and cfg.schedule.schedule_file is None \
+            and "max_lr" in SCHEDULES.get(cfg.schedule.schedule).cls.PEAK_PARAMS:
+        cfg.schedule.max_lr = PROFILE_MAX_LR
     PruningRun(cfg).run()
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
         table = r.round_summary(relu_only=True)
     table = table.rename(columns={"std": "grad_std"})
     cols = [c for c in ("round", "sparsity", "val_acc", "test_acc", "grad_std", "std_ratio") if c in table]
-    print("\nGradient spread of unpruned ReLU-layer weights per round:")
+    print("\nGradient spread of unpruned ReLU-layer weights per round (view: survivors; all windows pooled):")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nrecorded to {path}  (next: gradscope fit {path})")
     return 0
 
 
 def _cmd_oracle(ns) -> int:
-    from gradscope.train.oracle import OracleRun, geometric_grid, oracle_table
+    from gradscope.schedules import schedule_from_config
+    from gradscope.train import PruningRun
+    from gradscope.train.oracle import OracleRounds, default_grid, oracle_table, parse_grid
     cfg = run_config_from_args(ns)
-    if ns.grid:
-        try:
-            grid = [float(v) for v in ns.grid.split(",") if v.strip()]
-        except ValueError:
-            raise GradscopeError(f"--grid takes comma-separated numbers, got {ns.grid!r}") from None
-    else:
-        from gradscope.schedules import schedule_from_config
-        f = schedule_from_config(cfg.schedule)
-        p = f.params()
-        lo, hi = p.get("lo") or p.get("max_lr"), p.get("hi") or p.get("max_lr")
-        if lo is None:
-            raise GradscopeError("give --grid, or a schedule with lo/hi or max_lr to centre the grid on")
-        grid = geometric_grid(lo, hi, ns.grid_points)
-    OracleRun(cfg, grid, workers=ns.workers).run()
+    grid = parse_grid(ns.grid) if ns.grid else default_grid(schedule_from_config(cfg.schedule), ns.grid_points)
+    PruningRun(cfg, rounds=OracleRounds(grid, workers=ns.workers)).run()
     t = oracle_table(cfg.out)
     print("\nOracle candidates (best by validation accuracy; * = within noise of the best):")
     t["mark"] = ["best" if b else ("*" if i else "") for b, i in zip(t["best"], t["in_interval"])]
@@ -75,7 +90,8 @@ def _cmd_fit(ns) -> int:
     from gradscope.fit import fit_run
     from gradscope.fit.run import format_narrowing, format_trend
     models = tuple(m for m in ns.models.split(",") if m)
-    res = fit_run(ns.run, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store)
+    path = run_file(ns.run)
+    res = fit_run(path, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     n = format_narrowing(res, statistic=ns.statistic, layer="pooled")
     print(f"Pooled narrowing of ReLU-fed layers ({ns.statistic}; ratio = scale(round k) / scale(round 0)):")
@@ -88,13 +104,18 @@ def _cmd_fit(ns) -> int:
     if best:
         print("\nbest model by AIC (pooled, count of rounds):", ", ".join(f"{k}: {v}" for k, v in best.items()))
     if not ns.no_store:
-        print(f"\nfit tables stored in {ns.run} under /derived (raw data untouched)")
+        print(f"\nfit tables stored in {path} under /derived (raw data untouched)")
     return 0
 
 
 def _cmd_calibrate(ns) -> int:
     from gradscope.calibrate import calibrate_run, format_calibration
-    cal = calibrate_run(ns.run, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x,
+    path = run_file(ns.run)
+    if ns.output:
+        parent = os.path.dirname(os.path.abspath(ns.output))
+        if not os.path.isdir(parent):
+            raise GradscopeError(f"-o {ns.output}: directory {parent} does not exist")
+    cal = calibrate_run(path, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x, p=ns.p,
                         rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     print("Measured points (max_lr that keeps max_lr * scale constant):")
@@ -118,70 +139,127 @@ def _cmd_calibrate(ns) -> int:
 
 
 def _cmd_list(ns) -> int:
+    import gradscope.calibrate  # noqa: F401 - registers silo-auto
     from gradscope.data import list_datasets
     from gradscope.models import list_models
+    from gradscope.pruning import STRATEGIES
     from gradscope.schedules import list_schedules
-    print("models:   ", ", ".join(list_models()))
-    print("datasets: ", ", ".join(list_datasets()))
-    print("schedules:", ", ".join(list_schedules()))
+    from gradscope.train.rewind import REWINDS
+    print("models:         ", ", ".join(list_models()), "(or module:callable)")
+    print("datasets:       ", ", ".join(list_datasets()))
+    print("schedules:      ", ", ".join(list_schedules()))
+    print("prune methods:  ", ", ".join(STRATEGIES.names()))
+    print("rewind modes:   ", ", ".join(REWINDS.names()))
     return 0
 
 
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _pos_int(s: str) -> int:
+    v = _nonneg_int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _pos_float(s: str) -> float:
+    import math
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = _pos_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}")
+    return v
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with gradscope's error format: one line ``gradscope: error: ...``, exit 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{cmd}: " if cmd else ""
+        self.exit(2, f"gradscope: error: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradscope", description=__doc__.splitlines()[0])
+    p = Parser(prog="gradscope", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"gradscope {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     s = sub.add_parser("prune", help="iterative pruning with rewinding (prints a per-round table)")
     add_run_arguments(s, PRUNE_DEFAULTS)
     s.set_defaults(func=_cmd_prune)
 
-    s = sub.add_parser("profile", help="iterative pruning with the gradient recorder; writes RUN_DIR/run.h5")
+    s = sub.add_parser("profile", help="iterative pruning with the gradient recorder; writes RUN_DIR/run.h5",
+                       description=f"Iterative pruning with the gradient recorder on. Fixed-peak schedules "
+                                   f"default to --max-lr {PROFILE_MAX_LR} here, so that a rising LR does not "
+                                   f"confound the measurement.")
     add_run_arguments(s, PROFILE_DEFAULTS)
     s.set_defaults(func=_cmd_profile)
 
     s = sub.add_parser("oracle", help="per round, grid-search max_lr and continue from the best (validation) candidate")
-    add_run_arguments(s, {"out": "runs/oracle"})
+    add_run_arguments(s, ORACLE_DEFAULTS)
     s.add_argument("--grid", default=None, help="comma-separated max_lr values (default: geometric lo/2 ... 2*hi)")
-    s.add_argument("--grid-points", type=int, default=7, help="points of the default geometric grid")
-    s.add_argument("--workers", type=int, default=1,
-                   help="parallel candidate processes; 0 = print the candidate commands and stop")
+    s.add_argument("--grid-points", type=_pos_int, default=7, help="points of the default geometric grid (default: 7)")
+    s.add_argument("--workers", type=_nonneg_int, default=1,
+                   help="parallel candidate processes; 0 = print the candidate commands for another "
+                        "scheduler and stop (exit 0) (default: 1)")
     s.set_defaults(func=_cmd_oracle)
 
     s = sub.add_parser("oracle-candidate", help="train one Oracle candidate (for cluster schedulers)")
     s.add_argument("--out", required=True, help="the Oracle run directory")
-    s.add_argument("--round", type=int, required=True)
-    s.add_argument("--max-lr", type=float, required=True)
+    s.add_argument("--round", type=_nonneg_int, required=True)
+    s.add_argument("--max-lr", type=_pos_float, required=True)
     s.set_defaults(func=_cmd_oracle_candidate)
 
     s = sub.add_parser("fit", help="fit the recorded gradient distributions; print the narrowing per round")
-    s.add_argument("run", metavar="RUN.h5")
+    s.add_argument("run", metavar="RUN", help="RUN.h5 or a run directory")
     s.add_argument("--per", choices=("round", "window"), default="round", help="fit per round (default) or per window")
-    s.add_argument("--models", default="normal,laplace,t,gennorm", help="comma-separated distribution families")
-    s.add_argument("--statistic", default="std", help="statistic whose narrowing is printed (std, iqr, mad, or a family)")
-    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for confidence intervals")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--models", default="normal,laplace,t,gennorm", help="comma-separated distribution families "
+                   "(default: normal,laplace,t,gennorm)")
+    s.add_argument("--statistic", default="std", help="statistic whose narrowing is printed (default: std)")
+    s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
     s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
     s.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("calibrate", help="SILO S-curve parameters from the measured narrowing")
-    s.add_argument("run", metavar="RUN.h5")
+    s.add_argument("run", metavar="RUN", help="RUN.h5 or a run directory")
     s.add_argument("-o", "--output", default=None, help="write the parameters (JSON, or YAML by extension)")
-    s.add_argument("--lo", type=float, default=None, help="max_lr of round 0 (default: the run's)")
-    s.add_argument("--gamma", type=float, default=1.0, help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma")
-    s.add_argument("--statistic", default="std", help="spread statistic (std, iqr, mad, or a fitted family)")
+    s.add_argument("--lo", type=_pos_float, default=None, help="max_lr of round 0 (default: the run's)")
+    s.add_argument("--p", "--prune-rate", dest="p", type=_fraction, default=None,
+                   help="prune rate per round (default: the run's config)")
+    s.add_argument("--gamma", type=_pos_float, default=1.0, help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma (default: 1)")
+    s.add_argument("--statistic", default="std", help="spread statistic (default: std)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",
-                   help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity")
-    s.add_argument("--rounds-planned", type=int, default=None, help="predict max_lr up to this many rounds")
+                   help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
+    s.add_argument("--rounds-planned", type=_pos_int, default=None, help="predict max_lr up to this many rounds")
     s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr")
     s.set_defaults(func=_cmd_calibrate)
 
-    s = sub.add_parser("list", help="known models, datasets and schedules")
+    s = sub.add_parser("list", help="known models, datasets, schedules, prune methods and rewind modes")
     s.set_defaults(func=_cmd_list)
 
     for register in _EXTRA:
         register(sub)
+    p.commands = sub.choices  # name -> subparser, for errors about a command's arguments
     return p
 
 
@@ -195,9 +273,14 @@ _EXTRA: list = [_register_plot]  # subcommands that live with their module (plot
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(ns.func(ns) or 0)
+    except JobsPending as e:
+        print(str(e))
+        return 0
     except GradscopeError as e:
         print(f"gradscope: error: {e}", file=sys.stderr)
         return 2

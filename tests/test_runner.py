@@ -43,7 +43,7 @@ class _Snap(Callback):
 
     def on_round_start(self, state):
         self.at_start[state.round] = {n: (l.weight_orig.detach().clone(), l.weight_mask.detach().clone())
-                                      for n, l in self.run.layers.items()}
+                                      for n, l in self.run.ctx.layers.items()}
 
 
 @pytest.mark.parametrize("mode", ["init", "lr", "early"])
@@ -63,9 +63,9 @@ def test_rewind_modes(tiny_config, mode):
         assert same_as_init == (mode == "init"), n
         assert (w1[n][1] == 0).any()  # pruned before round 1 starts
     if mode == "early":
-        assert run.early_state is not None
+        assert run.state.early is not None
         for n in w0:
-            assert torch.equal(w1[n][0], run.early_state[n + ".weight"])
+            assert torch.equal(w1[n][0], run.state.early[n + ".weight"])
     assert end0["result"]["round"] == 0
 
 

@@ -2,7 +2,7 @@
 
 Importing this package registers ``silo-auto`` in the schedule registry.
 """
-from gradscope.calibrate.auto import SiloAuto, register
+from gradscope.calibrate.auto import SiloAuto, SiloAutoCalibration, register
 from gradscope.calibrate.core import (DEFAULT_BOUNDS, MIN_POINTS, Calibration, calibrate_points,
                                       calibrate_run, fit_s_curve, format_calibration,
                                       implied_max_lr, narrowing_points, pruned_fraction)
@@ -10,7 +10,7 @@ from gradscope.calibrate.core import (DEFAULT_BOUNDS, MIN_POINTS, Calibration, c
 register()
 
 __all__ = [
-    "DEFAULT_BOUNDS", "MIN_POINTS", "Calibration", "SiloAuto", "calibrate_points", "calibrate_run",
+    "DEFAULT_BOUNDS", "MIN_POINTS", "Calibration", "SiloAuto", "SiloAutoCalibration", "calibrate_points", "calibrate_run",
     "fit_s_curve", "format_calibration", "implied_max_lr", "narrowing_points", "pruned_fraction",
     "register",
 ]

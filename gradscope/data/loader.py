@@ -23,6 +23,12 @@ def crop_pad(size: int) -> int:
     return 8 if size >= 64 else 4
 
 
+def epoch_key(round_: int, epoch: int) -> int:
+    """The data-order key of (round, epoch): a loader's shuffle and augmentation depend only on
+    it and the seed, so an epoch is replayed exactly after a resume."""
+    return int(round_) * 100_003 + int(epoch)
+
+
 def epoch_generator(seed: int, key: int) -> torch.Generator:
     """A CPU generator whose stream depends only on ``(seed, key)``."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFF, 0x9E5C0]).generate_state(2)
