@@ -36,6 +36,7 @@ class SiloAuto(SiloSchedule):
         if not hasattr(self, "prior"):
             self.prior = {k: getattr(self, k) for k in _CURVE}
             self.calibrated_at: Optional[int] = None  # the round after which calibration took over
+            self.calibration = None  # the last successful Calibration (not checkpointed: its numbers are)
             self.reason = "not calibrated yet"
 
     def observe(self, reader) -> bool:
@@ -59,6 +60,7 @@ class SiloAuto(SiloSchedule):
             return False
         for k in _CURVE:
             setattr(self, k, cal.params[k])
+        self.calibration = cal
         self.reason = "calibrated"
         return True
 

@@ -276,6 +276,9 @@ def default_cache_dir() -> str:
 def validation_count(n_train: int, val_fraction: float, val_size: int | None, train_subset: int | None) -> int:
     """Validation images: ``val_size``; else ``val_fraction`` of ``train_subset`` when given (so the
     validation set scales with the subset), else of the whole train split."""
+    if train_subset is not None and train_subset >= n_train:
+        raise GradscopeError(f"train_subset={train_subset} leaves no image of the {n_train} in the train "
+                             f"split for validation; pass fewer")
     if val_size is not None:
         if int(val_size) != val_size or val_size <= 0:
             raise GradscopeError(f"val_size must be a positive integer, got {val_size!r}")
