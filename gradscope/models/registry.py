@@ -1,7 +1,7 @@
-"""The model registry: ``get_model(name, input_shape, num_classes)``; all are ReLU networks."""
+"""The model registry: ``get_model(name, input_shape, num_classes)``; ReLU networks and GELU ViTs."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import nn
 
@@ -10,16 +10,19 @@ from gradscope.models.cifar_resnet import CifarResNet
 from gradscope.models.init import kaiming_init
 from gradscope.models.small import LeNet300100, SmallCNN
 from gradscope.models.vgg import PLANS, CifarVGG
+from gradscope.models.vit import deit_tiny, vit_tiny
 
 Shape = tuple[int, int, int]
 _REGISTRY: dict[str, Callable[[Shape, int], nn.Module]] = {}
 _MIN_SIDE: dict[str, int] = {}
+_INIT: dict[str, Optional[Callable[[nn.Module], nn.Module]]] = {}  # None: the model initialises itself
 
 
-def register(name: str, min_side: int = 1):
+def register(name: str, min_side: int = 1, init: Optional[Callable[[nn.Module], nn.Module]] = kaiming_init):
     def deco(fn):
         _REGISTRY[name] = fn
         _MIN_SIDE[name] = min_side
+        _INIT[name] = init
         return fn
     return deco
 
@@ -48,10 +51,13 @@ register("resnet18")(lambda s, k: _torchvision_resnet("resnet18", s, k))
 register("resnet50")(lambda s, k: _torchvision_resnet("resnet50", s, k))
 register("lenet_300_100")(lambda s, k: LeNet300100(s, k))
 register("small_cnn")(lambda s, k: SmallCNN(s, k))
+register("vit_tiny", min_side=4, init=None)(vit_tiny)  # patch 4; ViT init, not Kaiming
+register("deit_tiny", min_side=4, init=None)(deit_tiny)
 
 
 def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs, Kaiming-initialised."""
+    """Build model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs, Kaiming-initialised
+    unless it brings its own initialisation (the ViTs)."""
     key = name.lower().strip()
     if key not in _REGISTRY:
         raise GradscopeError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -63,4 +69,5 @@ def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) ->
     if min(h, w) < _MIN_SIDE[key]:
         raise GradscopeError(f"{key} needs images of at least {_MIN_SIDE[key]}x{_MIN_SIDE[key]}, got {h}x{w}; "
                              f"pick another model (e.g. small_cnn or resnet20)")
-    return kaiming_init(_REGISTRY[key]((c, h, w), int(num_classes)))
+    model = _REGISTRY[key]((c, h, w), int(num_classes))
+    return _INIT[key](model) if _INIT[key] is not None else model
