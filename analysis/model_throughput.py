@@ -2,8 +2,9 @@
 
 Each model gets all-ones pruning masks (as every run has from round 0) and, if it has a conv,
 the channels_last layout (the trainer's default); one step is forward, cross-entropy,
-backward, SGD step on random inputs. Models are timed in interleaved repeats (A B A B ...) so
-that load from other processes hits them alike; the median over repeats is reported.
+backward, SGD step on random inputs (bf16 autocast on CUDA, as the trainer's default --amp).
+Models are timed in interleaved repeats (A B A B ...) so that load from other processes hits
+them alike; the median over repeats is reported.
 
     python analysis/model_throughput.py --models vit_tiny,resnet20 --batch 128 --threads 2
     python analysis/model_throughput.py --models deit_tiny,resnet20 --batch 256 --device cuda   # a GPU
@@ -21,6 +22,7 @@ from torch import nn
 
 from gradscope.models import get_model
 from gradscope.pruning import attach_masks, prunable_layers
+from gradscope.train.loop import autocast_for
 
 
 def build(name: str, shape: tuple[int, int, int], classes: int, channels_last: bool, device: str):
@@ -41,7 +43,9 @@ def time_steps(m, opt, x, y, steps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(m(x), y).backward()
+        with autocast_for(x.device, True):  # bf16 on CUDA, as the trainer's default --amp; no-op on CPU
+            loss = F.cross_entropy(m(x), y)
+        loss.backward()
         opt.step()
     sync()
     return (time.perf_counter() - t0) / steps
