@@ -1,7 +1,7 @@
 """The model registry: ``get_model(name, input_shape, num_classes)``.
 
-Registered models are ReLU networks initialised with Kaiming (fan-in) unless registered with
-``init=False`` (models that bring their own initialisation). A name ``module:callable``
+Registered models are ReLU networks initialised with Kaiming (fan-in), and GELU Vision
+Transformers registered with ``init=False`` (they keep their own truncated-normal init). A name ``module:callable``
 imports a user's builder, called with ``(input_shape, num_classes)``.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gradscope.models.cifar_resnet import CifarResNet
 from gradscope.models.init import kaiming_init
 from gradscope.models.small import LeNet300100, SmallCNN
 from gradscope.models.vgg import PLANS, CifarVGG
+from gradscope.models.vit import deit_tiny, vit_tiny
 from gradscope.registry import Registry
 
 Shape = tuple[int, int, int]
@@ -52,6 +53,8 @@ register("resnet18")(lambda s, k: _torchvision_resnet("resnet18", s, k))
 register("resnet50")(lambda s, k: _torchvision_resnet("resnet50", s, k))
 register("lenet_300_100")(lambda s, k: LeNet300100(s, k))
 register("small_cnn")(lambda s, k: SmallCNN(s, k))
+register("vit_tiny", min_side=4, init=False)(vit_tiny)
+register("deit_tiny", min_side=4, init=False)(deit_tiny)
 
 
 def _user_builder(spec: str) -> Builder:
