@@ -20,7 +20,8 @@ DESCRIPTION = ("gradscope: record per-layer weight-gradient statistics across it
 PROFILE_DEFAULTS = {"record": True, "out": "runs/profile", "rounds": 8, "epochs": 5, "schedule": "lth"}
 PROFILE_MAX_LR = 0.05  # profile's peak for fixed-peak schedules: a fixed LR does not confound the measurement
 PRUNE_DEFAULTS = {"out": "runs/prune"}
-ORACLE_DEFAULTS = {"out": "runs/oracle"}
+# The Oracle's defaults match `profile`'s, so that a profile and an Oracle run measure the same training.
+ORACLE_DEFAULTS = {"out": "runs/oracle", "rounds": 8, "epochs": 5, "schedule": "lth"}
 
 
 def run_file(path: str) -> str:
@@ -45,14 +46,11 @@ def _cmd_prune(ns) -> int:
 
 
 def _cmd_profile(ns) -> int:
-    from gradscope.schedules import SCHEDULES
     from gradscope.store import open_run
     from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
     cfg.record.record = True
-    if cfg.schedule.max_lr is None and cfg.schedule.schedule_file is None \
-            and "max_lr" in SCHEDULES.get(cfg.schedule.schedule).cls.PEAK_PARAMS:
-        cfg.schedule.max_lr = PROFILE_MAX_LR
+    _fixed_peak_default(cfg)
     PruningRun(cfg).run()
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
@@ -65,24 +63,41 @@ def _cmd_profile(ns) -> int:
     return 0
 
 
+def _fixed_peak_default(cfg) -> None:
+    """profile and oracle: a fixed-peak schedule without --max-lr gets PROFILE_MAX_LR."""
+    from gradscope.schedules import SCHEDULES
+    if cfg.schedule.max_lr is None and cfg.schedule.schedule_file is None \
+            and "max_lr" in SCHEDULES.get(cfg.schedule.schedule).cls.PEAK_PARAMS:
+        cfg.schedule.max_lr = PROFILE_MAX_LR
+
+
 def _cmd_oracle(ns) -> int:
     from gradscope.schedules import schedule_from_config
     from gradscope.train import PruningRun
-    from gradscope.train.oracle import OracleRounds, default_grid, oracle_table, parse_grid
+    from gradscope.train.oracle import (OracleRounds, default_grid, make_executor, oracle_slope,
+                                        oracle_summary, parse_grid)
     cfg = run_config_from_args(ns)
+    _fixed_peak_default(cfg)
     grid = parse_grid(ns.grid) if ns.grid else default_grid(schedule_from_config(cfg.schedule), ns.grid_points)
-    PruningRun(cfg, rounds=OracleRounds(grid, workers=ns.workers)).run()
-    t = oracle_table(cfg.out)
-    print("\nOracle candidates (best by validation accuracy; * = within noise of the best):")
-    t["mark"] = ["best" if b else ("*" if i else "") for b, i in zip(t["best"], t["in_interval"])]
-    print(t[["round", "max_lr", "val_acc", "test_acc", "mark"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    rounds = OracleRounds(grid, seeds=ns.seeds, executor=make_executor(ns.workers), max_extend=ns.max_extend)
+    PruningRun(cfg, rounds=rounds).run()
+    t = oracle_summary(cfg.out)
+    n_val = int(t["n_val"].iloc[0]) if len(t) else 0
+    print(f"\nOracle per round ({ns.seeds} seeds per max_lr; validation: {n_val} images, so one candidate's "
+          f"accuracy has a standard error of about {100 * 0.5 / max(n_val, 1) ** 0.5:.2g} points at 50 %):")
+    print(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    try:
+        print("\n" + oracle_slope(cfg.out, x="sparsity").sentence())
+    except GradscopeError as e:
+        print(f"\nslope test: {e}")
     return 0
 
 
 def _cmd_oracle_candidate(ns) -> int:
     from gradscope.train.oracle import run_candidate
-    r = run_candidate(ns.out, ns.round, ns.max_lr)
-    print(f"round {r['round']} max_lr {r['max_lr']:.6g}: val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}")
+    r = run_candidate(ns.out, ns.round, ns.max_lr, ns.seed)
+    print(f"round {r['round']} max_lr {r['max_lr']:.6g} seed {r.get('seed', 0)}: val_acc {r['val_acc']:.4f} "
+          f"test_acc {r['test_acc']:.4f}")
     return 0
 
 
@@ -214,10 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(s, PROFILE_DEFAULTS)
     s.set_defaults(func=_cmd_profile)
 
-    s = sub.add_parser("oracle", help="per round, grid-search max_lr and continue from the best (validation) candidate")
+    s = sub.add_parser("oracle", help="per round, grid-search max_lr and continue from the best (validation) candidate",
+                       description="Per round, train every max_lr of a grid with several seeds from the round's "
+                                   "start state, locate the best max_lr with a confidence interval, and continue "
+                                   "from the grid's best. Size the validation set for the effect you look for "
+                                   "(--val-size N: a candidate's accuracy has a standard error of about "
+                                   "sqrt(p(1-p)/N), 1.6 points at N=1000 and p=0.5); cost = grid points x seeds "
+                                   "rounds of training per round.")
     add_run_arguments(s, ORACLE_DEFAULTS)
     s.add_argument("--grid", default=None, help="comma-separated max_lr values (default: geometric lo/2 ... 2*hi)")
     s.add_argument("--grid-points", type=_pos_int, default=7, help="points of the default geometric grid (default: 7)")
+    s.add_argument("--seeds", type=_pos_int, default=3,
+                   help="training seeds per max_lr (data order, augmentation): the optimum's CI covers "
+                        "training noise only with several (default: 3)")
+    s.add_argument("--max-extend", type=_nonneg_int, default=3,
+                   help="grid points added beyond an edge when the best is at the edge (default: 3)")
     s.add_argument("--workers", type=_nonneg_int, default=1,
                    help="parallel candidate processes; 0 = print the candidate commands for another "
                         "scheduler and stop (exit 0) (default: 1)")
@@ -227,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the Oracle run directory")
     s.add_argument("--round", type=_nonneg_int, required=True)
     s.add_argument("--max-lr", type=_pos_float, required=True)
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="candidate seed (default: 0, the run's own)")
     s.set_defaults(func=_cmd_oracle_candidate)
 
     s = sub.add_parser("fit", help="fit the recorded gradient distributions; print the narrowing per round")

@@ -6,7 +6,7 @@ against log(max_lr), with a bootstrap CI over seeds and validation examples, bes
 argmax and the SILO papers' "optimal interval". ``slope_test`` asks whether the optimum moves
 with sparsity: the slope of log(optimum) against a covariate, with a bootstrap CI.
 
-Method (docs/method.md): the window is the grid argmax and up to two neighbours each side; a
+Method (docs/method.md): the window is the grid argmax and its neighbour on each side; a
 quadratic in log(max_lr) is fitted by least squares to the window's mean accuracies; its
 vertex, when the quadratic is concave and the vertex inside the window, is the optimum; else
 the replicate's argmax. Resampling: validation examples with replacement (paired across
@@ -27,7 +27,7 @@ import numpy as np
 
 from gradscope import GradscopeError
 
-WINDOW = 2  # grid neighbours each side of the argmax used by the local quadratic
+WINDOW = 1  # grid neighbours each side of the argmax: three-point parabolic interpolation of the peak
 
 
 @dataclass
