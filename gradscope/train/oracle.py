@@ -24,7 +24,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
-from gradscope import GradscopeError, JobsPending
+from gradscope import GradscopeError, JobsPending, faults
 from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
 from gradscope.optimum import OptimumEstimate, fit_optimum, slope_test
@@ -172,6 +172,7 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
     result["device"] = ctx.device.type
     save_torch({"result": result, "model": ctx.model.state_dict(), "epochs": epochs,
                 "val_correct": correct.to(torch.uint8)}, dest)
+    faults.point("candidate", k, fmt_lr(max_lr), seed)
     return result
 
 
@@ -266,6 +267,7 @@ class OracleRounds:
         call_all(callbacks, "on_round_start", state)
         if not paths.oracle_start(k).exists():
             save_torch({"model": run.ctx.model.state_dict(), "info": info.to_dict()}, paths.oracle_start(k))
+            faults.point("oracle-start", k)
         grid = list(self.grid)
         while True:
             todo = [CandidateJob(out, k, v, s) for v in grid for s in range(self.seeds)]
@@ -294,6 +296,7 @@ class OracleRounds:
             "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
             "cost_s": cost, "device": device}
         save_json(summary, paths.oracle_choice(k))
+        faults.point("oracle-choice", k)
         epochs = [EpochMetrics(**e) for e in chosen["epochs"]]
         extra = {"oracle_status": est.status, "oracle_optimum": est.optimum, "oracle_lo": est.lo,
                  "oracle_hi": est.hi, "oracle_argmax": est.argmax, "oracle_cost_s": cost}

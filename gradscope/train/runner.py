@@ -13,7 +13,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
-from gradscope import GradscopeError
+from gradscope import GradscopeError, faults
 from gradscope import pruning as P
 from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
@@ -146,6 +146,7 @@ class PruningRun:
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "config": self.cfg.to_dict()}, self.paths.checkpoint)
+        faults.point("checkpoint", st.round, st.stage, len(st.epochs))
 
     def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
         """Restore the checkpoint (returning the optimizer/scheduler states) or start round 0."""
@@ -206,7 +207,9 @@ class PruningRun:
                     "epochs": [e.to_dict() for e in res.epochs], "schedule": res.schedule,
                     "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
                    self.paths.round_file(res.round))
+        faults.point("round-file", res.round)
         save_json([r.row() for r in st.results], self.paths.rounds)
+        faults.point("rounds-json", res.round)
         self.log(format_row(row))
         note = res.schedule.get("note")
         if note:
