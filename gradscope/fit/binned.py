@@ -213,6 +213,22 @@ def binned_abs_quantile(cdf, edges, center, q: float, iters: int = 60):
     return np.where(bad, np.nan, out)
 
 
+def abs_quantiles(counts, under, over, edges, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
+    """Quantiles of |g| per row from histograms (under/overflow in the total): {q: values}
+    and {("res", q): width of the bin the quantile fell in, relative to it}. NaN where a
+    quantile lies beyond the edges."""
+    c = np.asarray(counts, float)
+    cdf = binned_cdf(c, np.asarray(under, float), np.asarray(over, float))
+    zero = np.zeros(c.shape[0])
+    out = {}
+    for q in qs:
+        v = binned_abs_quantile(cdf, edges, zero, q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.fmax(bin_width_at(edges, v), bin_width_at(edges, -v))
+            out[q], out[("res", q)] = v, w / v
+    return out
+
+
 def binned_mad(cdf, edges, median, iters: int = 60):
     """Median absolute deviation from the binned cdf: m with F(med+m) - F(med-m) = 1/2."""
     return binned_abs_quantile(cdf, edges, median, 0.5, iters)

@@ -170,6 +170,50 @@ def _fit_table(counts, edges, idx, models, bootstrap, seed, resample):
     return pd.concat([key, idx[["count", "under", "over", "nonfinite"]].reset_index(drop=True), res], axis=1)
 
 
+SPREAD_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def spread_table(path, *, layer: Optional[str] = None, view: str = "survivors", window: str = "all",
+                 quantiles: Sequence[float] = SPREAD_QUANTILES) -> pd.DataFrame:
+    """Per round: quantiles of |g| from the histograms (``q05`` ... ``q95``), their binning
+    resolution (``res_q50``: bin width / value), the exact std and mean |g|, and sparsity, of
+    one layer or of the ReLU-fed layers pooled (``layer`` None or "pooled")."""
+    from gradscope.fit.binned import abs_quantiles  # noqa: PLC0415
+    from gradscope.fit.core import moment_spreads  # noqa: PLC0415
+
+    check_view(view)
+    check_window(window)
+    reader = open_source(path)
+    counts, edges, idx = load_windows(reader, view, window)
+    if len(idx) == 0:
+        raise GradscopeError("the run file holds no histograms yet (record a round first)")
+    if layer is None or layer == "pooled":
+        keep = idx["relu_fed"].to_numpy(bool)
+        if not keep.any():
+            raise GradscopeError("no ReLU-fed layers are recorded in this run; give a layer")
+    else:
+        keep = (idx["layer"] == layer).to_numpy()
+        if not keep.any():
+            raise GradscopeError(f"no histograms of layer {layer!r}; layers: "
+                                 f"{', '.join(map(str, pd.unique(idx['layer'])))}")
+    c, t = aggregate(counts[keep], idx[keep], ["round"])
+    aq = abs_quantiles(c, t["under"].to_numpy(float), t["over"].to_numpy(float), edges, quantiles)
+    out = pd.DataFrame({"round": t["round"].to_numpy(int)})
+    spars = sparsity_by_round(reader)
+    out["sparsity"] = [spars.get(int(r), np.nan) for r in out["round"]]
+    for q in quantiles:
+        out[f"q{round(100 * q):02d}"] = aq[q]
+    out["res_q50"] = aq[("res", 0.5)] if 0.5 in quantiles else np.nan
+    if "sumsq" in t:
+        ms = moment_spreads(t["count"].to_numpy(float), t["sum"].to_numpy(float), t["sumsq"].to_numpy(float),
+                            sabs=t["sumabs"].to_numpy(float) if "sumabs" in t else None)
+        out["std"] = ms["std"]
+        out["meanabs"] = ms.get("meanabs", np.nan)
+    out["count"] = t["count"].to_numpy(float) if "count" in t else np.nan
+    out.attrs.update(view=view, window=window, layer=layer or "pooled")
+    return out
+
+
 def sparsity_by_round(reader) -> dict:
     """Measured global sparsity per round (target sparsity where the measurement is missing)."""
     r = reader.rounds()
@@ -311,7 +355,10 @@ def format_summary(res: FitResult, models: Optional[Sequence[str]] = None) -> pd
     keys = [c for c in ("round", "epoch", "window", "layer") if c in t]
     cols = keys + ["status", "count", "std", "iqr", "mad"] + \
         [f"{m}_scale" for m in models if f"{m}_scale" in t] + ["best"]
-    return t[[c for c in cols if c in t]].copy()
+    out = t[[c for c in cols if c in t]].copy()
+    if "count" in out:
+        out["count"] = out["count"].astype("int64")
+    return out
 
 
 def format_narrowing(res: FitResult, statistic: str = "std", layer: Optional[str] = "pooled") -> pd.DataFrame:
