@@ -87,7 +87,7 @@ def _cmd_fit(ns) -> int:
     print(n[[c for c in cols if c in n]].to_string(index=False, float_format=fmt))
     t = format_trend(res, statistic=ns.statistic)
     print(f"\nTrend: {TREND_WORDING}:")
-    print(t.to_string(index=False, float_format=fmt))
+    print(t.to_string(index=False, float_format=fmt) if len(t) else "(none: a trend needs 3 or more usable rounds)")
     best = res.pooled["best"].value_counts().to_dict() if "best" in res.pooled else {}
     if best:
         print("\nbest model by AIC (pooled, count of rounds):", ", ".join(f"{k}: {v}" for k, v in best.items()))

@@ -255,7 +255,10 @@ def test_degenerate_and_diverged_windows_never_crash():
     true, run = _run(seed=13)
     _replace_row(run, 3, "conv1", np.zeros(5000))
     _replace_row(run, 4, "conv2", np.random.default_rng(1).laplace(0, 1e3, 5000))
-    res = fit_run(run, bootstrap=30, store=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy noise on the user's terminal either
+        res = fit_run(run, bootstrap=30, store=False)
     row = res.per_layer.set_index(["round", "layer"])
     assert row.loc[(3, "conv1"), "status"] == "degenerate" and row.loc[(3, "conv1"), "std"] == 0
     assert row.loc[(4, "conv2"), "status"] == "out-of-range"

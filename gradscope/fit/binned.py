@@ -73,7 +73,13 @@ class _Problem:
         return self._terms(self.fam, rows, self.loc[rows], logscale, shape)
 
     def stats(self, rows, x):
-        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2)."""
+        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2). Rows whose
+        terms overflow (a diverged run's extreme cells) come out non-finite, silently: the
+        optimiser rejects such steps and reports no-convergence."""
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return self._stats(rows, x)
+
+    def _stats(self, rows, x):
         w = self.w[rows]
         m, d = x.shape
         if d == 1:
@@ -92,6 +98,10 @@ class _Problem:
 
     def cell_grad_hess(self, rows, x):
         """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x (bootstrap)."""
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return self._cell_grad_hess(rows, x)
+
+    def _cell_grad_hess(self, rows, x):
         if x.shape[1] == 1:
             lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
             return d1[..., None], d2[..., None, None]

@@ -160,7 +160,7 @@ def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: s
         "test in the fit diagnostics is the honest one.")))
 
     def calibration():
-        from gradscope.calibrate import STATUS_WORDS, calibrate_run, describe_calibration  # noqa: PLC0415
+        from gradscope.calibrate import STATUS_WORDS, calibrate_run  # noqa: PLC0415
 
         try:
             cal = calibrate_run(str(src.h5), fit=fit(), **vw)
