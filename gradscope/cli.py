@@ -102,19 +102,23 @@ def _cmd_oracle_candidate(ns) -> int:
 
 
 def _cmd_fit(ns) -> int:
-    from gradscope.fit import fit_run
+    from gradscope.fit import TREND_WORDING, check_fit_options, fit_run, narrowing_heading
     from gradscope.fit.run import format_narrowing, format_trend
     models = tuple(m for m in ns.models.split(",") if m)
     path = run_file(ns.run)
-    res = fit_run(path, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store)
+    check_fit_options(per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, view=ns.view,
+                      window=ns.window, statistic=ns.statistic)
+    res = fit_run(path, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store,
+                  view=ns.view, window=ns.window)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     n = format_narrowing(res, statistic=ns.statistic, layer="pooled")
-    print(f"Pooled narrowing of ReLU-fed layers ({ns.statistic}; ratio = scale(round k) / scale(round 0)):")
-    print(n[[c for c in ("round", "sparsity", "scale", "ratio", "ratio_lo", "ratio_hi") if c in n]]
-          .to_string(index=False, float_format=fmt))
+    print(narrowing_heading(res, ns.statistic) + ":")
+    cols = ["round", "sparsity", "scale", "ratio", "ratio_lo", "ratio_hi"] + \
+        (["resolution"] if ns.statistic in ("iqr", "mad") else [])
+    print(n[[c for c in cols if c in n]].to_string(index=False, float_format=fmt))
     t = format_trend(res, statistic=ns.statistic)
-    print("\nTrend: slope of log scale against log density (> 0: narrows as the net gets sparser):")
-    print(t.to_string(index=False, float_format=fmt))
+    print(f"\nTrend: {TREND_WORDING}:")
+    print(t.to_string(index=False, float_format=fmt) if len(t) else "(none: a trend needs 3 or more usable rounds)")
     best = res.pooled["best"].value_counts().to_dict() if "best" in res.pooled else {}
     if best:
         print("\nbest model by AIC (pooled, count of rounds):", ", ".join(f"{k}: {v}" for k, v in best.items()))
@@ -124,32 +128,30 @@ def _cmd_fit(ns) -> int:
 
 
 def _cmd_calibrate(ns) -> int:
-    from gradscope.calibrate import calibrate_run, format_calibration
+    from gradscope.calibrate import calibrate_run, check_calibrate_options, describe_calibration, format_calibration
+    check_calibrate_options(statistic=ns.statistic, lo=ns.lo, gamma=ns.gamma, x=ns.x, p=ns.p,
+                            rounds_planned=ns.rounds_planned, view=ns.view, window=ns.window)
     path = run_file(ns.run)
     if ns.output:
         parent = os.path.dirname(os.path.abspath(ns.output))
         if not os.path.isdir(parent):
             raise GradscopeError(f"-o {ns.output}: directory {parent} does not exist")
     cal = calibrate_run(path, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x, p=ns.p,
-                        rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo)
+                        rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo, view=ns.view, window=ns.window)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
-    print("Measured points (max_lr that keeps max_lr * scale constant):")
+    lines = describe_calibration(cal)
+    print(lines[0])
+    print("\nMeasured points (max_lr that keeps max_lr * scale constant):")
     print(cal.points.to_string(index=False, float_format=fmt))
-    print("\nFitted SILO S-curve (value, standard error):")
+    print("\nFitted SILO S-curve (value, standard error, confidence interval):")
     print(format_calibration(cal).to_string(index=False, float_format=fmt))
-    import math
-    at_bound = [b for b in cal.uncertainty.get("at_bound", []) if b]
-    unpinned = [k for k in ("lo", "hi", "beta", "midpoint")
-                if not isinstance(cal.uncertainty.get(k), (int, float)) or not math.isfinite(cal.uncertainty[k])]
-    if at_bound or unpinned:
-        print(f"\nnote: the measured points do not pin down an S-curve (at a bound: {', '.join(at_bound) or '-'}; "
-              f"no finite standard error: {', '.join(unpinned) or '-'}). A rising S-curve needs gradients that "
-              "narrow: check the trend of `gradscope fit` before using these parameters.")
-    print("\nPredicted max_lr per round:")
+    print("\n" + "\n".join(lines[1:]))
+    print("\nPredicted max_lr per round (95 % band):")
     print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
     if ns.output:
-        cal.to_file(ns.output)
-        print(f"\nwrote {ns.output}  (use: gradscope prune --schedule silo --schedule-file {ns.output})")
+        cal.to_file(ns.output, force=ns.force)
+        print(f"\nwrote {ns.output}  (status {cal.status}; use: gradscope prune --schedule silo "
+              f"--schedule-file {ns.output})")
     return 0
 
 
@@ -261,9 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per", choices=("round", "window"), default="round", help="fit per round (default) or per window")
     s.add_argument("--models", default="normal,laplace,t,gennorm", help="comma-separated distribution families "
                    "(default: normal,laplace,t,gennorm)")
-    s.add_argument("--statistic", default="std", help="statistic whose narrowing is printed (default: std)")
+    s.add_argument("--statistic", default="std",
+                   help="statistic whose narrowing is printed: std, meanabs (exact), iqr, mad (from the histogram), "
+                        "or a fitted family's scale (default: std)")
     s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
+    s.add_argument("--view", default="survivors", help="survivors, all or relative (see docs/method.md) (default: survivors)")
+    s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
     s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
     s.set_defaults(func=_cmd_fit)
 
@@ -272,9 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, help="write the parameters (JSON, or YAML by extension)")
     s.add_argument("--lo", type=_pos_float, default=None, help="max_lr of round 0 (default: the run's)")
     s.add_argument("--p", "--prune-rate", dest="p", type=_fraction, default=None,
-                   help="prune rate per round (default: the run's config)")
+                   help="prune rate per round (default: the run's config, else estimated from measured sparsity)")
     s.add_argument("--gamma", type=_pos_float, default=1.0, help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma (default: 1)")
-    s.add_argument("--statistic", default="std", help="spread statistic (default: std)")
+    s.add_argument("--statistic", default="std",
+                   help="spread statistic: std, meanabs, iqr, mad, or a fitted family (normal, laplace, t, gennorm) "
+                        "(default: std)")
+    s.add_argument("--view", default="survivors", help="survivors, all or relative (see docs/method.md) (default: survivors)")
+    s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
+    s.add_argument("--force", action="store_true",
+                   help="write -o even when the data do not support a rising S-curve (status flat/falling)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",
                    help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
     s.add_argument("--rounds-planned", type=_pos_int, default=None, help="predict max_lr up to this many rounds")

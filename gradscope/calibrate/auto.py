@@ -41,11 +41,12 @@ class SiloAuto(SiloSchedule):
 
     def observe(self, reader) -> bool:
         """Re-calibrate from the rounds recorded so far; True if the calibration is now used."""
+        from gradscope.fit.core import BINNED_STATS, MOMENT_STATS  # noqa: PLC0415
         from gradscope.fit.run import fit_run  # noqa: PLC0415
 
         try:
-            fit = fit_run(reader, per="round", models=(), bootstrap=0, store=False) \
-                if self.statistic in ("std", "meanabs") else \
+            binned_or_exact = self.statistic in (*MOMENT_STATS, *BINNED_STATS)
+            fit = fit_run(reader, per="round", models=(), bootstrap=0, store=False) if binned_or_exact else \
                 fit_run(reader, per="round", models=(self.statistic,), bootstrap=100, store=False)
             tr = fit.trend
             tr = tr[(tr["layer"] == "pooled") & (tr["statistic"] == self.statistic)]
@@ -57,6 +58,9 @@ class SiloAuto(SiloSchedule):
                                 min_points=self.min_points, x=self.x)
         except GradscopeError as e:
             self.reason = str(e)
+            return False
+        if cal.status != "supported":
+            self.reason = f"the calibration is {cal.status}: the data do not support a rising S-curve"
             return False
         for k in _CURVE:
             setattr(self, k, cal.params[k])
