@@ -131,8 +131,6 @@ def _known(cls, d: dict) -> dict:
 
 # ----------------------------------------------------------------------------- CLI flags
 def _base_type(tp) -> type:
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing), {})  # noqa: S307 - our own annotations only
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return args[0] if args else tp
 

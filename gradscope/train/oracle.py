@@ -61,7 +61,7 @@ def run_candidate(out: str, k: int, max_lr: float, threads: Optional[int] = None
     out = Path(out)
     dest = candidate_path(out, k, max_lr)
     if dest.exists():
-        return load_torch(dest)["result"]
+        return load_torch(dest, what="Oracle candidate result", required=("result",))["result"]
     start = out / "oracle" / f"round_{k}" / "start.pt"
     if not start.exists():
         raise GradscopeError(f"{start} is missing: run `gradscope oracle` with this --out first")
@@ -72,7 +72,7 @@ def run_candidate(out: str, k: int, max_lr: float, threads: Optional[int] = None
     cfg.record.record = False
     run = PruningRun(cfg, log=lambda s: None)
     run._setup()
-    ck = load_torch(start)
+    ck = load_torch(start, what="Oracle round start state", required=("model", "results", "round_extra"))
     run.model.load_state_dict(ck["model"])
     run.results, run.round_extra, run.epochs_log = ck["results"], ck["round_extra"], []
     factory = run.factory_for_round(k).with_peak(max_lr)
@@ -116,7 +116,8 @@ class OracleRun(PruningRun):
             for v in todo:
                 self.log(f"  oracle round {k}: max_lr {_fmt(v)}")
                 run_candidate(str(self.out), k, v)
-        cands = [load_torch(candidate_path(self.out, k, v)) for v in self.grid]
+        cands = [load_torch(candidate_path(self.out, k, v), what="Oracle candidate result",
+                            required=("result", "model", "ri")) for v in self.grid]
         best, interval, inside = choose_candidate([c["result"] for c in cands], len(self.data.val_y))
         chosen = next(c for c in cands if c["result"] is best)
         self.model.load_state_dict(chosen["model"])

@@ -296,7 +296,9 @@ class PruningRun:
         self._resume_opt = (None, None)
         ck_path = self.out / "checkpoint.pt"
         if ck_path.exists():
-            self._restore(load_torch(ck_path))
+            self._restore(load_torch(ck_path, what="checkpoint", required=(
+                "pos", "model", "optimizer", "scheduler", "init_state", "early_state", "results", "epochs_log",
+                "round_extra")))
             self.log(f"resuming {self.out} at round {self.pos['round']}, epoch {self.pos['epoch']}")
         else:
             self.init_state = P.plain_state(self.model)
