@@ -35,7 +35,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.gradscope-stamp" 2>/dev/null)
   pip_q --upgrade pip || echo "(could not upgrade pip; going on with $("$VENV/bin/python" -m pip --version | cut -d' ' -f1-2))" >&2
   # shellcheck disable=SC2086
   pip_q $TORCH_SPEC
-  pip_q -e "$ROOT[test,notebooks]"
+  # setuptools' note "Editable installation. Please be careful with folders ... same name"
+  # (information, not a problem: here that folder is the package itself) is silenced alone.
+  PYTHONWARNINGS="ignore:Editable installation" pip_q -e "$ROOT[test,notebooks]"
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name gradscope --display-name "Python 3 (gradscope)" >/dev/null
   old_kernel="${JUPYTER_DATA_DIR:-$HOME/.local/share/jupyter}/kernels/python3/kernel.json"
   if [ -f "$old_kernel" ] && grep -qF "$VENV/" "$old_kernel"; then
