@@ -22,7 +22,7 @@ from gradscope.train.checkpoint import load_torch
 
 def main(run_dir: str) -> pd.DataFrame:
     run = Path(run_dir)
-    ck = load_torch(run / "checkpoint.pt")
+    ck = load_torch(run / "checkpoint.pt", what="checkpoint")
     init = ck["state"]["init"] if "state" in ck else ck["init_state"]  # format 2, or gradscope 0.1
     with open_run(run / "run.h5") as r:
         m = r.moments()
@@ -32,7 +32,7 @@ def main(run_dir: str) -> pd.DataFrame:
     g["std"] = np.sqrt(g["sumsq"] / g["count"] - (g["sum"] / g["count"]) ** 2)
     norms = []
     for k in sorted(g["round"].unique()):
-        masks = load_torch(run / f"round_{k}.pt")["masks"]
+        masks = load_torch(run / f"round_{k}.pt", what="round file", required=("masks",))["masks"]
         for layer in relu:
             w = init[layer + ".weight"]
             norms.append({"round": k, "layer": layer,

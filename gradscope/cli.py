@@ -95,7 +95,7 @@ def _cmd_oracle(ns) -> int:
 
 def _cmd_oracle_candidate(ns) -> int:
     from gradscope.train.oracle import run_candidate
-    r = run_candidate(ns.out, ns.round, ns.max_lr, ns.seed)
+    r = run_candidate(ns.out, ns.round, ns.max_lr, ns.seed, model=ns.model)
     print(f"round {r['round']} max_lr {r['max_lr']:.6g} seed {r.get('seed', 0)}: val_acc {r['val_acc']:.4f} "
           f"test_acc {r['test_acc']:.4f}")
     return 0
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--round", type=_nonneg_int, required=True)
     s.add_argument("--max-lr", type=_pos_float, required=True)
     s.add_argument("--seed", type=_nonneg_int, default=0, help="candidate seed (default: 0, the run's own)")
+    s.add_argument("--model", default=None, help="confirm the run's user model (module:callable) may be imported")
     s.set_defaults(func=_cmd_oracle_candidate)
 
     s = sub.add_parser("fit", help="fit the recorded gradient distributions; print the narrowing per round")

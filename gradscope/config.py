@@ -35,8 +35,8 @@ class DataConfig:
     test_subset: Optional[int] = _f(None, "use a seeded subset of N test images", gt=0)
     batch_size: int = _f(128, "minibatch size", gt=0)
     augment: bool = _f(True, "standard augmentation (crop+flip) where the dataset has one")
-    cache_dir: Optional[str] = _f(None, "where decoded uint8 dataset caches are kept "
-                                        "(default: $GRADSCOPE_CACHE, else the per-user cache dir)")
+    cache_dir: Optional[str] = _f(None, "where decoded datasets are cached (default: $GRADSCOPE_CACHE, else "
+                                        "$XDG_CACHE_HOME/gradscope or ~/.cache/gradscope)")
     download: bool = _f(False, "allow torchvision to download the dataset")
 
 

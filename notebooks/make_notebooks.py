@@ -20,7 +20,7 @@ data_root = None             # a CIFAR-10 folder -> cifar10 + resnet20; None -> 
 rounds = 8                   # pruning rounds, round 0 being the dense network
 epochs = 2                   # epochs per round
 threads = None               # CPU threads (None: torch's default)
-cache_dir = "data/cache"     # tensor cache of the dataset
+cache_dir = None             # dataset cache folder (None: the per-user cache, ~/.cache/gradscope)
 seed = 0                     # seed of data order, initialisation and pruning ties'''
 
 VIEW_PARAMS = '''

@@ -47,7 +47,7 @@ def _same_rounds(a: Path, b: Path, keys=("round", "sparsity", "max_lr", "train_l
         for k in keys:
             assert x[k] == y[k], (k, x, y)
     for k in range(len(ra)):
-        fa, fb = load_torch(a / f"round_{k}.pt"), load_torch(b / f"round_{k}.pt")
+        fa, fb = (load_torch(d / f"round_{k}.pt", what="round file") for d in (a, b))
         assert all(torch.equal(fa["masks"][n], fb["masks"][n]) for n in fa["masks"])
         assert fa["epochs"] == [dict(e, time_s=e["time_s"]) for e in fa["epochs"]]
         assert [dict(e, time_s=0) for e in fa["epochs"]] == [dict(e, time_s=0) for e in fb["epochs"]]

@@ -24,7 +24,7 @@ def test_three_rounds_sparsity_and_accuracy(tiny_config):
     out = Path(tiny_config.out)
     assert json.loads((out / "rounds.json").read_text())[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
     assert "torch" in json.loads((out / "versions.json").read_text())["versions"]
-    r2 = load_torch(out / "round_2.pt")
+    r2 = load_torch(out / "round_2.pt", what="round file")
     masks = r2["masks"]
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -57,7 +57,7 @@ def test_rewind_modes(tiny_config, mode):
     run.run()
     w0 = snap.at_start[0]
     w1 = snap.at_start[1]
-    end0 = load_torch(Path(tiny_config.out) / "round_0.pt")
+    end0 = load_torch(Path(tiny_config.out) / "round_0.pt", what="round file")
     for n in w0:
         same_as_init = torch.equal(w1[n][0], w0[n][0])
         assert same_as_init == (mode == "init"), n
@@ -119,7 +119,8 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
         for key in ("round", "sparsity", "val_acc", "test_acc", "train_loss", "max_lr"):
             assert ra[key] == rb[key], (key, ra, rb)
     for k in range(3):
-        ma, mb = load_torch(ref / f"round_{k}.pt")["masks"], load_torch(killed / f"round_{k}.pt")["masks"]
+        ma = load_torch(ref / f"round_{k}.pt", what="round file")["masks"]
+        mb = load_torch(killed / f"round_{k}.pt", what="round file")["masks"]
         assert all(torch.equal(ma[n], mb[n]) for n in ma)
 
 

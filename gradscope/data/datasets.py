@@ -11,6 +11,7 @@ import torch
 
 from gradscope import GradscopeError
 from gradscope.data import imagefiles
+from gradscope.data.cache import resolve_cache_dir
 from gradscope.registry import Registry
 from gradscope.data.splits import channel_stats, split_indices, subset_indices
 
@@ -263,16 +264,6 @@ def _tinyimagenet(root: Optional[str], cache_dir: str, download: bool) -> RawDat
 
 
 # ------------------------------------------------------------------------------ public API
-def default_cache_dir() -> str:
-    """Where decoded datasets are cached: $GRADSCOPE_CACHE, else $XDG_CACHE_HOME/gradscope
-    (``~/.cache/gradscope``)."""
-    env = os.environ.get("GRADSCOPE_CACHE")
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "gradscope")
-
-
 def validation_count(n_train: int, val_fraction: float, val_size: int | None, train_subset: int | None) -> int:
     """Validation images: ``val_size``; else ``val_fraction`` of ``train_subset`` when given (so the
     validation set scales with the subset), else of the whole train split."""
@@ -307,7 +298,7 @@ def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.
     key = DATASETS.key(name)
     if root is not None and not DATASETS.meta(key)["needs_root"]:
         raise GradscopeError(f"--data-root is not used by dataset {key!r} (it is built in); drop it")
-    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    cache_dir = resolve_cache_dir(cache_dir)
     if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         raise GradscopeError(f"--cache-dir {cache_dir} is a file, not a folder")
     raw = DATASETS.get(key)(root, cache_dir, download)

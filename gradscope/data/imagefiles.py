@@ -6,15 +6,14 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from gradscope import GradscopeError
+from gradscope.data.cache import load_cache, resolve_cache_dir, save_cache
 
 CACHE_VERSION = 1
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
@@ -96,27 +95,16 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decodi
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def cached(cache_dir: str, name: str, source: str, build: Callable[[], dict]) -> dict:
-    """Load ``build()``'s dict of tensors from ``cache_dir`` if a cache for this source exists,
-    else build it and save it atomically (temp file, then ``os.replace``)."""
-    path = os.path.join(cache_dir, f"{name}-{source_key(source)}.pt")
-    if os.path.isfile(path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt or truncated cache: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); decoding again")
-    data = build()
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        warnings.warn(f"could not write the dataset cache in {cache_dir} ({e}); the next load will decode again")
+def cached(cache_dir: Optional[str], name: str, source: str, build: Callable[[], dict]) -> dict:
+    """Load ``build()``'s dict of tensors from ``cache_dir`` (None: ``default_cache_dir()``) if a
+    cache for this source exists and is sound, else build it and save it atomically.
+
+    The cache is read with ``torch.load(weights_only=True)``: a crafted, damaged or foreign
+    file is refused without running anything in it, with a one-line warning, and rebuilt.
+    """
+    path = os.path.join(resolve_cache_dir(cache_dir), f"{name}-{source_key(source)}.pt")
+    data = load_cache(path)
+    if data is None:
+        data = build()
+        save_cache(data, path)
     return data

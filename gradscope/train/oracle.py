@@ -107,6 +107,7 @@ class CandidateJob:
     round: int
     max_lr: float
     seed: int = 0
+    model: Optional[str] = None  # a user model (module:callable) this job may import; see run_candidate
 
     @property
     def path(self):
@@ -117,15 +118,21 @@ class CandidateJob:
         return self.path.exists()
 
     def command(self) -> str:
+        model = f" --model {self.model}" if self.model else ""
         return (f"gradscope oracle-candidate --out {self.out} --round {self.round} "
-                f"--max-lr {fmt_lr(self.max_lr)} --seed {self.seed}")
+                f"--max-lr {fmt_lr(self.max_lr)} --seed {self.seed}{model}")
 
     def run(self, threads: Optional[int] = None) -> dict:
-        return run_candidate(self.out, self.round, self.max_lr, self.seed, threads)
+        return run_candidate(self.out, self.round, self.max_lr, self.seed, threads, model=self.model)
 
 
-def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optional[int] = None) -> dict:
-    """Train one candidate of round ``k`` from its saved start state; save and return its result."""
+def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optional[int] = None,
+                  model: Optional[str] = None) -> dict:
+    """Train one candidate of round ``k`` from its saved start state; save and return its result.
+
+    A run directory may come from elsewhere: a user model (``module:callable``) named in its
+    config is imported only when ``model`` names the same model (``--model`` on the command
+    line), so opening a run never imports code on the run's say-so."""
     from gradscope.schedules import schedule_from_config  # noqa: PLC0415
     from gradscope.train.context import build_context  # noqa: PLC0415
     from gradscope.train.loop import correct_per_example  # noqa: PLC0415
@@ -134,19 +141,25 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
     paths = RunPaths(out)
     dest = candidate_path(out, k, max_lr, seed)
     if dest.exists():
-        return load_torch(dest)["result"]
+        return load_torch(dest, what="Oracle candidate result", required=("result",))["result"]
     start = paths.oracle_start(k)
     if not start.exists():
         raise GradscopeError(f"{start} is missing: run `gradscope oracle` with this --out first")
     if not paths.config.exists():
         raise GradscopeError(f"{paths.config} is missing: {out} is not an Oracle run directory")
-    cfg = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    try:
+        cfg = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    except (ValueError, TypeError, AttributeError):
+        raise GradscopeError(f"{paths.config} is not a gradscope run config") from None
+    if ":" in cfg.model.model and model != cfg.model.model:
+        raise GradscopeError(f"{out} uses the user model {cfg.model.model!r}; gradscope imports it only when you "
+                             f"name it: add --model {cfg.model.model}")
     cfg.train.progress = False
     cfg.record.record = False
     if threads:
         cfg.train.threads = threads
     ctx = build_context(cfg)
-    ck = load_torch(start)
+    ck = load_torch(start, what="Oracle round start state", required=("model", "info"))
     ctx.model.load_state_dict(ck["model"])
     info = RoundInfo.from_dict(ck["info"])
     mode = rewind_mode(cfg)
@@ -245,7 +258,9 @@ class OracleRounds:
         self.executor = executor if executor is not None else make_executor(1 if workers is None else workers)
 
     def _results(self, out: str, k: int, grid: Sequence[float]) -> tuple[list[dict], list[dict], np.ndarray]:
-        cands = [[load_torch(candidate_path(out, k, v, s)) for s in range(self.seeds)] for v in grid]
+        cands = [[load_torch(candidate_path(out, k, v, s), what="Oracle candidate result",
+                             required=("result", "model", "epochs", "val_correct"))
+                  for s in range(self.seeds)] for v in grid]
         results = [c["result"] for row in cands for c in row]
         correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
         return results, [row[0] for row in cands], correct
@@ -269,8 +284,9 @@ class OracleRounds:
             save_torch({"model": run.ctx.model.state_dict(), "info": info.to_dict()}, paths.oracle_start(k))
             faults.point("oracle-start", k)
         grid = list(self.grid)
+        user_model = run.cfg.model.model if ":" in run.cfg.model.model else None  # named by this command
         while True:
-            todo = [CandidateJob(out, k, v, s) for v in grid for s in range(self.seeds)]
+            todo = [CandidateJob(out, k, v, s, user_model) for v in grid for s in range(self.seeds)]
             todo = [j for j in todo if not j.done]
             if todo:
                 self.executor.run(todo, run.log)

@@ -19,7 +19,7 @@ from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
 from gradscope.paths import RunPaths
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
-from gradscope.train.checkpoint import load_torch, save_json, save_torch
+from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
 from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
 from gradscope.train.state import CHECKPOINT_FORMAT, RunState, migrate_v1
@@ -92,11 +92,13 @@ class PruningRun:
                                      f"use another --out to start a new run")
 
     def _write_config(self) -> None:
-        from gradscope.store.writer import git_commit, package_versions  # noqa: PLC0415
+        from gradscope.provenance import package_versions, source_commit  # noqa: PLC0415
 
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        save_json(self.cfg.to_dict(), self.paths.config)
-        save_json({"versions": package_versions(), "git_commit": git_commit()}, self.paths.versions)
+        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
+        save_json(self.cfg.to_dict(), self.paths.config, what="run config")
+        save_json({"versions": package_versions(), "git_commit": source_commit()}, self.paths.versions,
+                  what="versions file")
 
     def _rewind_step(self) -> int:
         c = self.cfg
@@ -145,7 +147,7 @@ class PruningRun:
         save_torch({"format": CHECKPOINT_FORMAT, "state": st.to_dict(), "model": self.ctx.model.state_dict(),
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "config": self.cfg.to_dict()}, self.paths.checkpoint)
+                    "config": self.cfg.to_dict()}, self.paths.checkpoint, what="checkpoint")
         faults.point("checkpoint", st.round, st.stage, len(st.epochs))
 
     def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
@@ -155,7 +157,8 @@ class PruningRun:
             self.state = RunState(init=init, early=init if self.rewind_step == 0 else None)
             self.save_checkpoint()
             return None, None
-        ck = load_torch(self.paths.checkpoint)
+        ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",),
+                        hint="delete it to start the run again")
         if ck.get("format") is None and "pos" in ck:
             ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
         for key in ("state", "model"):
@@ -206,9 +209,9 @@ class PruningRun:
         save_torch({"result": row, "info": res.info.to_dict(), "layer_sparsity": res.info.layer_sparsity,
                     "epochs": [e.to_dict() for e in res.epochs], "schedule": res.schedule,
                     "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
-                   self.paths.round_file(res.round))
+                   self.paths.round_file(res.round), what="round file")
         faults.point("round-file", res.round)
-        save_json([r.row() for r in st.results], self.paths.rounds)
+        save_json([r.row() for r in st.results], self.paths.rounds, what="round table")
         faults.point("rounds-json", res.round)
         self.log(format_row(row))
         note = res.schedule.get("note")
