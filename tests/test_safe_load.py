@@ -89,8 +89,8 @@ def run_copy(prune_run, tmp_path) -> Path:
 def oracle_run(tmp_path_factory) -> Path:
     """An Oracle run waiting for its round-0 candidates (start.pt written, nothing trained)."""
     out = tmp_path_factory.mktemp("oracle") / "run"
-    rc = main(["oracle", *RUN_ARGS, "--grid", "0.01,0.05", "--workers", "0", "--out", str(out)])
-    assert rc == 2 and (out / "oracle" / "round_0" / "start.pt").exists()
+    rc = main(["oracle", *RUN_ARGS, "--grid", "0.01,0.05,0.25", "--seeds", "1", "--workers", "0", "--out", str(out)])
+    assert rc == 0 and (out / "oracle" / "round_0" / "start.pt").exists()  # jobs handed out: exit 0
     return out
 
 
@@ -118,7 +118,7 @@ def test_resume_with_truncated_checkpoint_is_one_line(run_copy, capsys):
     assert_one_line(rc, lines, str(run_copy / "checkpoint.pt"), "truncated or corrupt")
 
 
-@pytest.mark.parametrize("obj, words", [([1, 2, 3], "holds a list"), ({"model": {}}, "lacks 'pos'")])
+@pytest.mark.parametrize("obj, words", [([1, 2, 3], "holds a list"), ({"model": {}}, "lacks 'state'")])
 def test_resume_with_wrong_structure_checkpoint_is_one_line(run_copy, capsys, obj, words):
     torch.save(obj, run_copy / "checkpoint.pt")
     rc, lines = run_cli(capsys, ["prune", *RUN_ARGS, "--out", str(run_copy)])
@@ -188,9 +188,9 @@ def test_oracle_candidate_refuses_malicious_result(oracle_copy, tmp_path, capsys
 def test_oracle_refuses_malicious_result_when_choosing(oracle_copy, tmp_path, capsys):
     """The Oracle itself (not only oracle-candidate) loads every candidate safely."""
     marker = tmp_path / "PWNED"
-    for v in ("0.01", "0.05"):
+    for v in ("0.01", "0.05", "0.25"):
         write_malicious(oracle_copy / "oracle" / "round_0" / f"lr_{v}.pt", marker, "torch", keys=("result", "model", "ri"))
-    rc, lines = run_cli(capsys, ["oracle", *RUN_ARGS, "--grid", "0.01,0.05", "--workers", "0",
+    rc, lines = run_cli(capsys, ["oracle", *RUN_ARGS, "--grid", "0.01,0.05,0.25", "--seeds", "1", "--workers", "0",
                                  "--out", str(oracle_copy)])
     assert_one_line(rc, lines, "refusing to load it")
     assert not marker.exists()

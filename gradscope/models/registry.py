@@ -85,7 +85,12 @@ def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) ->
         raise GradscopeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     c, h, w = (int(v) for v in input_shape)
     if ":" in name:
-        model = _user_builder(name)((c, h, w), int(num_classes))
+        build = _user_builder(name)
+        try:
+            model = build((c, h, w), int(num_classes))
+        except Exception as e:  # noqa: BLE001 - the user's code: one line, what was called and what it said
+            raise GradscopeError(f"--model {name!r}: calling it with (input_shape={(c, h, w)}, num_classes={num_classes}) "
+                                 f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if not isinstance(model, nn.Module):
             raise GradscopeError(f"--model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model

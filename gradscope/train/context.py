@@ -70,14 +70,15 @@ class TrainContext:
 
 def build_context(c: RunConfig) -> TrainContext:
     """Device, data, model, masks and loaders of run config ``c`` (see module docstring)."""
-    from gradscope.data import BatchLoader, load_dataset_from_config  # noqa: PLC0415
+    from gradscope.data import BatchLoader, imagefiles, load_dataset_from_config  # noqa: PLC0415
     from gradscope.models import get_model  # noqa: PLC0415
 
     if c.train.threads:
         torch.set_num_threads(c.train.threads)
     device = resolve_device(c.train.device)
     seed_everything(c.train.seed)
-    data = load_dataset_from_config(c.data, c.train.seed)
+    with imagefiles.progress(c.train.progress):
+        data = load_dataset_from_config(c.data, c.train.seed)
     seed_everything(c.train.seed)
     model = get_model(c.model.model, data.input_shape, data.num_classes)
     channels_last = bool(c.train.channels_last and len(data.input_shape) == 3

@@ -121,10 +121,8 @@ class PruningRun:
         return GradientRecorder(self.ctx.model, str(self.paths.run_h5), **opts, seed=c.train.seed,
                                 config=c.to_dict(), example_input=example)
 
-    def _callbacks(self) -> list:
-        cbs = []
-        if self.cfg.record.record:
-            cbs.append(self._recorder())
+    def _callbacks(self, recorder) -> list:
+        cbs = [recorder] if recorder is not None else []
         cbs += self.user_callbacks
         make = getattr(self.factory, "callbacks", None)
         if make is not None:  # schedules that learn from the run (silo-auto)
@@ -157,14 +155,12 @@ class PruningRun:
             self.state = RunState(init=init, early=init if self.rewind_step == 0 else None)
             self.save_checkpoint()
             return None, None
-        ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",),
-                        hint="delete it to start the run again")
-        if ck.get("format") is None and "pos" in ck:
+        hint = "delete it to start the run again"
+        ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",), hint=hint)
+        if ck.get("format") is None and "pos" in ck:  # written by gradscope 0.1
             ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
-        for key in ("state", "model"):
-            if key not in ck:
-                raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint (no {key!r}); "
-                                     "delete it to start the run again")
+        if "state" not in ck:
+            raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint: it lacks 'state'; {hint}")
         self.ctx.model.load_state_dict(ck["model"])
         P.refresh_weights(self.ctx.layers.values())
         self.state = RunState.from_dict(ck["state"])
@@ -227,11 +223,12 @@ class PruningRun:
         self.ctx = build_context(c)
         self.trainer = RoundTrainer(self.ctx, c.train, c.to_dict())
         self.rewind_step = self._rewind_step()
-        self._write_config()
+        recorder = self._recorder() if c.record.record else None  # bad recorder options fail here, before
+        self._write_config()                                       # the run directory is claimed
         opt_state, sched_state = self._load_or_start()
         st = self.state
         resumed = st.round > 0 or bool(st.epochs)
-        callbacks = self._callbacks()
+        callbacks = self._callbacks(recorder)
         call_all(callbacks, "on_run_start", TrainState(model=self.ctx.net, device=self.ctx.device,
                                                        config=c.to_dict(), resumed=resumed))
         self.log(format_header())

@@ -8,6 +8,7 @@ Oracle calls it once per candidate, and instruments attach as callbacks.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Optional, Sequence
 
@@ -32,12 +33,29 @@ class Diverged(GradscopeError):
         self.info, self.epoch, self.loss = info, epoch, loss
 
 
-def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def progress_enabled(setting: Optional[bool]) -> bool:
+    """tqdm bars: as set, else on only when stderr is a terminal (a piped log gets per-round lines)."""
+    return bool(setting) if setting is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """One group, or two when the model names parameters exempt from weight decay (a ViT's
+    ``no_weight_decay()``: norms, biases, embeddings), as ViTs are trained."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if not skip:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n in skip], "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """SGD (momentum, L2 weight decay) or AdamW (beta1 = momentum, decoupled weight decay)."""
+    groups = _param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
     raise GradscopeError(f"unknown --optimizer {cfg.optimizer!r}; known: sgd, adamw")
 
 
@@ -47,7 +65,7 @@ class RoundTrainer:
     def __init__(self, ctx: TrainContext, cfg: TrainConfig, config_dict: Optional[dict] = None):
         self.ctx, self.cfg = ctx, cfg
         self.config_dict = config_dict or {}
-        self.progress = cfg.progress
+        self.progress = progress_enabled(cfg.progress)
 
     def round_info(self, k: int, **kw) -> RoundInfo:
         """A RoundInfo of round k on this context (steps and epochs filled in)."""
@@ -65,7 +83,7 @@ class RoundTrainer:
         """
         ctx, c = self.ctx, self.cfg
         peak = schedule.peak_lr(info)
-        optimizer = make_optimizer(ctx.model.parameters(), c, peak)
+        optimizer = make_optimizer(ctx.model, c, peak)
         scheduler = schedule.build(optimizer, info)
         start = len(done)
         if start and opt_state is not None:
