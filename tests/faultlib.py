@@ -155,6 +155,13 @@ def write_v1(path, rounds: int = 2, windows: int = 2, sample_k: int = 0,
         f.attrs["committed"] = np.array(c, dtype=np.int64)
 
 
+def pd_frame(n: int = 2):
+    """A small derived table."""
+    import pandas as pd
+
+    return pd.DataFrame({"round": np.arange(n), "scale": np.arange(n) * 0.5, "model": ["t"] * n})
+
+
 def flip_bit(path, offset: int, bit: int = 0) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset)
@@ -185,7 +192,8 @@ def run_child(code: str, *args: str, env_extra: Optional[dict] = None, preexec=N
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra or {})
     cmd = [sys.executable, "-c", code, *args]
-    if user:
+    if user:  # another user: a home and caches it can write
+        env.update(HOME="/tmp", MPLCONFIGDIR=f"/tmp/gs-mpl-{user}")
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user if user != 'nobody' else 'nogroup'}",
                "--clear-groups", *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec, timeout=timeout,

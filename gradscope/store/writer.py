@@ -115,6 +115,12 @@ def _abandon(f: h5py.File, err: BaseException, *held: Any) -> None:
         except OSError:
             pass
     if _close(f) is not None:
+        # never freed, not even at interpreter exit (freeing them makes HDF5 flush again and crash)
+        import ctypes  # noqa: PLC0415
+
+        for obj in (f, f.id, *held, *[x for h in held if isinstance(h, (list, dict))
+                                      for x in (h.values() if isinstance(h, dict) else h)]):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
         _ABANDONED.append((f, held))
 
 
@@ -137,37 +143,58 @@ def _fletcher(**kw) -> dict:
 
 def build_file(path: str, *, attrs: dict, edges: np.ndarray, layers: np.ndarray, sample_k: int,
                rows_per_window: int, population_n: int) -> None:
-    """Write a complete empty schema-2 run file at ``path`` (caller renames it into place)."""
+    """Write a complete empty schema-2 run file at ``path`` (caller renames it into place).
+
+    The file is built in memory and written with plain file I/O, so a failing disk raises an
+    ordinary OSError and never leaves HDF5 holding a half-written file."""
+    with h5py.File(f"{os.path.basename(path)}-{id(attrs)}", "w", driver="core", backing_store=False,
+                   libver=LIBVER) as f:
+        _build(f, [], attrs=attrs, edges=edges, layers=layers, sample_k=sample_k,
+               rows_per_window=rows_per_window, population_n=population_n)
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "xb") as fh:
+        fh.write(image)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _build(f: h5py.File, held: list, *, attrs: dict, edges: np.ndarray, layers: np.ndarray, sample_k: int,
+           rows_per_window: int, population_n: int) -> None:
     nb = len(edges) - 1
     rpw = int(rows_per_window)
     nl = len(layers)
-    with h5py.File(path, "w", locking=False, libver=LIBVER) as f:
-        _set_attrs(f, {**attrs, "rows_per_window": rpw})
-        f.create_dataset("edges", data=np.asarray(edges, dtype="<f8"), chunks=(len(edges),),
-                         fillvalue=np.nan, **_fletcher())
-        for name, dt in S.SMALL_TABLES.items():
-            if name == "pop_meta" and not population_n:
-                continue
-            rows = S.SMALL_CHUNK_ROWS.get(name, nl)
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(rows,), **_fletcher())
-        f.create_dataset("moments", shape=(0,), maxshape=(None,), dtype=S.MOMENTS_DTYPE, chunks=(rpw,),
-                         fillvalue=S.moments_fill(), **_fletcher(**S.COMPRESSION))
-        f.create_dataset("hist", shape=(0, nb), maxshape=(None, nb), dtype="<i8", chunks=(rpw, nb),
-                         fillvalue=S.HIST_FILL, **_fletcher(**S.COMPRESSION))
-        if sample_k > 0:
-            fill = np.array([S.SAMPLES_FILL_BITS], dtype=np.uint32).view(np.float32)[0]
-            f.create_dataset("samples", shape=(0, sample_k), maxshape=(None, sample_k), dtype="<f4",
-                             chunks=(rpw, sample_k), fillvalue=fill, **_fletcher(**S.COMPRESSION))
-        if population_n:
-            n, nbytes = int(population_n), (int(population_n) + 7) // 8
-            f.create_dataset("pop_sumsq", shape=(0, n), maxshape=(None, n), dtype="<f4",
-                             chunks=(1, min(n, S.POP_CHUNK_COLS)), fillvalue=S.POP_SUMSQ_FILL, **_fletcher())
-            f.create_dataset("pop_mask", shape=(0, nbytes), maxshape=(None, nbytes), dtype="u1",
-                             chunks=(1, min(nbytes, S.POP_CHUNK_COLS)), **_fletcher(**S.COMPRESSION))
-        f.create_group("derived")
-        f["layers"].resize((nl,))
-        f["layers"][:] = C.with_row_crcs(layers)
-        f.attrs["committed"] = committed_array({"layers": nl})
+
+    def ds(name, **kw):
+        held.append(f.create_dataset(name, **kw))
+        return held[-1]
+
+    _set_attrs(f, {**attrs, "rows_per_window": rpw})
+    ds("edges", data=np.asarray(edges, dtype="<f8"), chunks=(len(edges),), fillvalue=np.nan, **_fletcher())
+    for name, dt in S.SMALL_TABLES.items():
+        if name == "pop_meta" and not population_n:
+            continue
+        ds(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(S.SMALL_CHUNK_ROWS.get(name, nl),), **_fletcher())
+    ds("moments", shape=(0,), maxshape=(None,), dtype=S.MOMENTS_DTYPE, chunks=(rpw,), fillvalue=S.moments_fill(),
+       **_fletcher(**S.COMPRESSION))
+    ds("hist", shape=(0, nb), maxshape=(None, nb), dtype="<i8", chunks=(rpw, nb), fillvalue=S.HIST_FILL,
+       **_fletcher(**S.COMPRESSION))
+    if sample_k > 0:
+        fill = np.array([S.SAMPLES_FILL_BITS], dtype=np.uint32).view(np.float32)[0]
+        ds("samples", shape=(0, sample_k), maxshape=(None, sample_k), dtype="<f4", chunks=(rpw, sample_k),
+           fillvalue=fill, **_fletcher(**S.COMPRESSION))
+    if population_n:
+        n, nbytes = int(population_n), (int(population_n) + 7) // 8
+        ds("pop_sumsq", shape=(0, n), maxshape=(None, n), dtype="<f4", chunks=(1, min(n, S.POP_CHUNK_COLS)),
+           fillvalue=S.POP_SUMSQ_FILL, **_fletcher())
+        ds("pop_mask", shape=(0, nbytes), maxshape=(None, nbytes), dtype="u1",
+           chunks=(1, min(nbytes, S.POP_CHUNK_COLS)), **_fletcher(**S.COMPRESSION))
+    held.append(f.create_group("derived"))
+    lay = f["layers"]
+    held.append(lay)
+    lay.resize((nl,))
+    lay[:] = C.with_row_crcs(layers)
+    f.attrs["committed"] = committed_array({"layers": nl})
 
 
 def _append(ds: h5py.Dataset, start: int, data: np.ndarray) -> int:
