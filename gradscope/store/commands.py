@@ -22,9 +22,13 @@ def _cmd_repair(ns) -> int:
     path = _run_file(ns.run)
     if ns.check:
         info = R.check(path)
-        sums = "checksums verified" if info["checksums"] else "schema 1: no checksums, values checked for consistency"
+        sums = "checksums verified" if info["checksums"] else "no checksums: values checked for consistency"
+        cut = ""
+        if info["truncated"]:
+            cut = "; its end was cut off by a failed write (`gradscope repair` restores it" + \
+                  (", as does continuing the run)" if info["schema_version"] >= 2 else ")")
         print(f"{path}: OK (schema {info['schema_version']}, {sums}): {info['windows']} windows, "
-              f"{info['rounds']} rounds, {info['epochs']} epochs, {info['derived']} derived tables")
+              f"{info['rounds']} rounds, {info['epochs']} epochs, {info['derived']} derived tables{cut}")
         return 0
     if ns.no_backup and not ns.yes:
         raise GradscopeError("--no-backup replaces the file without a copy of the original; add --yes to confirm")

@@ -17,7 +17,7 @@ from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from gradscope.store import validate as V
 from gradscope.store import views as W
-from gradscope.store.diskio import file_lock, first_line, open_h5
+from gradscope.store.diskio import file_lock, first_line, open_h5, stored_eof
 
 Sel = Union[None, str, int, Iterable]
 
@@ -202,7 +202,6 @@ class RunReader:
         return rows, stored
 
     def _frame(self, sel: np.ndarray, view: str) -> pd.DataFrame:
-        meta = self.meta
         df = pd.DataFrame(sel)
         if "steps" not in df:
             df.insert(df.columns.get_loc("step_end") + 1, "steps", df["step_end"] - df["step_start"] + 1)
@@ -211,7 +210,6 @@ class RunReader:
         lay = self._layers.set_index("index")
         df.insert(df.columns.get_loc("layer") + 1, "relu_fed", df["layer"].map(lay["relu_fed"]).astype(bool))
         df["layer"] = df["layer"].map(lay["layer"])
-        del meta
         return df.reset_index(drop=True)
 
     def _all_view(self, stored: np.ndarray, hist: Optional[np.ndarray] = None):
@@ -373,8 +371,10 @@ class RunReader:
                 _read_derived(self.path, k, f["derived"][k])
         if meta.population and c["population"]:
             self.population(reference_round=max(self.population_rounds()))
+        eof = stored_eof(self.path)
         return {"schema_version": meta.version, "checksums": meta.checksums, "windows": len(m) // rpw,
-                **{k: v for k, v in c.items()}, "derived": len(derived)}
+                **{k: v for k, v in c.items()}, "derived": len(derived),
+                "truncated": eof is not None and eof > os.path.getsize(self.path)}
 
 
 def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:

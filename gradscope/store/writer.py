@@ -548,6 +548,23 @@ _BLOCK_COUNT = {"epochs": "epochs", "rounds": "rounds", "layer_rounds": "layer_r
 _LEADERS = {"epochs", "rounds", "layer_rounds", "moments", "pop_meta"}
 
 
+_META: dict = {}  # path -> (identity, FileMeta): a file's header is checked once, not at every commit
+
+
+def _file_meta(f: h5py.File, path: str) -> V.FileMeta:
+    try:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, str(C.plain(f.attrs.get("attr_crc32", ""))))
+    except V.H5_ERRORS:
+        key = None
+    hit = _META.get(path)
+    if key is not None and hit is not None and hit[0] == key:
+        return hit[1]
+    meta = V.read_meta(f, path)
+    _META[path] = (key, meta)
+    return meta
+
+
 def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
     """Append row blocks (dataset name -> rows) in one commit: reserve space, write, flush,
     then move the commit point. Any failure -> one GradscopeError; earlier commits intact."""
@@ -560,7 +577,7 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
                 err = None
                 dsets: dict = {}  # held until the file is closed: a failed dataset must not flush on its own
                 try:
-                    meta = V.read_meta(f, path)
+                    meta = _file_meta(f, path)
                     c = V.committed(f, meta)
                     new = dict(c)
                     for name, rows in blocks.items():
