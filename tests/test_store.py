@@ -514,3 +514,40 @@ def test_sigkill_leaves_every_flushed_window(tmp_path):
         assert m.groupby("window").size().eq(2).all()  # no duplicates after resume
         assert run.verify()["windows"] == len(wins)
         flushed = wins[-1]
+
+
+def _cut_off_end(p) -> int:
+    """A run file whose end is missing, as a failed write leaves it (also older versions'
+    "truncated file: eof < stored_eof"): an uncommitted window's chunk is the file's last
+    bytes, and half of it is cut off."""
+    w = F.writer(p, sample_k=4000)
+    w.add_window(*F.window(0, 0, 0, sample_k=4000, steps=400))
+    w.commit()
+    with h5py.File(p, "r+", libver=("v108", "v108")) as f:  # written, never committed
+        f["samples"].resize((4, 4000))
+        f["samples"][2:] = np.random.default_rng(0).random((2, 4000), dtype=np.float32)
+        f["moments"].resize((4,))
+        f["hist"].resize((4, 8))
+    size = os.path.getsize(p)
+    off, n = F.chunk_offset(p, "samples", (2, 0))
+    assert off + n == size  # the tail chunk is last: cutting into it loses nothing committed
+    os.truncate(p, off + n // 2)
+    with pytest.raises(OSError, match="truncated file"):
+        h5py.File(p, "r")
+    return size
+
+
+def test_file_with_its_end_cut_off_reads_continues_and_repairs(tmp_path, capsys):
+    p = tmp_path / "r.h5"
+    size = _cut_off_end(p)
+    run = open_run(p)  # read as if zero-padded: every committed row is before the cut
+    assert run.verify()["truncated"] and len(run.moments()) == 2
+    assert main(["repair", "--check", str(p)]) == 0 and "end was cut off" in capsys.readouterr().out
+    assert main(["repair", str(p)]) == 0 and "restored its cut-off end" in capsys.readouterr().out
+    assert os.path.getsize(p) == size and not open_run(p).verify()["truncated"]
+    q = tmp_path / "q.h5"
+    _cut_off_end(q)
+    w = F.writer(q, mode="a", sample_k=4000)  # continuing restores it too
+    w.add_window(*F.window(0, 1, 1, sample_k=4000, steps=400))
+    w.commit()
+    assert open_run(q).verify()["windows"] == 2 and h5py.File(q, "r")["samples"].shape[0] == 4

@@ -147,11 +147,19 @@ def repair(path: str, *, backup: bool = True) -> RepairResult:
     check_path(path)
     try:
         r = RunReader(path)
-        r.verify()
+        info = r.verify()
         if r.schema_version == S.SCHEMA_VERSION:
-            return RepairResult(path, "healthy", r.schema_version)
+            if not info["truncated"]:
+                return RepairResult(path, "healthy", r.schema_version)
+            with file_lock(path, exclusive=True):  # only zeros past the old end: no backup needed
+                extend_to_stored_eof(path)
+            kept = {"windows": info["windows"], **{k: info[k] for k in ("rounds", "layer_rounds", "epochs")}}
+            return RepairResult(path, "repaired", r.schema_version, extended=True, kept=kept,
+                                dropped={k: 0 for k in kept})
     except GradscopeError:
         pass
+    except OSError as e:
+        raise GradscopeError(f"cannot repair {path}: {first_line(e)}") from None
     d = os.path.dirname(os.path.abspath(path))
     tmp_in, tmp_out = f"{path}.repair-in-{os.getpid()}", f"{path}.repair-out-{os.getpid()}"
     try:
