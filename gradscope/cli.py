@@ -308,7 +308,12 @@ def _register_plot(sub) -> None:
     register(sub)
 
 
-_EXTRA: list = [_register_plot]  # subcommands that live with their module (plot, report)
+def _register_store(sub) -> None:
+    from gradscope.store.commands import register
+    register(sub)
+
+
+_EXTRA: list = [_register_plot, _register_store]  # subcommands that live with their module (plot, report, repair)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
