@@ -595,3 +595,118 @@ def test_step_after_close_and_bad_arguments(tmp_path):
                        ({"window": 0}, "window")):
         with pytest.raises(GradscopeError, match=needle):
             GradientRecorder(net, tmp_path / "d.h5", **kw)
+
+
+# ---------------------------------------------------------------------------- views, population, file (store v2)
+def _pruned_mlp(seed=0, amount=0.4):
+    net = _mlp(seed)
+    prune.random_unstructured(net[0], "weight", amount=amount)
+    return net
+
+
+def test_relative_view_equals_numpy_on_survivors(tmp_path):
+    net = _pruned_mlp()
+    keep = net[0].weight_mask.bool().numpy()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "rel.h5", window=3, views=("survivors", "relative"), relative_eps=1e-3,
+                           bins=41, hist_min=1e-6, hist_max=10.0)
+    rel = []
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+        w, g = net[0].weight_orig.detach().double().numpy(), net[0].weight_orig.grad.double().numpy()
+        rel.append((np.abs(g) / (np.abs(w) + 1e-3))[keep])
+        rec.step()
+        opt.step()
+    rec.close()
+    run = open_run(tmp_path / "rel.h5")
+    assert run.views() == ["survivors", "all", "relative"]
+    m = run.moments(layer="0", view="relative").iloc[0]
+    r = np.concatenate(rel)
+    assert m["count"] == r.size == 3 * int(keep.sum()) and m["min"] >= 0
+    assert m["sum"] == pytest.approx(r.sum(), rel=1e-5) and m["sumsq"] == pytest.approx((r ** 2).sum(), rel=1e-5)
+    counts, edges, _ = run.histograms(layer="0", view="relative")
+    assert counts[0].sum() + m["under"] + m["over"] == r.size
+    assert counts[0][: len(counts[0]) // 2].sum() == 0  # |g|/(|w|+eps) is never negative
+    surv = run.moments(layer="0").iloc[0]
+    assert surv["count"] == m["count"] and surv["sum"] != m["sum"]
+
+
+def test_all_view_derived_from_recorded_steps_with_every(tmp_path):
+    net = _pruned_mlp()
+    rec = GradientRecorder(net, tmp_path / "all.h5", window=6, every=2)
+    _train(net, rec, 6)
+    rec.close()
+    run = open_run(tmp_path / "all.h5")
+    s, a = run.moments(layer="0").iloc[0], run.moments(layer="0", view="all").iloc[0]
+    assert s["steps"] == a["steps"] == 3 and a["count"] == 3 * 35 and s["count"] == 3 * 21
+    assert a["sumsq"] == s["sumsq"] and a["min"] <= 0 <= a["max"]
+
+
+def test_fixed_population_per_weight_sums_of_squares(tmp_path):
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "pop.h5", population=True, every=2, layers="all")
+    sq = {}
+    masks = {}
+    for k in range(2):
+        rec.start_round(k)
+        sq[k] = [np.zeros((7, 5)), np.zeros((3, 7))]
+        for s in range(4):
+            opt.zero_grad()
+            F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+            if s % 2 == 0:
+                for j, lay in enumerate((net[0], net[2])):
+                    sq[k][j] += weight_param(lay).grad.double().numpy() ** 2
+            rec.step()
+            opt.step()
+        masks[k] = net[0].weight_mask.bool().numpy() if hasattr(net[0], "weight_mask") else np.ones((7, 5), bool)
+        rec.end_round()
+        prune.l1_unstructured(net[0], "weight", amount=0.5)
+    rec.close()
+    pop = open_run(tmp_path / "pop.h5").population(reference_round=1)
+    assert sorted(set(pop["round"])) == [0, 1] and (pop["steps"] == 2).all()
+    keep = masks[1]  # survivors of round 1 (pruned once)
+    for j in (0, 1):
+        row = pop[(pop["round"] == j) & (pop["layer"] == "0")].iloc[0]
+        assert row["count"] == int(keep.sum()) == 17
+        assert row["rms"] == pytest.approx(np.sqrt(sq[j][0][keep].sum() / (keep.sum() * 2)), rel=1e-5)
+    pooled = pop[(pop["round"] == 0) & (pop["layer"] == "pooled")].iloc[0]
+    assert pooled["count"] == 17 + 21
+    assert pooled["rms"] == pytest.approx(np.sqrt((sq[0][0][keep].sum() + sq[0][1].sum()) / (38 * 2)), rel=1e-5)
+
+
+def test_layers_table_records_activation_and_rule(tmp_path):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.r, self.g, self.o = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.o(F.relu(self.r(x)) + F.gelu(self.g(x)))
+
+    net = M()
+    rec = GradientRecorder(net, tmp_path / "l.h5", layers=["relu", "gelu"], example_input=torch.randn(2, 5))
+    _train(net, rec, 1)
+    rec.close()
+    lay = open_run(tmp_path / "l.h5").layers().set_index("layer")
+    assert list(lay.recorded) == [True, True, False]
+    assert list(lay.activation) == ["relu", "gelu", ""] and list(lay.rule) == ["relu", "gelu", ""]
+    assert list(lay.relu_fed) == [True, False, False] and list(lay.relu_path) == ["direct", "none", "none"]
+
+
+def test_mode_existing_file_is_refused_replaced_or_continued(tmp_path):
+    path = tmp_path / "m.h5"
+    net = _mlp()
+    rec = GradientRecorder(net, path, window=2)
+    _train(net, rec, 4)
+    rec.close()
+    rec = GradientRecorder(net, path, window=2)  # default mode "x"
+    F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    with pytest.raises(GradscopeError, match="mode='a'"):
+        rec.step()
+    assert len(open_run(path).moments(layer="0")) == 2  # nothing lost
+    rec = GradientRecorder(net, path, window=2, mode="w")
+    _train(net, rec, 2)
+    rec.close()
+    assert len(open_run(path).moments(layer="0")) == 1
