@@ -320,3 +320,12 @@ def test_select_layers_rules():
         select_layers(infos, ["all", "relu"])
     with pytest.raises(GradscopeError, match="frozen"):
         select_layers(infos, "relu", skip={0: "frozen"})
+
+
+def test_hooks_removed_once_every_layer_ran():
+    """No hook stays on the model after observation is complete (torch.compile would trace it)."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    disc = LayerDiscovery(m)
+    disc.dry_run(torch.randn(2, 4))
+    assert not m._forward_hooks and not m._forward_pre_hooks and not m[0]._forward_hooks
+    assert disc.infos[0].activations == {"relu": 0}

@@ -335,6 +335,8 @@ class LayerDiscovery:
                 cur[a] = min(cur.get(a, r), r)
         tr.origins.clear()
         tr.keep.clear()
+        if not self.frozen and all(i.seen for i in self.infos):
+            self._unhook()  # every layer has run: nothing left to learn (and no hooks left for torch.compile)
         if self.frozen:
             newly = [i for i in self.infos if i.index in self._late and i.seen]
             self._late -= {i.index for i in newly}
@@ -380,14 +382,17 @@ class LayerDiscovery:
                     self._mod_handles.append(i.module.register_forward_hook(self._module_hook(i.index)))
         return self.infos
 
+    def _unhook(self) -> None:
+        for h in self._mod_handles + self._model_handles + self._late_handles:
+            h.remove()
+        self._mod_handles, self._model_handles, self._late_handles = [], [], []
+
     def remove(self) -> None:
         """Remove every hook (safe to call twice)."""
         if self._tracker is not None:
             self._tracker.__exit__(None, None, None)
             self._tracker = None
-        for h in self._mod_handles + self._model_handles + self._late_handles:
-            h.remove()
-        self._mod_handles, self._model_handles, self._late_handles = [], [], []
+        self._unhook()
         self._late = set()
 
 

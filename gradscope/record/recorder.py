@@ -17,6 +17,7 @@ import json
 import os
 import time
 import warnings
+import weakref
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -260,21 +261,27 @@ class GradientRecorder:
             raise self._failed
         try:
             self.recorded = self._select()
-        except GradscopeError as e:
+            rec = {i.index for i in self.recorded}
+            self._open_writer([i.row(i.index in rec) for i in self._disc.infos])
+        except GradscopeError as e:  # a bad selection or a file that must not be written: stop watching
             self._failed = e
             self._disc.remove()
             raise
         self._fp16_autocast = self._disc.fp16_autocast
         self.infos = self._disc.freeze(on_late=self._late_layer)
-        rec = {i.index for i in self.recorded}
-        self._open_writer([i.row(i.index in rec) for i in self.infos])
         dev = weight_param(self.recorded[0].module).device
         sizes = [i.numel for i in self.recorded]
         self.acc = WindowAccumulator(sizes, self.edges, self.edge_kind, dev, self.sample_k, self.seed)
         if "relative" in self.views:
             self.racc = WindowAccumulator(sizes, self.edges, self.edge_kind, dev, self.sample_k, self.seed)
         self._offsets = np.cumsum([0] + sizes)
-        self._opt_hook = register_optimizer_step_post_hook(self._count_opt_step)
+        me = weakref.ref(self)
+
+        def count_opt_step(optimizer, args, kwargs) -> None:  # global hook: must not keep the recorder alive
+            r = me()
+            if r is not None:
+                r._opt_steps += 1
+        self._opt_hook = register_optimizer_step_post_hook(count_opt_step)
         for kind, payload in self._early:
             self._write(kind, payload)
         self._early.clear()
@@ -307,9 +314,6 @@ class GradientRecorder:
                        f"(round {self.round}, step {self._step}) and feeds {feeds[0]}, but it is not recorded: "
                        "the layers were fixed at the first step(). Run a forward pass through every branch before "
                        "the first step() (or pass example_input= that does), or use layers='all'")
-
-    def _count_opt_step(self, optimizer, args, kwargs) -> None:
-        self._opt_steps += 1
 
     # ------------------------------------------------------------------ masks
     def _fresh_masks(self) -> torch.Tensor:
@@ -401,8 +405,8 @@ class GradientRecorder:
             g = g * inv
         elif scaler is None and self._fp16_autocast:
             self._warn("amp", "the model ran under float16 autocast but step() got no GradScaler: if the loss is "
-                       "scaled, gradients are recorded multiplied by the loss scale. Pass it (rec.step(scaler)) or "
-                       "call scaler.unscale_(optimizer) before rec.step()")
+                       "scaled, gradients are recorded multiplied by the loss scale. Pass the scaler, "
+                       "rec.step(scaler): it divides by the scale, or does nothing once scaler.unscale_(optimizer) ran")
         self.acc.add(g, mask, mask_i64)
         if self.racc is not None:
             w = torch.cat([p.detach().reshape(-1) for p in params]).float()
