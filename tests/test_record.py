@@ -687,6 +687,7 @@ def test_layers_table_records_activation_and_rule(tmp_path):
 
     net = M()
     rec = GradientRecorder(net, tmp_path / "l.h5", layers=["relu", "gelu"], example_input=torch.randn(2, 5))
+    assert [i.name for i in rec.recorded] == ["r", "g"]  # known at construction with example_input
     _train(net, rec, 1)
     rec.close()
     lay = open_run(tmp_path / "l.h5").layers().set_index("layer")

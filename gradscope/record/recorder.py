@@ -215,7 +215,7 @@ class GradientRecorder:
         if example_input is not None:
             try:
                 self._disc.dry_run(example_input)
-                self._select()  # a bad selection is reported now, not at the first step
+                self.recorded = self._select()  # a bad selection is reported now; final at the first step
             except BaseException:
                 self._disc.remove()
                 raise
