@@ -103,17 +103,24 @@ class ScheduleConfig:
 @dataclass
 class RecordConfig:
     record: bool = _f(False, "attach the GradientRecorder (on for `gradscope profile`)")
+    preset: Optional[str] = _f(None, "recorder cost tier: economy (every 10th step, survivors) | default (every "
+                                     "step, survivors) | full (+ relative view, fixed population, 256 samples)",
+                               choices=("economy", "default", "full"), flag="--record-preset")
+    views: Optional[str] = _f(None, "comma-separated views to record: survivors, relative, fixed-population "
+                                    "(all is always derived) (default: the preset's)")
+    every: Optional[int] = _f(None, "record every k-th step (default: the preset's)", gt=0)
     window: Optional[int] = _f(None, "record window in steps (default: one epoch)", gt=0)
     bins: int = _f(201, "histogram bins (odd for the default log-spaced edges)", gt=0)
     hist_range: Optional[float] = _f(None, "linear histogram edges over [-R, R] (default: fixed symmetric "
                                            "log-spaced magnitude edges hist_min..hist_max)", gt=0.0)
     hist_min: float = _f(1e-10, "smallest |gradient| edge of the log-spaced histogram edges", gt=0.0)
     hist_max: float = _f(10.0, "largest |gradient| edge of the log-spaced histogram edges", gt=0.0)
-    layers: str = _f("relu", "which conv/linear layers to record: relu | all | an activation name "
-                             "(gelu, silu, ...) = the layers feeding it")
+    layers: str = _f("relu", "which conv/linear layers to record: relu | gelu | silu | ... (the layers "
+                             "feeding that activation; comma-separated for several) | all")
     include: Optional[str] = _f(None, "regex of layer names to include")
     exclude: Optional[str] = _f(None, "regex of layer names to exclude")
-    sample_k: int = _f(0, "raw gradient values sampled per layer and window (0 = none)", ge=0)
+    sample_k: Optional[int] = _f(None, "raw gradient values sampled per layer and window (0 = none; "
+                                       "default: the preset's)", ge=0)
 
 
 @dataclass

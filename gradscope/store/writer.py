@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import h5py
 import numpy as np
 
-from gradscope import GradscopeError, InternalError, __version__
+from gradscope import GradscopeError, InternalError, __version__, faults
 from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from gradscope.store import validate as V
@@ -514,6 +514,10 @@ class RunWriter:
             blocks["pop_mask"] = np.stack([x[2] for x in pops])
         if blocks:
             append_blocks(self.path, blocks, what="the recorded data")
+            faults.point("h5-commit", ",".join(  # what this commit added, for the crash-resume suite
+                [f"w{int(w[0]['round'][0])}.{int(w[0]['window'][0])}" for w in wins]
+                + [f"e{r['round']}.{r['epoch']}" for r in epochs] + [f"r{r['round']}" for r in rounds]
+                + [f"l{rows[0]['round']}" for rows in lrs] + [f"p{x[0]}" for x in pops]))
         self._keys["epochs"].update((r["round"], r["epoch"]) for r in epochs)
         self._keys["rounds"].update(r["round"] for r in rounds)
         self._keys["layer_rounds"].update(rows[0]["round"] for rows in lrs)

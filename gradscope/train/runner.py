@@ -117,9 +117,15 @@ class PruningRun:
 
         c = self.cfg
         opts = {k: v for k, v in asdict(c.record).items() if k != "record"}
+        if opts["views"] is not None:
+            opts["views"] = [v.strip() for v in opts["views"].split(",") if v.strip()]
+        if "," in opts["layers"]:
+            opts["layers"] = [v.strip() for v in opts["layers"].split(",") if v.strip()]
         example = next(iter(self.ctx.val_loader or self.ctx.test_loader))[0][:2]
+        mode = "a" if self.paths.config.exists() else "x"  # _check_out vouched that it is this run
         return GradientRecorder(self.ctx.model, str(self.paths.run_h5), **opts, seed=c.train.seed,
-                                config=c.to_dict(), example_input=example)
+                                config=c.to_dict(), example_input=example, mode=mode,
+                                prune_rate=c.prune.prune_rate)
 
     def _callbacks(self, recorder) -> list:
         cbs = [recorder] if recorder is not None else []
