@@ -103,9 +103,9 @@ class ScheduleConfig:
 @dataclass
 class RecordConfig:
     record: bool = _f(False, "attach the GradientRecorder (on for `gradscope profile`)")
-    preset: Optional[str] = _f(None, "recorder cost tier: economy (every 10th step, survivors) | default (every "
+    record_preset: Optional[str] = _f(None, "recorder cost tier: economy (every 10th step, survivors) | default (every "
                                      "step, survivors) | full (+ relative view, fixed population, 256 samples)",
-                               choices=("economy", "default", "full"), flag="--record-preset")
+                                      choices=("economy", "default", "full"))
     views: Optional[str] = _f(None, "comma-separated views to record: survivors, relative, fixed-population "
                                     "(all is always derived) (default: the preset's)")
     every: Optional[int] = _f(None, "record every k-th step (default: the preset's)", gt=0)

@@ -117,6 +117,7 @@ class PruningRun:
 
         c = self.cfg
         opts = {k: v for k, v in asdict(c.record).items() if k != "record"}
+        opts["preset"] = opts.pop("record_preset")
         if opts["views"] is not None:
             opts["views"] = [v.strip() for v in opts["views"].split(",") if v.strip()]
         if "," in opts["layers"]:
