@@ -42,18 +42,23 @@ CONFIGS: dict[str, list[str]] = {
                       "--train-subset", "5000", "--val-size", "2000", "--test-subset", "2000",
                       "--rounds", "7", "--epochs", "4"],
 }
-PROFILE_EXTRA: list[str] = []  # recorder views (set below when the recorder offers them)
+PROFILE_EXTRA = ["--record-preset", "full", "--sample-k", "0"]  # survivors + relative + fixed population
 ORACLE_EXTRA = ["--grid", GRID, "--seeds", "3", "--max-extend", "3"]
 
 
-def run(names: list[str], workers: int, threads: int | None, runs: Path) -> None:
+def run(names: list[str], workers: int, threads: int | None, runs: Path, data_root: str | None = None,
+        kinds: tuple[str, ...] = ("profile", "oracle")) -> None:
     """Profile and Oracle of each configuration (each command resumes where it stopped)."""
     from gradscope.cli import main
 
     for name in names:
         base = CONFIGS[name] + COMMON + (["--threads", str(threads)] if threads else [])
+        if data_root and "--data-root" in base:
+            base[base.index("--data-root") + 1] = data_root
         for kind, extra in (("profile", ["--max-lr", str(PROFILE_LR), *PROFILE_EXTRA]),
                             ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers)])):
+            if kind not in kinds:
+                continue
             out = runs / name / kind
             t0 = time.perf_counter()
             code = main([kind, *base, *extra, "--out", str(out)])
@@ -69,13 +74,16 @@ def main_cli(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1, help="Oracle candidate processes (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--runs", default=str(RUNS), help="where the runs live (default: analysis/runs)")
+    p.add_argument("--data-root", default=None, help="CIFAR-10 archive or folder (default: ../shared/data/...)")
+    p.add_argument("--only", choices=("profile", "oracle"), default=None, help="run only this kind")
     ns = p.parse_args(argv)
     names = [n for n in ns.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     if ns.stage in ("run", "all"):
-        run(names, ns.workers, ns.threads, Path(ns.runs))
+        run(names, ns.workers, ns.threads, Path(ns.runs), ns.data_root,
+            (ns.only,) if ns.only else ("profile", "oracle"))
     if ns.stage in ("analyse", "all"):
         from predictor_analysis import analyse  # noqa: PLC0415 - beside this script
         analyse(names, Path(ns.runs), RESULTS)

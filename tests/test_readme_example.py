@@ -60,12 +60,19 @@ def test_readme_recorder_snippet_record_fit_calibrate(tmp_path, monkeypatch):
         assert cmd[0] == "gradscope"
         out = subprocess.run([PY, "-m", "gradscope", *cmd[1:]], cwd=tmp_path, env=_env(), capture_output=True,
                              text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
         if cmd[1] == "fit":
+            assert out.returncode == 0, out.stderr
             table = out.stdout.split("\n\n")[0].splitlines()
             assert len(table) >= 2 + 5  # a title, a header and a row per round
+        else:  # random data does not narrow: calibrate says so and writes nothing, as README says
+            assert out.returncode == 2 and "--force" in out.stderr and "status" in out.stdout + out.stderr
+            assert not (tmp_path / "silo.json").exists()
+            forced = subprocess.run([PY, "-m", "gradscope", *cmd[1:], "--force"], cwd=tmp_path, env=_env(),
+                                    capture_output=True, text=True, timeout=300)
+            assert forced.returncode == 0, forced.stderr
     params = json.loads((tmp_path / "silo.json").read_text())
     assert params["lo"] == pytest.approx(0.05, rel=0.5) and params["p"] == 0.2
+    assert params["notes"]["status"] in ("flat", "falling")  # the file says what the data support
 
 
 def test_readme_plain_loop_without_rounds_is_round_0(tmp_path):
