@@ -240,6 +240,11 @@ class OracleRounds:
             raise GradscopeError(f"--seeds must be a positive integer, got {seeds}")
         if int(max_extend) != max_extend or max_extend < 0:
             raise GradscopeError(f"--max-extend must be >= 0, got {max_extend}")
+        from gradscope.train.distributed import env  # noqa: PLC0415
+
+        if env().active:
+            raise GradscopeError("the Oracle does not run under torchrun: its candidates are separate jobs "
+                                 "(use --ray, --workers N or --workers 0 to spread them)")
         self.seeds, self.max_extend, self.n_boot = int(seeds), int(max_extend), int(n_boot)
         self.executor = executor if executor is not None else make_executor(1 if workers is None else workers)
 
