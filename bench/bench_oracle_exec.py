@@ -5,7 +5,10 @@ extension), each variant a fresh ``gradscope oracle`` process on a fresh --out; 
 interleaved and medians compared. "ray (warm)" joins a Ray instance started once beforehand
 (--ray-address), i.e. what a cluster user pays; "ray (cold)" starts Ray inside the command.
 
-    python bench/bench_oracle_exec.py [--repeats 3] [--variants seq,pool,ray-cold,ray-warm]
+    python bench/bench_oracle_exec.py [--repeats 3] [--variants seq,ray-cold,ray-warm]
+
+"pool" (``--workers 2``) was the process pool until commit 5af33c4 (measured there, 2.5x slower
+than sequential on 2 cores); ``--workers 2`` now means two at a time on a local Ray instance.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def run(variant: str, work: Path, i: int, address: str | None) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="seq,pool,ray-cold,ray-warm")
+    ap.add_argument("--variants", default="seq,ray-cold,ray-warm")
     a = ap.parse_args()
     variants = a.variants.split(",")
     work = Path(tempfile.mkdtemp(prefix="bench-oracle-"))

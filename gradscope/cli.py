@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-extend", type=_nonneg_int, default=3,
                    help="grid points added beyond an edge when the best is at the edge (default: 3)")
     s.add_argument("--workers", type=_nonneg_int, default=1,
-                   help="parallel candidate processes; 0 = print the candidate commands for another "
+                   help="candidates at a time: 1 = one after the other here; N > 1 = N at a time on a local "
+                        "Ray instance (needs gradscope[ray]); 0 = print the candidate commands for another "
                         "scheduler and stop (exit 0) (default: 1)")
     s.add_argument("--ray", action="store_true",
                    help="run the candidates as Ray tasks (pip install 'gradscope[ray]'); each gets --threads CPUs")

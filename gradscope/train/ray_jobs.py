@@ -81,6 +81,7 @@ class RayExecutor:
                  num_gpus_per_job: float = 0.0, max_retries: int = 3):
         if int(num_cpus_per_job) != num_cpus_per_job or num_cpus_per_job < 1:
             raise GradscopeError(f"CPUs per candidate must be a positive integer, got {num_cpus_per_job}")
+        import_ray()  # fail before any work when Ray is missing
         self.address = address
         self.num_cpus = int(num_cpus_per_job)
         self.num_gpus = _check_fraction("--gpus-per-candidate", num_gpus_per_job)
