@@ -27,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # no decode progress bars in the compact output
+
 import torch
 from torch import nn
 
