@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default)")
     ap.add_argument("--no-batched", action="store_true")
+    ap.add_argument("--skip-masks-only", action="store_true", help="drop the 'masks only' variant (one compile less)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end on a CPU")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args()
@@ -199,9 +200,10 @@ def main() -> None:
     bare_m = build(False, device, cl)
     variants.append(Variant("bare loop", bare_m, maybe_compile(bare_m, not a.no_compile, a.compile_mode, notes, "bare"),
                             loader, device, amp, use_loop=False))
-    mo = build(True, device, cl)
-    variants.append(Variant("masks only", mo, maybe_compile(mo, not a.no_compile, a.compile_mode, notes, "masks"),
-                            loader, device, amp))
+    if not a.skip_masks_only:
+        mo = build(True, device, cl)
+        variants.append(Variant("masks only", mo, maybe_compile(mo, not a.no_compile, a.compile_mode, notes, "masks"),
+                                loader, device, amp))
     gm = build(True, device, cl)
     ex = next(iter(loader))[0][:2]
     rec = GradientRecorder(gm, os.path.join(work, "run.h5"), example_input=ex)

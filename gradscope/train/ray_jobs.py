@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -90,6 +90,7 @@ class RayExecutor:
     def run(self, jobs, log: Callable[[str], None]) -> None:
         if not jobs:
             return
+        jobs = [replace(j, out=os.path.abspath(j.out)) for j in jobs]  # workers may have another cwd
         ray = ensure_ray(self.address)
         task = ray.remote(_run_job).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                             max_retries=self.max_retries, retry_exceptions=False)
