@@ -41,7 +41,8 @@ def _cmd_prune(ns) -> int:
     from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
     PruningRun(cfg).run()
-    print(f"run written to {cfg.out}")
+    if _is_main():
+        print(f"run written to {cfg.out}")
     return 0
 
 
@@ -52,6 +53,8 @@ def _cmd_profile(ns) -> int:
     cfg.record.record = True
     _fixed_peak_default(cfg)
     PruningRun(cfg).run()
+    if not _is_main():  # under torchrun, rank 0 wrote the run file and prints
+        return 0
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
         table = r.round_summary(relu_only=True)
@@ -61,6 +64,11 @@ def _cmd_profile(ns) -> int:
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nrecorded to {path}  (next: gradscope fit {path})")
     return 0
+
+
+def _is_main() -> bool:
+    from gradscope.train.distributed import is_main
+    return is_main()
 
 
 def _fixed_peak_default(cfg) -> None:
@@ -79,7 +87,15 @@ def _cmd_oracle(ns) -> int:
     cfg = run_config_from_args(ns)
     _fixed_peak_default(cfg)
     grid = parse_grid(ns.grid) if ns.grid else default_grid(schedule_from_config(cfg.schedule), ns.grid_points)
-    rounds = OracleRounds(grid, seeds=ns.seeds, executor=make_executor(ns.workers), max_extend=ns.max_extend)
+    if ns.ray or ns.ray_address:
+        from gradscope.train.ray_jobs import RayExecutor
+        if ns.workers != 1:
+            raise GradscopeError("--ray and --workers exclude each other (Ray schedules the candidates itself)")
+        executor = RayExecutor(ns.ray_address, num_cpus_per_job=cfg.train.threads or 1,
+                               num_gpus_per_job=ns.gpus_per_candidate)
+    else:
+        executor = make_executor(ns.workers)
+    rounds = OracleRounds(grid, seeds=ns.seeds, executor=executor, max_extend=ns.max_extend)
     PruningRun(cfg, rounds=rounds).run()
     t = oracle_summary(cfg.out)
     n_val = int(t["n_val"].iloc[0]) if len(t) else 0
@@ -198,6 +214,17 @@ def _pos_float(s: str) -> float:
     return v
 
 
+def _nonneg_float(s: str) -> float:
+    import math
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    return v
+
+
 def _fraction(s: str) -> float:
     v = _pos_float(s)
     if v >= 1:
@@ -247,8 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-extend", type=_nonneg_int, default=3,
                    help="grid points added beyond an edge when the best is at the edge (default: 3)")
     s.add_argument("--workers", type=_nonneg_int, default=1,
-                   help="parallel candidate processes; 0 = print the candidate commands for another "
+                   help="candidates at a time: 1 = one after the other here; N > 1 = N at a time on a local "
+                        "Ray instance (needs gradscope[ray]); 0 = print the candidate commands for another "
                         "scheduler and stop (exit 0) (default: 1)")
+    s.add_argument("--ray", action="store_true",
+                   help="run the candidates as Ray tasks (pip install 'gradscope[ray]'); each gets --threads CPUs")
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (implies --ray; default: start Ray on this machine)")
+    s.add_argument("--gpus-per-candidate", type=_nonneg_float, default=0.0, metavar="F",
+                   help="GPUs Ray reserves per candidate with --ray, e.g. 0.25 for four per GPU (default: 0)")
     s.set_defaults(func=_cmd_oracle)
 
     s = sub.add_parser("oracle-candidate", help="train one Oracle candidate (for cluster schedulers)")

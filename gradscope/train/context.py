@@ -7,7 +7,7 @@ changes), and makes the loaders. It raises a ``GradscopeError`` before anything 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 from gradscope import GradscopeError
 from gradscope import pruning as P
 from gradscope.config import RunConfig
+from gradscope.train import distributed as D
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,8 +43,9 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainContext:
-    """The run's fixed parts. ``model`` is the module (masks attached); ``net`` is what is called
-    (``torch.compile(model)`` with --compile, else the model itself)."""
+    """The run's fixed parts. ``model`` is the module (masks attached; its state_dict is what is
+    saved); ``net`` is what is called (DDP-wrapped under torchrun, ``torch.compile``d with
+    --compile, else the model itself); ``dist``: this process's rank (gradscope.train.distributed)."""
 
     device: torch.device
     data: object  # gradscope.data.DataBundle
@@ -54,6 +56,7 @@ class TrainContext:
     val_loader: Optional[object]
     test_loader: object
     channels_last: bool
+    dist: D.DistEnv = field(default_factory=D.DistEnv)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -75,12 +78,12 @@ def build_context(c: RunConfig) -> TrainContext:
 
     if c.train.threads:
         torch.set_num_threads(c.train.threads)
-    device = resolve_device(c.train.device)
+    dist, device = D.setup(resolve_device(c.train.device))
     seed_everything(c.train.seed)
     with imagefiles.progress(c.train.progress):
         data = load_dataset_from_config(c.data, c.train.seed)
     seed_everything(c.train.seed)
-    model = get_model(c.model.model, data.input_shape, data.num_classes)
+    model = D.sync_batchnorm(get_model(c.model.model, data.input_shape, data.num_classes), device)
     channels_last = bool(c.train.channels_last and len(data.input_shape) == 3
                          and any(isinstance(m, nn.Conv2d) for m in model.modules()))
     model = model.to(device)
@@ -89,8 +92,13 @@ def build_context(c: RunConfig) -> TrainContext:
     layers = P.prunable_layers(model, c.prune.prune_first, c.prune.prune_last)
     P.attach_masks(layers)
     P.check_schedule(sum(m.weight_orig.numel() for m in layers.values()), c.prune.rounds, c.prune.prune_rate)
-    net = torch.compile(model) if c.train.compile else model
-    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last)
+    net = D.wrap(model, device)
+    net = torch.compile(net) if c.train.compile else net
+    why = D.check_batch(c.data.batch_size, len(data.train_y))
+    if why:
+        raise GradscopeError(why)
+    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last,
+                  rank=dist.rank, world_size=dist.world_size)
     train_loader = BatchLoader(data.train_x, data.train_y, c.data.batch_size, shuffle=True,
                                augment=data.augment if c.data.augment else "none",
                                seed=c.train.seed, drop_last=len(data.train_y) >= c.data.batch_size,
@@ -99,4 +107,4 @@ def build_context(c: RunConfig) -> TrainContext:
         raise GradscopeError("the training set is empty (check --train-subset / --val-fraction)")
     val_loader = BatchLoader(data.val_x, data.val_y, 512, shuffle=False, **common) if len(data.val_y) else None
     test_loader = BatchLoader(data.test_x, data.test_y, 512, shuffle=False, **common)
-    return TrainContext(device, data, model, net, layers, train_loader, val_loader, test_loader, channels_last)
+    return TrainContext(device, data, model, net, layers, train_loader, val_loader, test_loader, channels_last, dist)

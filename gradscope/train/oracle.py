@@ -4,7 +4,7 @@ starting state, locate the optimum with a confidence interval, and continue from
 Every candidate (round, max_lr, seed) is a self-contained, resumable job
 (``gradscope oracle-candidate``): the round's start state is saved once, a candidate's result
 once it finished, and finished candidates never run again; an ``Executor`` runs the jobs
-(in this process, a process pool, printed for another scheduler, or Ray). Per round the
+(in this process, printed for another scheduler, or as Ray tasks). Per round the
 statistics of ``gradscope.optimum`` give the optimum of validation accuracy against
 log(max_lr) with a bootstrap CI over seeds and validation examples, beside the grid argmax
 and the SILO papers' "optimal interval" (grid values within one binomial SE of a difference
@@ -189,10 +189,6 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
     return result
 
 
-def _pool_run(job: CandidateJob, threads: int) -> dict:
-    return job.run(threads)
-
-
 class Executor(Protocol):
     """Runs Oracle candidate jobs; each job writes its own result file."""
 
@@ -217,27 +213,16 @@ class PrintJobs:
                                 f"(each is independent), then this command again:\n{cmds}")
 
 
-class ProcessPool:
-    """A local pool of ``workers`` processes (spawn), each with cores/workers threads."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-
-    def run(self, jobs, log):
-        import multiprocessing as mp  # noqa: PLC0415
-        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        log(f"  oracle round {jobs[0].round}: {len(jobs)} candidates on {self.workers} processes")
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
-            list(ex.map(_pool_run, jobs, [threads] * len(jobs)))
-
-
 def make_executor(workers: int = 1) -> Executor:
-    """0: print the jobs; 1: in this process; N > 1: a local process pool."""
+    """0: print the jobs; 1: in this process; N > 1: N at a time on a local Ray instance
+    (``gradscope.train.ray_jobs``; it replaced a process pool that measured slower than sequential)."""
     if int(workers) != workers or workers < 0:
         raise GradscopeError(f"--workers must be 0 (print the candidate commands) or a positive number, got {workers}")
-    return PrintJobs() if workers == 0 else InProcess() if workers == 1 else ProcessPool(int(workers))
+    if workers > 1:
+        from gradscope.train.ray_jobs import RayExecutor  # noqa: PLC0415
+
+        return RayExecutor(num_cpus_per_job=max(1, (os.cpu_count() or 1) // int(workers)))
+    return PrintJobs() if workers == 0 else InProcess()
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -254,6 +239,11 @@ class OracleRounds:
             raise GradscopeError(f"--seeds must be a positive integer, got {seeds}")
         if int(max_extend) != max_extend or max_extend < 0:
             raise GradscopeError(f"--max-extend must be >= 0, got {max_extend}")
+        from gradscope.train.distributed import env  # noqa: PLC0415
+
+        if env().active:
+            raise GradscopeError("the Oracle does not run under torchrun: its candidates are separate jobs "
+                                 "(use --ray, --workers N or --workers 0 to spread them)")
         self.seeds, self.max_extend, self.n_boot = int(seeds), int(max_extend), int(n_boot)
         self.executor = executor if executor is not None else make_executor(1 if workers is None else workers)
 

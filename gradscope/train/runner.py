@@ -19,6 +19,7 @@ from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
 from gradscope.paths import RunPaths
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
+from gradscope.train import distributed as D
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
 from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
@@ -59,7 +60,7 @@ class PruningRun:
                  log: Callable[[str], None] = print, rounds: Optional[RoundStrategy] = None):
         self.cfg = config.validate()
         self.paths = RunPaths(config.out)
-        self.log = log
+        self.log = log if D.is_main() else (lambda s: None)  # under torchrun rank 0 prints
         self.user_callbacks = list(callbacks)
         self.rounds = rounds or PlainRounds()
         self.rewind = rewind_mode(config)  # imports gradscope.calibrate for silo-auto
@@ -91,6 +92,7 @@ class PruningRun:
                 raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); "
                                      f"use another --out to start a new run")
 
+    @D.main_only
     def _write_config(self) -> None:
         from gradscope.provenance import package_versions, source_commit  # noqa: PLC0415
 
@@ -132,12 +134,13 @@ class PruningRun:
         cbs = [recorder] if recorder is not None else []
         cbs += self.user_callbacks
         make = getattr(self.factory, "callbacks", None)
-        if make is not None:  # schedules that learn from the run (silo-auto)
-            cbs += list(make(self.paths, self.log))
+        self._learned = list(make(self.paths, self.log)) if make is not None else []
+        if D.is_main():  # schedules that learn from the run (silo-auto); other ranks get their state per round
+            cbs += self._learned
         if self.rewind == "early" and self.state.early is None:
             cbs.append(_EarlyCapture(self))
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
-        for cb in cbs:
+        for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
             if key and key in self.state.callbacks:
                 cb.load_state_dict(self.state.callbacks[key])
@@ -147,6 +150,8 @@ class PruningRun:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, optimizer=None, scheduler=None) -> None:
         """Write the run's state (and, mid-round, the optimizer and scheduler) atomically."""
+        if not D.is_main():
+            return
         st = self.state
         st.callbacks = {cb.state_key: cb.state_dict() for cb in getattr(self, "_stateful", [])}
         save_torch({"format": CHECKPOINT_FORMAT, "state": st.to_dict(), "model": self.ctx.model.state_dict(),
@@ -157,7 +162,9 @@ class PruningRun:
 
     def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
         """Restore the checkpoint (returning the optimizer/scheduler states) or start round 0."""
-        if not self.paths.checkpoint.exists():
+        fresh = not self.paths.checkpoint.exists()
+        D.barrier()  # every rank has looked before rank 0 writes one
+        if fresh:
             init = P.plain_state(self.ctx.model)
             self.state = RunState(init=init, early=init if self.rewind_step == 0 else None)
             self.save_checkpoint()
@@ -209,6 +216,8 @@ class PruningRun:
         st.results = [r for r in st.results if r.round != res.round] + [res]
         st.results.sort(key=lambda r: r.round)
         row = res.row()
+        if not D.is_main():
+            return
         save_torch({"result": row, "info": res.info.to_dict(), "layer_sparsity": res.info.layer_sparsity,
                     "epochs": [e.to_dict() for e in res.epochs], "schedule": res.schedule,
                     "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
@@ -230,8 +239,10 @@ class PruningRun:
         self.ctx = build_context(c)
         self.trainer = RoundTrainer(self.ctx, c.train, c.to_dict())
         self.rewind_step = self._rewind_step()
-        recorder = self._recorder() if c.record.record else None  # bad recorder options fail here, before
-        self._write_config()                                       # the run directory is claimed
+        # rank 0 records (the all-reduced gradients); bad recorder options fail here, before the
+        # run directory is claimed by its config
+        recorder = self._recorder() if c.record.record and D.is_main() else None
+        self._write_config()
         opt_state, sched_state = self._load_or_start()
         st = self.state
         resumed = st.round > 0 or bool(st.epochs)
@@ -245,12 +256,14 @@ class PruningRun:
             k = st.round
             if st.stage == "prune":
                 self._prune_and_rewind(k)
+                D.broadcast_module(self.ctx.model)  # rank 0's masks and weights on every rank
                 st.stage, st.epochs = "train", []
                 self.save_checkpoint()
             res = self.rounds.train_round(self, self.round_info(k), self.factory_for_round(k), callbacks,
                                           done=list(st.epochs), opt_state=opt_state, sched_state=sched_state)
             opt_state = sched_state = None
             self._persist(res)
+            D.sync_states(self._learned)
             st.round, st.stage, st.epochs = k + 1, "prune", []
             self.save_checkpoint()
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))

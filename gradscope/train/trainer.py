@@ -19,6 +19,7 @@ from gradscope.callbacks import TrainState, call_all
 from gradscope.config import TrainConfig
 from gradscope.data import epoch_key
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
+from gradscope.train import distributed as D
 from gradscope.train.context import TrainContext
 from gradscope.train.loop import evaluate, train_epoch
 
@@ -57,6 +58,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
     raise GradscopeError(f"unknown --optimizer {cfg.optimizer!r}; known: sgd, adamw")
+
+
+def _evaluate(ctx: TrainContext, loader, amp: bool) -> float:
+    """Top-1 accuracy on ``loader``; under torchrun each rank evaluates its part and they are merged."""
+    return D.merge_accuracy(evaluate(ctx.net, loader, ctx.device, amp), loader.examples)
 
 
 class RoundTrainer:
@@ -107,12 +113,13 @@ class RoundTrainer:
             lr = optimizer.param_groups[0]["lr"]
             loss = train_epoch(state, ctx.train_loader, callbacks, amp=c.amp, progress=bool(self.progress),
                                desc=f"{desc}round {info.round} epoch {e + 1}/{c.epochs}")
+            loss = D.average(loss)  # under torchrun: over all ranks (identical, so all agree on divergence)
             if not math.isfinite(loss) or loss > DIVERGED_LOSS:
                 raise Diverged(f"training diverged in round {info.round}, epoch {e}: mean loss {loss:.4g} "
                                f"(max_lr {params['max_lr']:.4g} is probably too high)", info, e, loss)
-            val = evaluate(ctx.net, ctx.val_loader, ctx.device, c.amp) if ctx.val_loader is not None else math.nan
+            val = _evaluate(ctx, ctx.val_loader, c.amp) if ctx.val_loader is not None else math.nan
             last = e == c.epochs - 1
-            test = evaluate(ctx.net, ctx.test_loader, ctx.device, c.amp) if (last or c.test_every == "epoch") else None
+            test = _evaluate(ctx, ctx.test_loader, c.amp) if (last or c.test_every == "epoch") else None
             m = EpochMetrics(round=info.round, epoch=e, train_loss=loss, val_acc=val, test_acc=test,
                              lr=lr, time_s=time.perf_counter() - t0)
             epochs.append(m)
