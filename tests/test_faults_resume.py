@@ -101,3 +101,19 @@ def test_silo_auto_calibration_survives_kills(tmp_path):
     kills = kill_at_every_boundary(cmd, killed, match=r"^(checkpoint:[3-5]:prune|round-file:[3-5])")
     assert len(kills) >= 4
     _same_rounds(ref, killed, keys=("round", "max_lr", "val_acc"))
+
+
+def test_killed_after_last_epoch_still_writes_the_round_row(tmp_path):
+    """Regression: a run killed after a round's last epoch checkpoint resumes without training a
+    step; the recorder must still open the run file and write the round's row."""
+    from gradscope.store import open_run
+
+    cmd = ["profile", *TINY, "--rounds", "1"]
+    out = tmp_path / "o"
+    env = {"GRADSCOPE_KILL_FILE": str(tmp_path / "kills"), "GRADSCOPE_KILL_MATCH": r"^checkpoint:0:train:2"}
+    assert _run(cmd, out, env).returncode == -9
+    assert _run(cmd, out, env).returncode == 0
+    with open_run(out / "run.h5") as r:
+        rounds = r.rounds()
+        assert rounds["round"].tolist() == [0]
+        assert rounds["val_acc"].notna().all() and rounds["test_acc"].notna().all()

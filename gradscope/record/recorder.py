@@ -299,6 +299,13 @@ class GradientRecorder:
         else:
             getattr(self.writer, kind)(**payload)
 
+    def _open_for_queued(self) -> None:
+        """Open the file for rows queued before any step (a run resumed after its round's last
+        epoch writes the round's row without training): possible once the layers are known."""
+        if (self.writer is None and self._early and self._failed is None and self.path is not None
+                and (self.layers_opt == "all" or any(i.seen for i in self._disc.infos))):
+            self._setup()
+
     def _queue(self, kind: str, payload) -> None:
         if self.writer is None:
             self._early.append((kind, payload))
@@ -467,6 +474,7 @@ class GradientRecorder:
     def flush(self) -> None:
         """End the current window and write it (and any queued metadata) to the file."""
         self._queue_window()
+        self._open_for_queued()
         if self.writer is not None:
             self.writer.commit()
 
@@ -546,6 +554,7 @@ class GradientRecorder:
             "max_lr": max_lr, "schedule": json.dumps(sched, sort_keys=True, default=str),
             "val_acc": _num(met.get("val_acc")), "test_acc": _num(met.get("test_acc")),
             "train_loss": _num(met.get("train_loss")), "time_s": time.perf_counter() - self._round_t0})
+        self._open_for_queued()
         if self.writer is not None:
             self.writer.commit()
         self._last_metrics = {}
