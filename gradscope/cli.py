@@ -347,7 +347,12 @@ def _register_store(sub) -> None:
     register(sub)
 
 
-_EXTRA: list = [_register_plot, _register_store]  # subcommands that live with their module (plot, report, repair)
+def _register_export(sub) -> None:
+    from gradscope.export import register
+    register(sub)
+
+
+_EXTRA: list = [_register_plot, _register_store, _register_export]  # subcommands that live with their module
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
