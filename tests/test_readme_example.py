@@ -100,3 +100,37 @@ def test_readme_plain_loop_without_rounds_is_round_0(tmp_path):
     assert out.returncode == 0, out.stderr
     narrowing = out.stdout.split("\n\n")[0].splitlines()
     assert len(narrowing) == 3 and narrowing[2].split()[0] == "0"  # title, header, round 0
+
+
+def _schedule_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Use a gradscope schedule in your own training loop")
+    return text[start: text.index("\n## ", start + 1)]
+
+
+def test_readme_schedule_snippet_runs_as_written_and_raises_max_lr_along_the_s_curve():
+    code = re.search(r"```python\n(.*?)```", _schedule_section(), re.S).group(1)
+    code = code.replace("    # prune, rewind ...", "    peaks.append(max(seen)); seen.clear()")
+    code = code.replace("opt.step(); sched.step()", "opt.step(); sched.step(); seen.append(sched.get_last_lr()[0])")
+    model = nn.Linear(4, 2)
+    xs, ys = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    ns = {"model": model, "loader": [(xs[i:i + 8], ys[i:i + 8]) for i in range(0, 40, 8)], "epochs": 4,
+          "loss_fn": nn.functional.cross_entropy, "opt": torch.optim.SGD(model.parameters(), lr=0.1),
+          "peaks": [], "seen": []}
+    exec(code, ns)  # noqa: S102 - our own README
+    assert isinstance(ns["sched"], torch.optim.lr_scheduler.LRScheduler)
+    peaks = ns["peaks"]
+    assert len(peaks) == 6 and peaks[0] == pytest.approx(0.02, rel=0.05) and peaks[-1] > 3 * peaks[0]
+    assert all(b >= a - 1e-12 for a, b in zip(peaks, peaks[1:]))  # max_lr never falls along the S-curve
+
+
+def test_load_schedule_reads_a_calibrated_file(tmp_path):
+    from gradscope import GradscopeError
+    from gradscope.schedules import get_schedule, load_schedule
+
+    f = tmp_path / "silo.json"
+    f.write_text(json.dumps({"schedule": "silo", "lo": 0.03, "hi": 0.09, "status": "supported", "notes": ["x"]}))
+    assert load_schedule(str(f)).params() == get_schedule("silo", lo=0.03, hi=0.09).params()
+    f.write_text(json.dumps({"lo": 0.03}))
+    with pytest.raises(GradscopeError, match="does not say which schedule"):
+        load_schedule(str(f))

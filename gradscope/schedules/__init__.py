@@ -10,7 +10,7 @@ table), ``params`` (validation and the layering rule), ``scheduler`` (``RoundLR`
 (file and flags). ``silo-auto`` is registered by gradscope.calibrate.
 """
 from gradscope.rounds import RoundInfo
-from gradscope.schedules.config_io import read_schedule_file, schedule_from_config
+from gradscope.schedules.config_io import load_schedule, read_schedule_file, schedule_from_config
 from gradscope.schedules.curves import (allr_peak, constant_lr, cosine_lr, linear_lr, one_cycle_lr,
                                         one_cycle_momentum, planned_pruned_fraction, s_curve,
                                         triangular_lr, warmup_step_lr)
@@ -28,6 +28,6 @@ __all__ = [
     "RoundInfo", "RoundLR", "ScheduleFactory", "Shape", "SiloSchedule", "allr_peak", "constant_lr",
     "cosine_lr", "get_schedule", "get_shape", "implied_rewind", "linear_lr", "list_schedules",
     "one_cycle_lr", "one_cycle_momentum", "planned_pruned_fraction", "planned_round_info",
-    "read_schedule_file", "register_schedule", "s_curve", "schedule_from_config", "triangular_lr",
+    "load_schedule", "read_schedule_file", "register_schedule", "s_curve", "schedule_from_config", "triangular_lr",
     "warmup_step_lr",
 ]

@@ -56,3 +56,16 @@ def schedule_from_config(cfg) -> ScheduleFactory:
     flags = {k: getattr(cfg, k) for k in FLAG_PARAMS if getattr(cfg, k, None) is not None}
     entry = SCHEDULES.get(name)
     return get_schedule(name, **V.layer(params, flags, entry.cls.PEAK_PARAMS))
+
+
+def load_schedule(path: str, **overrides: Any) -> ScheduleFactory:
+    """The factory a schedule file describes (e.g. ``gradscope calibrate``'s silo.json, or a
+    saved ``factory.params()`` with a ``schedule`` key), for a plain training loop."""
+    params = read_schedule_file(path)
+    name = params.pop("name", params.pop("schedule", None))
+    if name is None:
+        raise GradscopeError(f"schedule file {path} does not say which schedule it is for: add "
+                             f"\"schedule\": NAME (one of {', '.join(SCHEDULES.names())})")
+    for key in FILE_NOTES:
+        params.pop(key, None)
+    return get_schedule(SCHEDULES.key(name), **{**params, **overrides})
