@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gradscope import GradscopeError
-from gradscope.record.accumulate import WindowAccumulator, flat_grads, linear_edges, log_edges
+from gradscope.record.accumulate import WindowAccumulator, linear_edges, log_edges
 from gradscope.record.discover import LayerInfo, find_layers, lazy_find_layers, select_layers
 from gradscope.store import schema as S
 from gradscope.store.writer import RunWriter
@@ -123,8 +123,8 @@ class GradientRecorder:
         self.writer = RunWriter(self.path, config=self.config, edges=self.edges, edge_kind=self.edge_kind,
                                 layers=[i.row(i.index in rec) for i in infos], sample_k=self.sample_k)
         w, _ = weight_and_mask(self.recorded[0].module)
-        self.acc = WindowAccumulator([i.numel for i in self.recorded], self.edges, self.edge_kind,
-                                     w.device, self.sample_k, self.seed)
+        self.acc = WindowAccumulator([i.numel for i in self.recorded], self.edges, w.device,
+                                     sample_k=self.sample_k, seed=self.seed)
         for kind, payload in self._early:
             getattr(self.writer, kind)(**payload) if kind != "add_layer_rounds" else self.writer.add_layer_rounds(payload)
         self._early.clear()
@@ -161,20 +161,11 @@ class GradientRecorder:
         if self._need_layer_rounds:
             self._store_layer_rounds()
         params = [weight_and_mask(i.module)[0] for i in self.recorded]
-        g, missing = flat_grads(params, [])
-        mask, mask_i64 = self._masks(params)
-        if missing:  # a layer got no gradient this step: leave it out of this step
-            mask = mask.clone()
-            offs = np.cumsum([0] + [i.numel for i in self.recorded])
-            for j in missing:
-                mask[offs[j]: offs[j + 1]] = False
-            mask_i64 = mask.to(torch.int64)
-        inv = inverse_scale(scaler)
-        if inv is not None:
-            g = g * inv
+        mask, _ = self._masks(params)
         if self._win_start is None:
             self._win_start = self._step
-        self.acc.add(g, mask, mask_i64)
+        # a layer with no gradient (grad None) is left out of this step
+        self.acc.add([p.grad for p in params], mask, scale=inverse_scale(scaler))
         self._step += 1
         if self.window is not None and self._step % self.window == 0:
             self.flush()
