@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from gradscope.record import accumulate
 from gradscope.record.accumulate import (RTOL, Binner, WindowAccumulator, bin_tables, f32_thresholds,
                                          linear_edges, log_edges)
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # the GPU paths run where there is one
 EDGES = {"log": log_edges(21, 1e-4, 1.0), "log201": log_edges(201), "linear": linear_edges(10, 0.5),
          "linear_odd": linear_edges(7, 0.3), "linear_many": linear_edges(2000, 1.0)}
 
@@ -41,13 +43,14 @@ def reference_slots(x, edges):
     return np.where(np.isfinite(xd), k, len(edges) + 1)
 
 
+@pytest.mark.parametrize("dev", DEVICES)
 @pytest.mark.parametrize("name", sorted(EDGES))
-def test_binner_matches_numpy_on_adversarial_values(name):
+def test_binner_matches_numpy_on_adversarial_values(name, dev):
     edges = EDGES[name]
     x = adversarial(edges)
-    b = Binner(edges, "cpu")
+    b = Binner(edges, dev)
     assert b.multi == (name == "linear_many")  # 2000 narrow bins: the exact binary-search path
-    k = b(torch.from_numpy(x)).numpy()
+    k = b(torch.from_numpy(x).to(dev)).cpu().numpy()
     assert np.array_equal(k, reference_slots(x, edges))
 
 
@@ -102,12 +105,13 @@ def random_layers(sizes, rng, nonfinite=True):
     return out
 
 
+@pytest.mark.parametrize("dev", DEVICES)
 @pytest.mark.parametrize("name", ["log", "log201", "linear", "linear_many"])
-def test_multi_layer_window_equals_numpy(name):
+def test_multi_layer_window_equals_numpy(name, dev):
     edges = EDGES[name]
     rng = np.random.default_rng(2)
     sizes = [5, 3000, 64, 4097, 1, 700]
-    acc = WindowAccumulator(sizes, edges, "cpu", compile=False)
+    acc = WindowAccumulator(sizes, edges, dev, compile=False)
     seen = [[] for _ in sizes]
     for step in range(3):
         layers = random_layers(sizes, rng)
@@ -115,15 +119,16 @@ def test_multi_layer_window_equals_numpy(name):
         for s, a in zip(seen, layers):
             s.append(a)
         if step == 1:  # flat input: one tensor of all layers
-            acc.add(torch.from_numpy(np.concatenate(layers)))
+            acc.add(torch.from_numpy(np.concatenate(layers)).to(dev))
         else:
-            acc.add([torch.from_numpy(a) for a in layers])
+            acc.add([torch.from_numpy(a).to(dev) for a in layers])
     out = acc.to_host()
     assert out["steps"] == 3
     check(out, [reference(s, edges) for s in seen])
 
 
-def test_masks_flat_list_channels_last_and_changes():
+@pytest.mark.parametrize("dev", DEVICES)
+def test_masks_flat_list_channels_last_and_changes(dev):
     """Masked values never count; flat and per-layer masks agree; channels_last gradients are
     read in memory order with the mask permuted alike; a changed mask is noticed, an equal new
     mask object keeps the layout."""
@@ -133,9 +138,9 @@ def test_masks_flat_list_channels_last_and_changes():
     sizes = [int(np.prod(s)) for s in shapes]
     masks = [torch.from_numpy(rng.random(s) > 0.4) for s in shapes]
     masks[2][:] = True
-    acc_flat = WindowAccumulator(sizes, edges, "cpu", compile=False)
-    acc_list = WindowAccumulator(sizes, edges, "cpu", compile=False)
-    flat_mask = torch.cat([m.reshape(-1) for m in masks])
+    acc_flat = WindowAccumulator(sizes, edges, dev, compile=False)
+    acc_list = WindowAccumulator(sizes, edges, dev, compile=False)
+    flat_mask = torch.cat([m.reshape(-1) for m in masks]).to(dev)
     seen = [[] for _ in shapes]
     layouts = []
     for step in range(4):
@@ -147,6 +152,7 @@ def test_masks_flat_list_channels_last_and_changes():
         for g, m, s in zip(grads, masks, seen):
             s.append(g.numpy()[m.numpy()].copy())
             g[~m] = 1e30  # only a masked value could produce this
+        grads = [g.to(dev) for g in grads]
         acc_flat.add(grads, flat_mask)
         acc_list.add(grads, [m.clone() if step == 3 else m for m in masks])  # step 3: new, equal objects
         layouts.append(acc_list._lay)
@@ -158,69 +164,82 @@ def test_masks_flat_list_channels_last_and_changes():
     assert (a["max"] < 1e29).all()
 
 
-def test_skipped_layer_scale_and_empty_layer():
+@pytest.mark.parametrize("dev", DEVICES)
+def test_skipped_layer_scale_and_empty_layer(dev):
     edges = log_edges(21, 1e-4, 1.0)
     rng = np.random.default_rng(4)
     sizes = [300, 50, 20]
-    acc = WindowAccumulator(sizes, edges, "cpu", compile=False)
-    mask = [None, torch.zeros(50, dtype=torch.bool), None]  # layer 1 fully pruned
+    acc = WindowAccumulator(sizes, edges, dev, compile=False)
+    mask = [None, torch.zeros(50, dtype=torch.bool, device=dev), None]  # layer 1 fully pruned
     a0 = random_layers(sizes, rng, nonfinite=False)
     a1 = random_layers(sizes, rng, nonfinite=False)
-    scale = torch.tensor(1 / 1024.0)
-    acc.add([torch.from_numpy(a) * 1024 for a in a0], mask, scale=scale)
-    acc.add([torch.from_numpy(a1[0]), None, None], mask)  # layers 1 and 2 got no gradient
+    scale = torch.tensor(1 / 1024.0, device=dev)
+    acc.add([torch.from_numpy(a).to(dev).half() * 1024 for a in a0], mask, scale=scale)  # fp16 gradients
+    acc.add([torch.from_numpy(a1[0]).to(dev), None, None], mask)  # layers 1 and 2 got no gradient
     out = acc.to_host()
-    s0 = [(torch.from_numpy(a) * 1024 * scale).numpy() for a in a0]
+    s0 = [(torch.from_numpy(a).half().float() * 1024 * scale.cpu()).numpy() for a in a0]
     check(out, [reference([s0[0], a1[0]], edges), reference([], edges), reference([s0[2]], edges)])
     assert out["nonfinite"].tolist() == [0, 0, 0]
 
 
-def test_sample_path_draws_recorded_values_only():
+@pytest.mark.parametrize("dev", DEVICES)
+def test_sample_path_draws_recorded_values_only(dev):
     edges = log_edges(21, 1e-4, 1.0)
     rng = np.random.default_rng(5)
     sizes = [400, 30]
-    acc = WindowAccumulator(sizes, edges, "cpu", sample_k=16, seed=7, compile=False)
-    mask = torch.from_numpy(np.concatenate([rng.random(400) > 0.5, np.ones(30, bool)]))
+    acc = WindowAccumulator(sizes, edges, dev, sample_k=16, seed=7, compile=False)
+    mask = torch.from_numpy(np.concatenate([rng.random(400) > 0.5, np.ones(30, bool)])).to(dev)
     vals = []
     for _ in range(3):
         a = rng.standard_normal(430).astype(np.float32)
-        a[~mask.numpy()] = 1e30
+        a[~mask.cpu().numpy()] = 1e30
         a[0] = np.nan
         vals.append(a)
-        acc.add(torch.from_numpy(a), mask)
+        acc.add(torch.from_numpy(a).to(dev), mask)
     s = acc.to_host()["samples"]
     allv = np.concatenate(vals)
-    kept = np.concatenate([v[:400][mask.numpy()[:400]] for v in vals])
+    kept = np.concatenate([v[:400][mask.cpu().numpy()[:400]] for v in vals])
     assert s.shape == (2, 16) and not np.isnan(s).any()
     assert np.isin(s[0], kept[np.isfinite(kept)]).all() and np.isin(s[1], allv).all()
     assert len(set(s[0].tolist())) == 16
 
 
-def test_scatter_histogram_path_equals_bincount():
-    """The GPU histogram path (one index_add_, no host sync), exercised on the CPU."""
+@pytest.mark.parametrize("dev", DEVICES)
+def test_histogram_paths_agree(monkeypatch, dev):
+    """bincount per layer, bincount split over two threads, and the GPU path (one index_add_,
+    no host sync) exercised on the CPU: identical counts, equal to numpy."""
     edges = EDGES["log"]
     rng = np.random.default_rng(6)
     sizes = [1000, 77, 5000]
-    layers = random_layers(sizes, rng)
-    acc = WindowAccumulator(sizes, edges, "cpu", compile=False)
-    acc.add([torch.from_numpy(a) for a in layers])
-    acc2 = WindowAccumulator(sizes, edges, "cpu", compile=False)
-    acc2._scatter_hist = True
-    acc2.add([torch.from_numpy(a) for a in layers])
-    assert torch.equal(acc.counts, acc2.counts)
-    check(acc2.to_host(), [reference([a], edges) for a in layers])
+    layers = [torch.from_numpy(a).to(dev) for a in random_layers(sizes, rng)]
+    acc = WindowAccumulator(sizes, edges, dev, compile=False)
+    acc._scatter_hist = False
+    acc.add(layers)
+    scatter = WindowAccumulator(sizes, edges, dev, compile=False)
+    scatter._scatter_hist = True
+    scatter.add(layers)
+    monkeypatch.setattr(accumulate, "_PARALLEL_BINCOUNT", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    threads = WindowAccumulator(sizes, edges, dev, compile=False)
+    threads._scatter_hist = False
+    threads.add(layers)
+    assert len(threads._jobs) == 2 and all(threads._jobs)
+    assert torch.equal(acc.counts, scatter.counts) and torch.equal(acc.counts, threads.counts)
+    check(acc.to_host(), [reference([a.cpu().numpy()], edges) for a in layers])
 
 
-def test_compiled_kernels_equal_eager_and_numpy():
-    """torch.compile path (Inductor): same counts/min/max as eager, moments within RTOL."""
+@pytest.mark.parametrize("dev", DEVICES)
+def test_compiled_kernels_equal_numpy(dev):
+    """torch.compile path (Inductor C++ on CPU, Triton on GPU): exact counts/min/max, moments
+    within RTOL. Compiling takes ~10-60 s once per process (then cached on disk)."""
     edges = log_edges(201)
     rng = np.random.default_rng(8)
     sizes = [40000, 9000, 70001]
     layers = random_layers(sizes, rng)
     layers[0][: adversarial(edges, 0).size] = adversarial(edges, 0)
-    acc = WindowAccumulator(sizes, edges, "cpu", compile=True)
+    acc = WindowAccumulator(sizes, edges, dev, compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed compile would warn and fall back
-        acc.add([torch.from_numpy(a) for a in layers])
+        acc.add([torch.from_numpy(a).to(dev) for a in layers])
     assert acc._use_compile
     check(acc.to_host(), [reference([a], edges) for a in layers])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -40,7 +41,8 @@ from gradscope import GradscopeError, InternalError
 
 RTOL = 1e-12  # documented bound on |power sum - numpy float64 sum| / Σ|x|**p (see module docstring)
 COMPILE_MIN = 1 << 20  # compile the row kernels for buffers of at least this many values
-_EAGER_BLOCK = 1 << 16  # values per eager block, so temporaries stay in cache
+_PARALLEL_BINCOUNT = 1 << 20  # count slots in two threads for buffers of at least this many values
+_EAGER_BLOCK = 1 << 18  # values per eager block: temporaries stay in cache, few ops per step
 
 
 # ----------------------------------------------------------------------------- edges
@@ -201,6 +203,7 @@ class _Layout:
     B: int  # values per row
     rows: list[tuple[int, int]]  # row range of each layer
     row_layer: torch.Tensor  # int64 [R]
+    row_table: torch.Tensor  # int64 [L, max rows]: each layer's rows, padded with R (a +-inf row)
     pad: torch.Tensor  # int64 [L]: NaN padding per layer (counted as non-finite, subtracted)
     masks: list  # per layer: flat bool mask in logical order, or None (all kept)
     idx: list  # per layer: {(shape, strides): int64 positions of survivors}
@@ -208,6 +211,34 @@ class _Layout:
     @property
     def R(self) -> int:
         return self.rows[-1][1] if self.rows else 0
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _bincount_rows(k: torch.Tensor, jobs: list[tuple[int, int, int]], L: int, S: int) -> torch.Tensor:
+    """[L, S] counts of the slots in row ranges ``jobs`` = (layer, first row, end row)."""
+    out = torch.zeros(L, S, dtype=torch.int64, device=k.device)
+    for l, a, b in jobs:
+        out[l] += torch.bincount(k[a:b].view(-1), minlength=S)
+    return out
+
+
+def _split_jobs(rows: list[tuple[int, int]], parts: int) -> list[list[tuple[int, int, int]]]:
+    """Row ranges of all layers cut into ``parts`` groups of about equal size (bincount runs
+    serially, so two threads halve its time; torch releases the GIL inside it)."""
+    R = rows[-1][1] if rows else 0
+    cuts = [R * (i + 1) // parts for i in range(parts)]
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(parts)]
+    p = 0
+    for l, (a, b) in enumerate(rows):
+        while a < b:
+            while cuts[p] <= a:
+                p += 1
+            e = min(b, cuts[p])
+            out[p].append((l, a, e))
+            a = e
+    return out
 
 
 def _row_size(kept: Sequence[int]) -> int:
@@ -316,12 +347,15 @@ class WindowAccumulator:
         row_layer = torch.tensor([l for l, (a, b) in enumerate(rows) for _ in range(a, b)],
                                  dtype=torch.int64, device=self.device)
         pad = torch.tensor([(b - a) * B - k for (a, b), k in zip(rows, kept)], dtype=torch.int64, device=self.device)
-        self._lay = _Layout(kept, B, rows, row_layer, pad, flat, [{} for _ in flat])
+        width = max(1, max(b - a for a, b in rows))
+        table = torch.tensor([list(range(a, b)) + [r] * (width - (b - a)) for a, b in rows], dtype=torch.int64)
+        self._lay = _Layout(kept, B, rows, row_layer, table.to(self.device), pad, flat, [{} for _ in flat])
         self.x = torch.full((r * B,), math.nan, dtype=torch.float32, device=self.device)
         self._row_base = (row_layer * self.S).unsqueeze(1)
         self._ones = torch.ones(1, dtype=torch.int64, device=self.device).expand(r * B)
         self._eager_bufs = None
         self._k_small = torch.empty(r, B, dtype=self.binner.dtype, device=self.device)
+        self._jobs = _split_jobs(rows, 2 if r * B >= _PARALLEL_BINCOUNT and torch.get_num_threads() > 1 else 1)
         ml = _mask_list(mask)
         self._mask_ref = (_mask_state(mask), None if ml is None else [None if m is None else m.detach().clone() for m in ml])
         self._use_compile = (not self._compile_failed and not self.binner.multi and r >= 2
@@ -455,16 +489,24 @@ class WindowAccumulator:
         if not self._scatter_hist:
             if k.dtype != self.binner.dtype:  # bincount is twice as fast on uint8 as on int16
                 k = self._k_small.copy_(k)
-            c = torch.stack([torch.bincount(k[a:b].view(-1), minlength=self.S) for a, b in lay.rows])
-            self.counts += c
+            if len(self._jobs) > 1:
+                global _POOL
+                if _POOL is None:
+                    _POOL = ThreadPoolExecutor(1, thread_name_prefix="gradscope-bincount")
+                fut = _POOL.submit(_bincount_rows, k, self._jobs[1], self.L, self.S)
+                self.counts += _bincount_rows(k, self._jobs[0], self.L, self.S)
+                self.counts += fut.result()
+            else:
+                self.counts += _bincount_rows(k, self._jobs[0], self.L, self.S)
         else:  # one scatter, no host sync
             self.counts.view(-1).index_add_(0, (k.long() + self._row_base).view(-1), self._ones)
         self.counts[:, nf] -= lay.pad
         for l in skip:  # NaN-filled this step: its values are not part of the window
             self.counts[l, nf] -= lay.kept[l]
         self.sums.index_add_(0, lay.row_layer, s)
-        self.mins.scatter_reduce_(0, lay.row_layer, mn, "amin")
-        self.maxs.scatter_reduce_(0, lay.row_layer, mx, "amax")
+        inf = torch.full((1,), math.inf, device=self.device)
+        torch.minimum(self.mins, torch.cat([mn, inf])[lay.row_table].amin(1), out=self.mins)
+        torch.maximum(self.maxs, torch.cat([mx, -inf])[lay.row_table].amax(1), out=self.maxs)
 
     def _sample(self, lay: _Layout) -> None:
         """Bottom-K of iid uniform keys = a uniform sample without replacement over the window."""
