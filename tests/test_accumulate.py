@@ -50,23 +50,28 @@ def test_binner_matches_numpy_on_adversarial_values(name, dev):
     x = adversarial(edges)
     b = Binner(edges, dev)
     assert b.multi == (name == "linear_many")  # 2000 narrow bins: the exact binary-search path
+    assert b.bits == {"linear": 12, "linear_odd": 12, "log": 12, "log201": 12, "linear_many": 16}[name]
     k = b(torch.from_numpy(x).to(dev)).cpu().numpy()
     assert np.array_equal(k, reference_slots(x, edges))
 
 
-def test_bin_tables_exact_on_random_bit_patterns():
-    """Every 16-bit bucket, random low bits: table lookup + one comparison == numpy."""
-    edges = log_edges(201)
-    lut, thr, multi = bin_tables(edges)
+@pytest.mark.parametrize("nbits", [12, 14, 16])
+@pytest.mark.parametrize("name", ["log201", "linear_odd"])
+def test_bin_tables_exact_on_random_bit_patterns(name, nbits):
+    """Every bucket, random low bits: table lookup + one comparison == numpy."""
+    edges = EDGES[name]
+    lut, thr, multi = bin_tables(edges, nbits)
     assert not multi
     rng = np.random.default_rng(1)
-    bits = (np.arange(1 << 16, dtype=np.uint32).repeat(8) << 16) | rng.integers(0, 1 << 16, 1 << 19, dtype=np.uint32)
-    bits[::8] &= 0xFFFF0000  # each bucket's first pattern ...
-    bits[1::8] |= 0x0000FFFF  # ... and its last
+    sh = 32 - nbits
+    bits = (np.arange(1 << nbits, dtype=np.uint32).repeat(8) << sh) | rng.integers(0, 1 << sh, 8 << nbits, dtype=np.uint32)
+    bits[::8] &= np.uint32(~((1 << sh) - 1) & 0xFFFFFFFF)  # each bucket's first pattern ...
+    bits[1::8] |= np.uint32((1 << sh) - 1)  # ... and its last
     x = bits.view(np.float32)
     with np.errstate(invalid="ignore"):
-        k = lut[bits >> 16] + (x >= thr[bits >> 16])
+        k = lut[bits >> sh] + (x >= thr[bits >> sh])
     assert np.array_equal(k, reference_slots(x, edges))
+    assert Binner(edges, "cpu").bits == 12  # these edges fit the smallest table
 
 
 def reference(layers, edges):

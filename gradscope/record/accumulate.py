@@ -4,8 +4,8 @@ One step = one pass of copying plus two row kernels:
 
 1. Each layer's recorded values (the survivors of its mask) are copied into one padded
    float32 buffer of rows of ``B`` values. Every row belongs to one layer; padding is NaN.
-2. ``bin_rows`` gives every value its exact ``np.histogram`` bin from the float's top 16 bits
-   (a 65,536-entry table) and at most one comparison with an exact float32 threshold.
+2. ``bin_rows`` gives every value its exact ``np.histogram`` bin from the float's top 12-16
+   bits (a table lookup) and at most one comparison with an exact float32 threshold.
 3. ``moment_rows`` gives every row its five float64 power sums and its float32 min and max,
    in one fused pass when compiled.
 
@@ -42,6 +42,7 @@ from gradscope import GradscopeError, InternalError
 RTOL = 1e-12  # documented bound on |power sum - numpy float64 sum| / Σ|x|**p (see module docstring)
 COMPILE_MIN = 1 << 20  # compile the row kernels for buffers of at least this many values
 _PARALLEL_BINCOUNT = 1 << 20  # count slots in two threads for buffers of at least this many values
+_COPIES = 32  # copies of the counts in the scatter (GPU) histogram
 _EAGER_BLOCK = 1 << 18  # values per eager block: temporaries stay in cache, few ops per step
 
 
@@ -78,22 +79,24 @@ def f32_thresholds(edges: np.ndarray) -> np.ndarray:
     return c
 
 
-def bin_tables(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Per bucket of float32 bit patterns sharing their top 16 bits: the bin slot of the
+def bin_tables(edges: np.ndarray, bits: int = 16) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per bucket of float32 bit patterns sharing their top ``bits`` bits: the bin slot of the
     bucket's smallest value and the one threshold that may split the bucket.
 
     Slot k in 0..nb+2: 0 = below edges[0], k = bin k-1 ([e_{k-1}, e_k)), nb+1 = at/above
     edges[-1], nb+2 = non-finite. For float32 x in bucket q: slot = lut[q] + (x >= thr[q]),
-    unless ``multi`` (some bucket holds two thresholds: very many narrow bins).
+    unless ``multi`` (some bucket holds two thresholds: more bits, or very many narrow bins).
     """
     c32 = f32_thresholds(edges)
     c = c32.astype(np.float64)
     nb = len(c) - 1
-    q = np.arange(1 << 16, dtype=np.uint32)
-    neg = q >= 0x8000
-    smallest = np.where(neg, (q << 16) | 0xFFFF, q << 16).astype(np.uint32)
-    largest = np.where(neg, q << 16, (q << 16) | 0xFFFF).astype(np.uint32)
-    nonfinite = ((q >> 7) & 0xFF) == 0xFF  # exponent all ones: inf or nan
+    sh = 32 - bits
+    q = np.arange(1 << bits, dtype=np.uint32)
+    neg = q >= (1 << (bits - 1))
+    low, high = q << sh, (q << sh) | np.uint32((1 << sh) - 1)
+    smallest = np.where(neg, high, low).astype(np.uint32)
+    largest = np.where(neg, low, high).astype(np.uint32)
+    nonfinite = ((low >> 23) & 0xFF) == 0xFF  # exponent all ones: inf or nan
     with np.errstate(invalid="ignore"):
         lo = np.where(nonfinite, 0.0, smallest.view(np.float32).astype(np.float64))
         hi = np.where(nonfinite, 0.0, largest.view(np.float32).astype(np.float64))
@@ -114,15 +117,19 @@ def slot_dtype(nb: int) -> torch.dtype:
 class Binner:
     """Exact ``np.histogram``-style slot of float32 values (see ``bin_tables``), any device.
 
-    Two table lookups and one comparison per value; with ``multi`` tables (hundreds of narrow
-    linear bins) an exact but slower binary search (``torch.bucketize``) instead.
+    Two table lookups and one comparison per value, with the smallest table (12, 14 or 16
+    bits: smaller stays in cache) in which no bucket holds two thresholds; failing that
+    (hundreds of narrow linear bins) an exact but slower binary search (``torch.bucketize``).
     """
 
     def __init__(self, edges: np.ndarray, device):
         self.edges = np.asarray(edges, dtype=np.float64)
         self.nb = len(self.edges) - 1
         self.dtype = slot_dtype(self.nb)
-        lut, thr, self.multi = bin_tables(self.edges)
+        for self.bits in (12, 14, 16):
+            lut, thr, self.multi = bin_tables(self.edges, self.bits)
+            if not self.multi:
+                break
         self.lut = torch.as_tensor(lut, device=device).to(self.dtype)
         self.lut32 = self.lut.to(torch.int32)
         self.thr = torch.as_tensor(thr, device=device)
@@ -133,18 +140,20 @@ class Binner:
         if self.multi:
             k = torch.bucketize(x, self.c, right=True)
             return torch.where(torch.isfinite(x), k, self.nb + 2)
-        return bin_rows(x.view(torch.int32), x, self.lut32, self.thr, torch.int64)
+        return bin_rows(x.view(torch.int32), x, self.lut32, self.thr, self.bits, torch.int64)
 
 
 # ----------------------------------------------------------------------------- row kernels
-def bin_rows(xi: torch.Tensor, x: torch.Tensor, lut: torch.Tensor, thr: torch.Tensor,
+def bin_rows(xi: torch.Tensor, x: torch.Tensor, lut: torch.Tensor, thr: torch.Tensor, bits: int,
              dtype: torch.dtype = torch.int16) -> torch.Tensor:
-    """Slots of float32 ``x`` (``xi`` = ``x.view(torch.int32)``) as ``dtype``; ``lut`` int32.
+    """Slots of float32 ``x`` (``xi`` = ``x.view(torch.int32)``) as ``dtype``; ``lut`` int32
+    and ``thr`` tables of ``bin_tables(edges, bits)``.
 
     (The clamp is a no-op that tells the compiler the index is in range; int32 arithmetic and
     an int16 result vectorise well under Inductor, uint8 does not.)
     """
-    q = torch.clamp(torch.bitwise_and(torch.bitwise_right_shift(xi, 16), 0xFFFF), 0, 0xFFFF)
+    m = (1 << bits) - 1
+    q = torch.clamp(torch.bitwise_and(torch.bitwise_right_shift(xi, 32 - bits), m), 0, m)
     return (lut[q] + torch.ge(x, thr[q]).to(torch.int32)).to(dtype)
 
 
@@ -351,8 +360,11 @@ class WindowAccumulator:
         table = torch.tensor([list(range(a, b)) + [r] * (width - (b - a)) for a, b in rows], dtype=torch.int64)
         self._lay = _Layout(kept, B, rows, row_layer, table.to(self.device), pad, flat, [{} for _ in flat])
         self.x = torch.full((r * B,), math.nan, dtype=torch.float32, device=self.device)
-        self._row_base = (row_layer * self.S).unsqueeze(1)
-        self._ones = torch.ones(1, dtype=torch.int64, device=self.device).expand(r * B)
+        if self._scatter_hist:  # key = slot + S * (layer + L * (column % _COPIES)): neighbouring
+            # values add into different copies of the counts (GPU atomics on one address serialise)
+            self._row_base = (row_layer * self.S).unsqueeze(1)
+            self._col_base = (torch.arange(B, device=self.device) % _COPIES * (self.L * self.S)).unsqueeze(0)
+            self._ones = torch.ones(1, dtype=torch.int64, device=self.device).expand(r * B)
         self._eager_bufs = None
         self._k_small = torch.empty(r, B, dtype=self.binner.dtype, device=self.device)
         self._jobs = _split_jobs(rows, 2 if r * B >= _PARALLEL_BINCOUNT and torch.get_num_threads() > 1 else 1)
@@ -396,7 +408,7 @@ class WindowAccumulator:
             compared with the last.
         scale: optional multiplier applied first (e.g. 1 / AMP loss scale, a 0-dim tensor).
         """
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+        with torch.no_grad():
             vals = self._split(values) if isinstance(values, torch.Tensor) else list(values)
             if len(vals) != self.L:
                 raise GradscopeError(f"expected values for {self.L} layers, got {len(vals)}")
@@ -431,7 +443,7 @@ class WindowAccumulator:
         if self._use_compile:
             try:
                 k = _compiled(bin_rows)(x2.view(torch.int32), x2, self.binner.lut32, self.binner.thr,
-                                        torch.int16 if self.nb + 2 <= 32767 else torch.int32)
+                                        self.binner.bits, torch.int16 if self.nb + 2 <= 32767 else torch.int32)
                 return k, _compiled(moment_rows)(x2)
             except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, ...: eager is exact too
                 warnings.warn(f"gradscope: torch.compile of the recorder kernels failed, using eager ops "
@@ -442,7 +454,7 @@ class WindowAccumulator:
     def _eager(self, x2: torch.Tensor):
         """The row kernels in eager ops, a cache-sized block of rows at a time."""
         R, B = x2.shape
-        rb = max(1, _EAGER_BLOCK // B)
+        rb = max(1, _EAGER_BLOCK // B) if self.device.type == "cpu" else R  # GPU: few large launches
         d = self.device
         if self._eager_bufs is None:
             n = min(R, rb) * B
@@ -462,8 +474,8 @@ class WindowAccumulator:
             if self.binner.multi:
                 kb.copy_(self.binner(xb))
             else:
-                torch.bitwise_right_shift(xb.view(torch.int32), 16, out=qb)
-                qb.bitwise_and_(0xFFFF)
+                torch.bitwise_right_shift(xb.view(torch.int32), 32 - self.binner.bits, out=qb)
+                qb.bitwise_and_((1 << self.binner.bits) - 1)
                 torch.index_select(lut, 0, qb, out=kb)
                 torch.index_select(thr, 0, qb, out=fb)
                 torch.ge(xb, fb, out=bb)
@@ -499,7 +511,10 @@ class WindowAccumulator:
             else:
                 self.counts += _bincount_rows(k, self._jobs[0], self.L, self.S)
         else:  # one scatter, no host sync
-            self.counts.view(-1).index_add_(0, (k.long() + self._row_base).view(-1), self._ones)
+            copies = torch.zeros(_COPIES * self.L * self.S, dtype=torch.int64, device=self.device)
+            key = k.long().add_(self._row_base).add_(self._col_base)
+            copies.index_add_(0, key.view(-1), self._ones)
+            self.counts += copies.view(_COPIES, self.L, self.S).sum(0)
         self.counts[:, nf] -= lay.pad
         for l in skip:  # NaN-filled this step: its values are not part of the window
             self.counts[l, nf] -= lay.kept[l]
