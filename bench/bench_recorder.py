@@ -154,7 +154,10 @@ def bench_row(name: str, res: int, batch: int, args, device: torch.device) -> di
 
     heavy = name == "resnet50" or (res >= 64 and batch >= 128)
     reps = args.repeats or (3 if heavy and device.type == "cpu" else 5 if device.type == "cpu" else 10)
-    steps = args.steps or (1 if device.type == "cpu" and (heavy or name != "resnet20") else 3 if device.type == "cpu" else 5)
+    if device.type == "cpu":
+        steps = args.steps or (3 if name == "resnet20" and not heavy else 1)
+    else:
+        steps = args.steps or 5
     first = run(lambda: train_step(True))  # includes compiling the recorder kernels when they compile
     run(lambda: train_step(False))
     t = {"none": [], "rec": []}
@@ -238,10 +241,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                     continue
                 r = bench_row(name, res, batch, args, device)
                 rows.append(r)
-                print(f"{name} {res}x{res} b{batch}: step {r['ns_per_weight']:.2f} ns/w (floor {r['floor_ns_per_weight']:.2f}, "
-                      f"old {r['old_ns_per_weight'] or float('nan'):.1f}), ratio {r['ratio']:.3f}, "
+                print(f"{name} {res}x{res} b{batch}: step {r['ns_per_weight']:.2f} ns/w "
+                      f"(floor {r['floor_ns_per_weight']:.2f}, old {r['old_ns_per_weight'] or float('nan'):.1f}), "
+                      f"ratio {r['ratio']:.3f}, "
                       f"first step +{r['first_step_extra_s']:.1f} s (compiling)", flush=True)
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        dev = torch.cuda.get_device_name(device)
+    else:
+        dev = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     meta = {"torch": torch.__version__, "device": dev, "amp": args.amp, "channels_last": True,
             "compile_env": os.environ.get("GRADSCOPE_COMPILE", "auto"), "load_avg": os.getloadavg(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -3,7 +3,6 @@
 Moments must match numpy's float64 sums within ``RTOL * Σ|x|**p`` (module docstring of
 gradscope.record.accumulate); everything else must be identical.
 """
-import math
 import warnings
 
 import numpy as np
@@ -64,7 +63,8 @@ def test_bin_tables_exact_on_random_bit_patterns(name, nbits):
     assert not multi
     rng = np.random.default_rng(1)
     sh = 32 - nbits
-    bits = (np.arange(1 << nbits, dtype=np.uint32).repeat(8) << sh) | rng.integers(0, 1 << sh, 8 << nbits, dtype=np.uint32)
+    bits = np.arange(1 << nbits, dtype=np.uint32).repeat(8) << sh
+    bits |= rng.integers(0, 1 << sh, 8 << nbits, dtype=np.uint32)
     bits[::8] &= np.uint32(~((1 << sh) - 1) & 0xFFFFFFFF)  # each bucket's first pattern ...
     bits[1::8] |= np.uint32((1 << sh) - 1)  # ... and its last
     x = bits.view(np.float32)
@@ -83,7 +83,8 @@ def reference(layers, edges):
     return {"count": fin.size, "nonfinite": g.size - fin.size, "under": int((fin < edges[0]).sum()),
             "over": int((fin >= edges[-1]).sum()), "hist": np.histogram(inner, edges)[0],
             "sum": fin.sum(), "sumsq": (fin ** 2).sum(), "sumabs": np.abs(fin).sum(), "sum3": (fin ** 3).sum(),
-            "sum4": (fin ** 4).sum(), "min": fin.min() if fin.size else np.nan, "max": fin.max() if fin.size else np.nan,
+            "sum4": (fin ** 4).sum(), "min": fin.min() if fin.size else np.nan,
+            "max": fin.max() if fin.size else np.nan,
             "abs": [np.abs(fin).sum(), (fin ** 2).sum(), np.abs(fin).sum(), (np.abs(fin) ** 3).sum(), (fin ** 4).sum()]}
 
 
@@ -211,8 +212,8 @@ def test_sample_path_draws_recorded_values_only(dev):
 
 @pytest.mark.parametrize("dev", DEVICES)
 def test_histogram_paths_agree(monkeypatch, dev):
-    """bincount per layer, bincount split over two threads, and the GPU path (one index_add_,
-    no host sync) exercised on the CPU: identical counts, equal to numpy."""
+    """One bincount (small buffers), bincount per layer, split over two threads, and the GPU
+    path (index_add_, no host sync) exercised on the CPU: identical counts, equal to numpy."""
     edges = EDGES["log"]
     rng = np.random.default_rng(6)
     sizes = [1000, 77, 5000]
@@ -223,13 +224,20 @@ def test_histogram_paths_agree(monkeypatch, dev):
     scatter = WindowAccumulator(sizes, edges, dev, compile=False)
     scatter._scatter_hist = True
     scatter.add(layers)
-    monkeypatch.setattr(accumulate, "_PARALLEL_BINCOUNT", 0)
+    assert acc._small and not scatter._small
+    monkeypatch.setattr(accumulate, "_PARALLEL_BINCOUNT", 0)  # as if the buffer were large
+    per_layer = WindowAccumulator(sizes, edges, dev, compile=False)
+    per_layer._scatter_hist = False
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    per_layer.add(layers)
+    assert not per_layer._small and len(per_layer._jobs) == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     threads = WindowAccumulator(sizes, edges, dev, compile=False)
     threads._scatter_hist = False
     threads.add(layers)
     assert len(threads._jobs) == 2 and all(threads._jobs)
-    assert torch.equal(acc.counts, scatter.counts) and torch.equal(acc.counts, threads.counts)
+    for other in (scatter, per_layer, threads):
+        assert torch.equal(acc.counts, other.counts)
     check(acc.to_host(), [reference([a.cpu().numpy()], edges) for a in layers])
 
 

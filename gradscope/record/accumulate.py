@@ -43,7 +43,7 @@ RTOL = 1e-12  # documented bound on |power sum - numpy float64 sum| / Σ|x|**p (
 COMPILE_MIN = 1 << 20  # compile the row kernels for buffers of at least this many values
 _PARALLEL_BINCOUNT = 1 << 20  # count slots in two threads for buffers of at least this many values
 _COPIES = 32  # copies of the counts in the scatter (GPU) histogram
-_EAGER_BLOCK = 1 << 18  # values per eager block: temporaries stay in cache, few ops per step
+_EAGER_BLOCK = 1 << 19  # values per eager block: temporaries stay in cache, few ops per step
 
 
 # ----------------------------------------------------------------------------- edges
@@ -360,16 +360,20 @@ class WindowAccumulator:
         table = torch.tensor([list(range(a, b)) + [r] * (width - (b - a)) for a, b in rows], dtype=torch.int64)
         self._lay = _Layout(kept, B, rows, row_layer, table.to(self.device), pad, flat, [{} for _ in flat])
         self.x = torch.full((r * B,), math.nan, dtype=torch.float32, device=self.device)
+        self._small = r * B < _PARALLEL_BINCOUNT and not self._scatter_hist
+        self._row_base = (row_layer * self.S).unsqueeze(1).to(torch.int32 if self._small else torch.int64)
+        if self._small:
+            self._key32 = torch.empty(r, B, dtype=torch.int32, device=self.device)
         if self._scatter_hist:  # key = slot + S * (layer + L * (column % _COPIES)): neighbouring
             # values add into different copies of the counts (GPU atomics on one address serialise)
-            self._row_base = (row_layer * self.S).unsqueeze(1)
             self._col_base = (torch.arange(B, device=self.device) % _COPIES * (self.L * self.S)).unsqueeze(0)
             self._ones = torch.ones(1, dtype=torch.int64, device=self.device).expand(r * B)
         self._eager_bufs = None
         self._k_small = torch.empty(r, B, dtype=self.binner.dtype, device=self.device)
         self._jobs = _split_jobs(rows, 2 if r * B >= _PARALLEL_BINCOUNT and torch.get_num_threads() > 1 else 1)
         ml = _mask_list(mask)
-        self._mask_ref = (_mask_state(mask), None if ml is None else [None if m is None else m.detach().clone() for m in ml])
+        copy = None if ml is None else [None if m is None else m.detach().clone() for m in ml]
+        self._mask_ref = (_mask_state(mask), copy)
         self._use_compile = (not self._compile_failed and not self.binner.multi and r >= 2
                              and _compile_wanted(self.compile_setting, r * B))
         return self._lay
@@ -460,9 +464,9 @@ class WindowAccumulator:
             n = min(R, rb) * B
             self._eager_bufs = (self._k_small, torch.empty(n, dtype=torch.int32, device=d), torch.empty(n, device=d),
                                 torch.empty(n, dtype=torch.bool, device=d),
-                                torch.empty(3, n, dtype=torch.float64, device=d))
+                                torch.empty(5, n, dtype=torch.float64, device=d))
         k, q, f, b, dd = self._eager_bufs
-        s = torch.empty(R, 5, dtype=torch.float64, device=d)
+        s = torch.empty(5, R, dtype=torch.float64, device=d)
         mn = torch.empty(R, device=d)
         mx = torch.empty(R, device=d)
         lut, thr = self.binner.lut, self.binner.thr
@@ -480,18 +484,16 @@ class WindowAccumulator:
                 torch.index_select(thr, 0, qb, out=fb)
                 torch.ge(xb, fb, out=bb)
                 kb.add_(bb)
-            xd, x2d, t = dd[0, :n], dd[1, :n], dd[2, :n]
-            xd.copy_(torch.nan_to_num(xb, 0.0, 0.0, 0.0, out=fb))
-            torch.mul(xd, xd, out=x2d)
-            sb = s[r0:r1]
-            sb[:, 0] = xd.view(-1, B).sum(1)
-            sb[:, 1] = x2d.view(-1, B).sum(1)
-            sb[:, 2] = torch.abs(xd, out=t).view(-1, B).sum(1)
-            sb[:, 3] = torch.mul(x2d, xd, out=t).view(-1, B).sum(1)
-            sb[:, 4] = torch.mul(x2d, x2d, out=t).view(-1, B).sum(1)
+            p = dd[:, :n]  # x, x², |x|, x³, x⁴ of the finite values (others 0), summed per row at once
+            p[0].copy_(torch.nan_to_num(xb, 0.0, 0.0, 0.0, out=fb))
+            torch.mul(p[0], p[0], out=p[1])
+            torch.abs(p[0], out=p[2])
+            torch.mul(p[1], p[0], out=p[3])
+            torch.mul(p[1], p[1], out=p[4])
+            torch.sum(p.view(5, -1, B), 2, out=s[:, r0:r1])
             mn[r0:r1] = torch.nan_to_num(xb, math.inf, math.inf, math.inf, out=fb).view(-1, B).amin(1)
             mx[r0:r1] = torch.nan_to_num(xb, -math.inf, -math.inf, -math.inf, out=fb).view(-1, B).amax(1)
-        return k, (s, mn, mx)
+        return k, (s.T, mn, mx)
 
     def _accumulate(self, lay: _Layout, skip: list[int]) -> None:
         if lay.R == 0:
@@ -501,7 +503,10 @@ class WindowAccumulator:
         if not self._scatter_hist:
             if k.dtype != self.binner.dtype:  # bincount is twice as fast on uint8 as on int16
                 k = self._k_small.copy_(k)
-            if len(self._jobs) > 1:
+            if self._small:  # one bincount over slot + S * layer: few ops for small models
+                key = torch.add(self._row_base, k, out=self._key32)
+                self.counts += torch.bincount(key.view(-1), minlength=self.L * self.S).view(self.L, self.S)
+            elif len(self._jobs) > 1:
                 global _POOL
                 if _POOL is None:
                     _POOL = ThreadPoolExecutor(1, thread_name_prefix="gradscope-bincount")
