@@ -217,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps per repeat")
     ap.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for the training step")
     ap.add_argument("--compile", choices=["auto", "0", "1"], default=None,
-                    help="recorder kernels: GRADSCOPE_COMPILE (auto: compiled for >= 1M weights)")
+                    help="recorder kernels: GRADSCOPE_COMPILE (auto: compiled for >= 2^18 recorded weights)")
     ap.add_argument("--no-old", action="store_true", help="skip the previous implementation")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/recorder-<device>-<time>.json)")

@@ -40,7 +40,7 @@ import torch
 from gradscope import GradscopeError, InternalError
 
 RTOL = 1e-12  # documented bound on |power sum - numpy float64 sum| / Σ|x|**p (see module docstring)
-COMPILE_MIN = 1 << 20  # compile the row kernels for buffers of at least this many values
+COMPILE_MIN = 1 << 18  # compile the row kernels for buffers of at least this many values (ResNet-20 and up)
 _PARALLEL_BINCOUNT = 1 << 20  # count slots in two threads for buffers of at least this many values
 _COPIES = 32  # copies of the counts in the scatter (GPU) histogram
 _EAGER_BLOCK = 1 << 19  # values per eager block: temporaries stay in cache, few ops per step
