@@ -11,8 +11,10 @@ One step = one pass of copying plus two row kernels:
 
 Per-layer results are reductions of rows (``bincount`` / ``index_add_``). The kernels are
 plain torch ops, run eagerly or through ``torch.compile`` (Inductor: C++/OpenMP on CPU,
-Triton on GPU); compiling is tried for buffers of at least ``COMPILE_MIN`` values and falls
-back to eager with one warning. Nothing synchronises with the host per step on a GPU.
+Triton on GPU); compiling is tried for buffers of at least ``COMPILE_MIN`` values (the first
+step then compiles, ~10-60 s, cached on disk afterwards) and falls back to eager with one
+warning; GRADSCOPE_COMPILE=0/1 forces eager/compiled. Nothing synchronises with the host per
+step on a GPU.
 
 Exactness (tested in tests/test_accumulate.py):
 
