@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
 from gradscope.store import open_run
+from gradscope.train.checkpoint import load_torch
 
 
 def main(run_dir: str) -> pd.DataFrame:
     run = Path(run_dir)
-    init = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["init_state"]
+    ck = load_torch(run / "checkpoint.pt", what="checkpoint")
+    init = ck["state"]["init"] if "state" in ck else ck["init_state"]  # format 2, or gradscope 0.1
     with open_run(run / "run.h5") as r:
         m = r.moments()
         relu = set(r.layers().query("relu_fed")["layer"])
@@ -32,7 +32,7 @@ def main(run_dir: str) -> pd.DataFrame:
     g["std"] = np.sqrt(g["sumsq"] / g["count"] - (g["sum"] / g["count"]) ** 2)
     norms = []
     for k in sorted(g["round"].unique()):
-        masks = torch.load(run / f"round_{k}.pt", map_location="cpu", weights_only=False)["masks"]
+        masks = load_torch(run / f"round_{k}.pt", what="round file", required=("masks",))["masks"]
         for layer in relu:
             w = init[layer + ".weight"]
             norms.append({"round": k, "layer": layer,

@@ -16,3 +16,8 @@ class InternalError(AssertionError):
 
     The CLI lets it through as a traceback so that it gets reported, unlike ``GradscopeError``.
     """
+
+
+class JobsPending(Exception):
+    """Not an error: work that must run elsewhere first (e.g. Oracle candidates printed for a
+    cluster scheduler). The CLI prints the message to stdout and exits 0."""

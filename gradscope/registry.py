@@ -44,9 +44,9 @@ class Registry(Generic[T]):
         for n in self._entries:
             if n.lower() == k:
                 return n
-        hint = f" ({self._hints[name]})" if name in self._hints else ""
-        flag = f"unknown {self.flag} {name!r}" if self.flag else f"unknown {self.kind} {name!r}"
-        raise GradscopeError(f"{flag}{hint}; known: {', '.join(self.names())}")
+        notes = [n for n in (self.flag, self._hints.get(name)) if n]
+        hint = f" ({'; '.join(notes)})" if notes else ""
+        raise GradscopeError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}")
 
     def get(self, name: str) -> T:
         return self._entries[self.key(name)]

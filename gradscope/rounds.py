@@ -138,6 +138,19 @@ class RoundResult:
                    [EpochMetrics(**e) for e in d.get("epochs", [])], dict(d.get("extra", {})))
 
 
+def pruned_fraction(k, p: float, lag: int = 0):
+    """Planned pruned fraction of round k when each round prunes a fraction p of what remains:
+    ``1 − (1 − p)^(k − lag)``, 0 for k ≤ lag (round 0 is the dense net). Vectorised over k.
+
+    The one place this is computed: pruning targets use lag 0, SILO's x uses its lag.
+    """
+    import numpy as np  # noqa: PLC0415 - keep this module's import light
+
+    ka = np.asarray(k, dtype=float)
+    out = 1.0 - (1.0 - float(p)) ** np.maximum(ka - lag, 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
 def finite_or_none(v: Any) -> Optional[float]:
     """``float(v)`` if it is a finite number, else None (for tables and JSON)."""
     try:

@@ -12,14 +12,20 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
+# Papermill reads each "name = value  # help" line of the parameters cell; a line holding a
+# second "=" (even inside its comment) is skipped with a warning, so help texts never use "=".
 COMMON_PARAMS = '''# Parameters (papermill: override with -p NAME VALUE)
 out_dir = "runs/notebooks"   # run directories are written here
 data_root = None             # a CIFAR-10 folder -> cifar10 + resnet20; None -> built-in digits + small_cnn
-rounds = 8                   # pruning rounds (round 0 = dense)
+rounds = 8                   # pruning rounds, round 0 being the dense network
 epochs = 2                   # epochs per round
-threads = None               # CPU threads (None = torch default)
-cache_dir = "data/cache"     # tensor cache of the dataset
-seed = 0'''
+threads = None               # CPU threads (None: torch's default)
+cache_dir = None             # dataset cache folder (None: the per-user cache, ~/.cache/gradscope)
+seed = 0                     # seed of data order, initialisation and pruning ties'''
+
+VIEW_PARAMS = '''
+view = "survivors"           # gradients of: survivors (unpruned weights), all (pruned as zeros), relative
+window = "all"               # all epochs of each round, or "last" epoch only'''
 
 MAKE_CONFIG = '''from pathlib import Path
 from gradscope.config import RunConfig
@@ -60,27 +66,36 @@ def _params(extra: str = "") -> nbformat.NotebookNode:
 
 def narrowing():
     return _nb([
-        new_markdown_cell("# 01 - The weight-gradient distribution narrows as the network is pruned\n\n"
+        new_markdown_cell("# 01 - How the weight-gradient distribution changes as the network is pruned\n\n"
                           "Iterative magnitude pruning with rewinding, recording per-layer histograms and exact "
                           "moments of the gradients of the **unpruned** weights of every ReLU-fed layer "
                           "(`gradscope profile`). Built-in digits data by default; set `data_root` to a CIFAR-10 "
-                          "folder for the real thing."),
-        _params(),
+                          "folder for the real thing. `view` and `window` choose which gradients every number "
+                          "below describes (docs/method.md, \"Views\")."),
+        _params(VIEW_PARAMS),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('cfg = make_config("narrowing")\nPruningRun(cfg, log=lambda s: None).run()\n'
                       'run = Path(cfg.out) / "run.h5"\nrun'),
-        new_markdown_cell("Per round: sparsity, accuracy and the pooled standard deviation of the gradients; "
-                          "`std_ratio` is that std relative to round 0 (below 1 = narrower)."),
-        new_code_cell('from gradscope.store import open_run\n\nwith open_run(run) as r:\n'
-                      '    summary = r.round_summary(relu_only=True)\nsummary'),
+        new_markdown_cell("Per round: sparsity, the quantiles of |g| from the histograms, and the exact std and "
+                          "mean |g| from the moments."),
+        new_code_cell('from gradscope.fit import spread_table\n\n'
+                      'spread = spread_table(run, view=view, window=window)\nspread'),
+        new_markdown_cell("The spread per round at a glance: each percentile of |g| and the std relative to "
+                          "round 0 (below 1 = narrower than the dense network), and the quantile bands themselves."),
+        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_spread\n\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(16, 4.8), layout="constrained")\n'
+                      'plot_spread(run, relative=True, view=view, window=window, ax=axes[0])\n'
+                      'plot_spread(run, relative=False, view=view, window=window, ax=axes[1])\nplt.show()'),
         new_markdown_cell("Distribution fits per layer and pooled (normal, Laplace, Student-t, generalized "
-                          "normal, plus moment statistics), and the trend of each statistic against sparsity "
-                          "(`narrows` = the slope's confidence interval lies above 0: the scale falls as the density falls)."),
+                          "normal, plus the exact std / mean |g| and the binned IQR / MAD), and the trend of each "
+                          "statistic against log density (`narrows` = the slope's confidence interval lies "
+                          "above 0: the scale falls as the density falls)."),
         new_code_cell('from gradscope.fit import fit_run, format_trend\n\n'
-                      'fit = fit_run(run, bootstrap=100, store=True)\nformat_trend(fit)'),
-        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_histograms, plot_narrowing\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")\n'
-                      'plot_histograms(run, ax=axes[0])\nplot_narrowing(run, fit=fit, ax=axes[1])\nplt.show()'),
+                      'fit = fit_run(run, bootstrap=100, store=True, view=view, window=window)\nformat_trend(fit)'),
+        new_code_cell('from gradscope.plot import plot_histograms, plot_narrowing\n\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), layout="constrained")\n'
+                      'plot_histograms(run, view=view, window=window, ax=axes[0])\n'
+                      'plot_narrowing(run, fit=fit, view=view, window=window, ax=axes[1])\nplt.show()'),
     ])
 
 
@@ -89,30 +104,36 @@ def calibrate():
         new_markdown_cell("# 02 - From a profile run to a calibrated SILO schedule\n\n"
                           "The measured narrowing implies `max_lr(k) = max_lr(0) * (scale(0)/scale(k))^gamma`; "
                           "SILO's S-curve (lo, hi, beta, midpoint) is fitted to those points and compared with "
-                          "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5)."),
-        _params('\nprofile = None             # an existing RUN.h5 to calibrate from; None -> run a profile here\n'
-                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"'),
+                          "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5; docs/references.md). "
+                          "`status` says whether the data support a rising curve at all."),
+        _params(VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
+                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('if profile is None:\n    cfg = make_config("calibrate-profile")\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    profile = str(Path(cfg.out) / "run.h5")\n'
                       'profile'),
-        new_code_cell('from gradscope.calibrate import calibrate_run, format_calibration\n\n'
-                      'cal = calibrate_run(profile, gamma=gamma, statistic=statistic)\nformat_calibration(cal)'),
+        new_code_cell('from gradscope.calibrate import calibrate_run, describe_calibration, format_calibration\n\n'
+                      'cal = calibrate_run(profile, gamma=gamma, statistic=statistic, view=view, window=window)\n'
+                      'print("\\n".join(describe_calibration(cal)))\nformat_calibration(cal)'),
         new_code_cell('import pandas as pd\nfrom gradscope.schedules import SILO_PRESETS\n\n'
                       'keys = ["lo", "hi", "beta", "midpoint"]\n'
                       'pd.DataFrame({"calibrated": [cal.params[k] for k in keys],\n'
                       '              **{f"released {n}": [SILO_PRESETS[n][k] for k in keys] for n in SILO_PRESETS}},\n'
                       '             index=keys)'),
-        new_markdown_cell("Write the schedule file that `gradscope prune --schedule silo --schedule-file` reads."),
-        new_code_cell('schedule_file = Path(out_dir) / "silo-calibrated.yaml"\ncal.to_file(schedule_file)\n'
-                      'print(schedule_file.read_text())'),
+        new_markdown_cell("Write the schedule file that `gradscope prune --schedule silo --schedule-file` reads. "
+                          "`to_file` refuses when the status is not \"supported\" (the data do not support a "
+                          "rising S-curve); `force=True` writes it anyway, with the status inside."),
+        new_code_cell('schedule_file = Path(out_dir) / "silo-calibrated.yaml"\n'
+                      'if cal.status == "supported":\n    cal.to_file(schedule_file)\n    print(schedule_file.read_text())\n'
+                      'else:\n    print(f"status {cal.status}: no schedule file written")'),
         new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_calibration, plot_peaks\n'
                       'from gradscope.schedules import get_schedule\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")\n'
-                      'plot_calibration(profile, statistic=statistic, gamma=gamma, ax=axes[0])\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(16, 5), layout="constrained")\n'
+                      'plot_calibration(profile, statistic=statistic, gamma=gamma, view=view, window=window, ax=axes[0])\n'
                       'p = cal.params\n'
                       'silo_cal = get_schedule("silo", lo=p["lo"], hi=p["hi"], beta=p["beta"], midpoint=p["midpoint"])\n'
-                      'plot_peaks({"calibrated": silo_cal, "released resnet20": get_schedule("silo", preset="resnet20")},\n'
+                      'plot_peaks({f"calibrated ({cal.status})": silo_cal,\n'
+                      '            "released resnet20": get_schedule("silo", preset="resnet20")},\n'
                       '           rounds=25, prune_rate=p["p"], ax=axes[1])\nplt.show()'),
     ])
 
@@ -123,7 +144,7 @@ def schedules():
                           "The same pruning run under several LR schedules (SILO's S-curved `max_lr` against "
                           "fixed-peak LTH warm-up+step and one-cycle CLR), and the Oracle when its run "
                           "directory is given (`gradscope oracle`)."),
-        _params('\nschedules = ["silo", "lth", "clr"]\noracle_dir = None          # a `gradscope oracle` run directory, if any'),
+        _params('\nschedules = ["silo", "lth", "clr"]  # schedule names\noracle_dir = None          # a `gradscope oracle` run directory, if any'),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False, max_lr=None)\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    runs[name] = cfg.out\n'
@@ -132,7 +153,7 @@ def schedules():
                       'table = pd.concat({n: run_rounds(d).set_index("round")[["sparsity", "max_lr", "test_acc"]]\n'
                       '                   for n, d in runs.items()}, axis=1)\ntable'),
         new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_accuracy, plot_schedule\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")\n'
+                      'fig, axes = plt.subplots(1, 2, figsize=(16, 4.8), layout="constrained")\n'
                       'plot_accuracy(list(runs.values()), labels=list(runs), ax=axes[0])\n'
                       'plot_schedule(schedules, rounds=rounds, prune_rate=0.2, peaks=True, ax=axes[1])\nplt.show()'),
     ])

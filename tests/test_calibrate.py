@@ -131,3 +131,131 @@ def test_silo_auto_uses_prior_then_calibration():
     assert auto.lo == 0.03  # lo stays round 0's max_lr
     assert auto.peak_lr(info) == pytest.approx(_sc(1 - 0.8**5, **TRUE), rel=0.05)
     assert isinstance(auto.calibration, Calibration)
+
+
+# ----------------------------------------------------------------------------- issue 15: honest calibration
+def _points(x, y):
+    import pandas as pd
+    return pd.DataFrame({"round": np.arange(len(x)), "x": x, "implied_max_lr": y})
+
+
+def test_intervals_cover_at_the_nominal_rate():
+    # 200 noisy synthetic calibrations at 8 rounds (4 dof): the Student-t interval of hi and the
+    # predict() band must cover the truth ~95 % of the time (the normal 1.96 gave 82-89 %, the
+    # old sampled band 89-93 %). Tolerance: a 99.9 % binomial interval around 0.95.
+    from gradscope.calibrate import calibrate_points
+    from scipy import stats
+    true = {"lo": 0.03, "hi": 0.07, "beta": 3.0, "midpoint": 0.4}
+    K, N = 8, 200
+    x = pruned_fraction(np.arange(K), p=0.2, lag=1)
+    rng = np.random.default_rng(2024)
+    hit_hi = hit_band = hit_z = 0
+    for _ in range(N):
+        y = _sc(x, **true) * np.exp(rng.normal(0, 0.05, K))
+        cal = calibrate_points(_points(x, y), p=0.2)
+        a, b = cal.conf_int()["hi"]
+        hit_hi += a <= true["hi"] <= b
+        hit_z += abs(cal.params["hi"] - true["hi"]) <= 1.96 * cal.uncertainty["hi"]
+        pr = cal.predict(K).iloc[-1]
+        hit_band += pr["max_lr_lo"] <= _sc(pr["x"], **true) <= pr["max_lr_hi"]
+    lo, hi = stats.binom.ppf([0.0005, 0.9995], N, 0.95) / N
+    assert lo <= hit_hi / N <= hi, hit_hi / N
+    assert lo <= hit_band / N <= hi, hit_band / N
+    assert hit_z / N < lo  # the normal quantile is too narrow at 4 dof: the test can tell
+    assert cal.uncertainty["t_quantile"] == pytest.approx(stats.t.ppf(0.975, 4))
+
+
+def test_a_fit_pinned_near_a_bound_is_flagged_in_output_and_file(tmp_path):
+    from gradscope.calibrate import calibrate_points, format_calibration
+    from gradscope.calibrate.core import _near_bound
+    assert _near_bound("beta", 19.9994, 0.5, 20.0) == "upper"  # np.isclose missed this one
+    assert _near_bound("beta", 5.0, 0.5, 20.0) is None
+    assert _near_bound("ratio", 1.0001, 1.0, 10.0) == "lower"
+    x = pruned_fraction(np.arange(10), p=0.2, lag=1)
+    y = np.where(x > 0.3, 0.06, 0.03) * np.exp(np.random.default_rng(0).normal(0, 0.01, 10))  # a step
+    cal = calibrate_points(_points(x, y), p=0.2)
+    assert cal.uncertainty["bound_side"].get("beta") == "upper"
+    assert any("beta is at its upper bound 20" in f for f in cal.flags)
+    t = format_calibration(cal).set_index("param")
+    assert "at upper bound" in t.loc["beta", "flag"] and t.loc["lo", "flag"] == ""
+    f = tmp_path / "s.json"
+    cal.to_file(f)
+    d = json.loads(f.read_text())
+    assert d["notes"]["status"] == "supported" and any("beta" in s for s in d["notes"]["flags"])
+    assert d["uncertainty"]["bound_side"] == {"beta": "upper"}
+    assert len(d["uncertainty"]["ci"]["hi"]) == 2
+    # a relative SE above 1 is flagged even away from a bound
+    fake = dict(cal.uncertainty, midpoint=2.0 * cal.params["midpoint"])
+    cal2 = Calibration(cal.params, {**fake, "poorly_determined": ["midpoint"]}, cal.points)
+    assert "SE > value" in format_calibration(cal2).set_index("param").loc["midpoint", "flag"]
+
+
+def test_widening_data_are_called_falling_and_no_file_is_written(tmp_path):
+    # gradients that widen round after round imply a falling max_lr: say so, refuse the file
+    K = 8
+    sp = 1 - 0.8 ** np.arange(K)
+    run = make_synthetic_run({"c1": 0.01 * (1 - sp) ** -0.4, "c2": 0.02 * (1 - sp) ** -0.4}, n=50_000, seed=3)
+    cal = calibrate_run(run)
+    assert cal.status == "falling" and cal.rise["slope_hi"] < 0
+    assert cal.params["lo"] < 0.03  # the fit alone would happily hand out lo below round 0's LR
+    f = tmp_path / "silo.yaml"
+    with pytest.raises(GradscopeError, match="status is 'falling'.*--force"):
+        cal.to_file(f)
+    assert not f.exists()
+    cal.to_file(f, force=True)
+    d = yaml.safe_load(f.read_text())
+    assert d["notes"]["status"] == "falling" and "do not support" in d["notes"]["message"]
+    flat = make_synthetic_run({"c1": np.full(K, 0.01)}, n=50_000, seed=4)
+    assert calibrate_run(flat).status == "flat"
+    assert calibrate_run(_narrowing_run(K=10)).status == "supported"
+
+
+def test_measured_x_needs_no_prune_rate():
+    run = _narrowing_run(K=10, seed=5)
+    run.config = {}  # no prune rate anywhere
+    with pytest.raises(GradscopeError, match="measured"):
+        calibrate_run(run, x="planned")
+    cal = calibrate_run(run, x="measured")
+    assert cal.params["p"] == pytest.approx(0.2, rel=1e-6)
+    assert cal.params["use_measured"] is True and "estimated" in cal.source["p_source"]
+    assert cal.status == "supported"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"lo": -1.0}, "lo (the max_lr of round 0) must be a positive number"),
+    ({"lo": 0.0}, "lo (the max_lr of round 0)"),
+    ({"rounds_planned": -1}, "rounds_planned"),
+    ({"rounds_planned": 0}, "rounds_planned"),
+    ({"gamma": 0.0}, "gamma"),
+    ({"p": 1.5}, "fraction pruned per round"),
+    ({"lag": -1}, "lag"),
+    ({"statistic": "foo"}, "unknown statistic 'foo'"),
+    ({"view": "nope"}, "unknown view"),
+    ({"window": "middle"}, "unknown window"),
+    ({"min_points": 0}, "min_points"),
+])
+def test_calibrate_options_are_validated(kw, needle):
+    from gradscope.calibrate import check_calibrate_options
+    with pytest.raises(GradscopeError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        check_calibrate_options(**kw)
+    run = _narrowing_run(K=6)
+    with pytest.raises(GradscopeError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        calibrate_run(run, **kw)
+
+
+def test_calibrate_from_iqr_and_the_last_window():
+    run = _narrowing_run(K=10, seed=6)
+    a = calibrate_run(run, statistic="iqr")
+    assert a.status == "supported" and a.source["statistic"] == "iqr"
+    b = calibrate_run(run, window="last")
+    assert b.source["window"] == "last" and "last epoch" in b.source["describe"]
+
+
+def test_predict_band_of_an_undetermined_fit_stays_within_the_bounds():
+    from gradscope.calibrate import calibrate_points
+    x = pruned_fraction(np.arange(8), p=0.2, lag=1)
+    y = np.where(x > 0.3, 0.06, 0.03) * np.exp(np.random.default_rng(1).normal(0, 0.02, 8))
+    pr = calibrate_points(_points(x, y), p=0.2).predict(8)
+    assert (pr["max_lr_lo"] >= 1e-4).all() and (pr["max_lr_hi"] <= 10.0).all()
+    with pytest.raises(GradscopeError, match="whole number"):
+        calibrate_points(_points(x, y), p=0.2).predict(-2)

@@ -153,3 +153,167 @@ def test_fit_run_bad_inputs():
     _, run = _run(seed=8)
     with pytest.raises(GradscopeError):
         fit_run(run, per="epoch", store=False)
+
+
+# ----------------------------------------------------------------------------- issue 15: honest fits
+def _replace_row(run, round_, layer, values):
+    """Put ``values`` (summarised on the run's edges) in place of one (round, layer) window."""
+    for r in run._rows:
+        if r["round"] == round_ and r["layer"] == layer:
+            keep = {k: r[k] for k in ("round", "epoch", "window", "step_start", "step_end", "layer", "view")}
+            r.clear()
+            r.update(summarize(np.asarray(values, float), run.edges), **keep)
+
+
+def test_a_failed_model_fit_keeps_the_exact_statistics():
+    # 8/9 of the gradients exactly zero (a layer where most weights get no signal): some family
+    # fails to converge; its columns go NaN, but the exact std of that row stays everywhere
+    K = 6
+    true = 0.01 * 0.95 ** np.arange(K)
+    rec_edges = log_edges(10.0, n_half=101, min_abs=1e-10)  # the recorder's default layout
+    run = make_synthetic_run({"conv1": true, "conv2": 2 * true}, n=9000, edges=rec_edges, seed=11)
+    rng = np.random.default_rng(0)
+    x = draw(rng, "laplace", float(true[2]), 9000)
+    x[:8000] = 0.0
+    _replace_row(run, 2, "conv1", x)
+    res = fit_run(run, per="round", bootstrap=30, seed=0, store=False)
+    row = res.per_layer.set_index(["round", "layer"]).loc[(2, "conv1")]
+    failed = [m for m in ("normal", "laplace", "t", "gennorm") if row[f"{m}_status"] == "no-convergence"]
+    assert failed and row["status"] == "no-convergence"
+    assert all(np.isnan(row[f"{m}_scale"]) for m in failed)
+    np.testing.assert_allclose(row["std"], x.std(), rtol=1e-9)
+    n = res.narrowing.set_index(["layer", "statistic", "round"]).sort_index()
+    assert ("conv1", "std", 2) in n.index and ("conv1", "meanabs", 2) in n.index
+    np.testing.assert_allclose(n.loc[("conv1", "std", 2), "ratio"], x.std() / row_std(res, 0, "conv1"), rtol=1e-9)
+    assert ("conv1", failed[0], 2) not in n.index  # the failed model, only, loses the row
+    assert (n.loc[("pooled", "std")].index == np.arange(6)).all()
+    tr = res.trend.set_index(["layer", "statistic"])
+    assert tr.loc[("conv1", "std"), "n_rounds"] == 6
+
+
+def row_std(res, round_, layer):
+    return float(res.per_layer.set_index(["round", "layer"]).loc[(round_, layer), "std"])
+
+
+def test_iqr_and_mad_from_the_histogram_with_ci_and_resolution():
+    # Laplace(b): IQR = 2 b ln 2, MAD = b ln 2. On fine linear edges both are recovered, the
+    # asymptotic CI matches the spread over repeats, and the resolution is the bin width/value
+    edges = np.linspace(-0.1, 0.1, 2001)
+    b = 0.01
+    rng = np.random.default_rng(7)
+    rows = [summarize(draw(rng, "laplace", b, 20_000), edges) for _ in range(60)]
+    counts = np.array([r["counts"] for r in rows])
+    df = fit_histograms(counts, edges, [r["under"] for r in rows], [r["over"] for r in rows], models=(),
+                        bootstrap=0)
+    for stat, truth in (("iqr", 2 * b * np.log(2)), ("mad", b * np.log(2))):
+        v = df[stat].to_numpy()
+        assert abs(v.mean() / truth - 1) < 0.01, stat
+        se_pred = np.median((np.log(df[f"{stat}_hi"]) - np.log(df[f"{stat}_lo"])) / (2 * 1.96))
+        se_emp = np.log(v).std(ddof=1)
+        assert 0.75 < se_emp / se_pred < 1.33, (stat, se_emp, se_pred)
+        np.testing.assert_allclose(df[f"{stat}_res"], (2 if stat == "iqr" else 1) * 1e-4 / v, rtol=1e-6)
+    # the default log-spaced edges are coarse: the resolution column says so
+    log_e = log_edges(10.0, n_half=101, min_abs=1e-10)  # the recorder's default layout
+    r = summarize(draw(rng, "laplace", b, 50_000), log_e)
+    d2 = fit_histograms(np.array([r["counts"]]), log_e, [r["under"]], [r["over"]], models=(), bootstrap=0)
+    assert 0.15 < d2["iqr_res"].iloc[0] < 0.4
+
+
+def test_fit_statistic_and_bootstrap_are_validated():
+    from gradscope.fit import check_fit_options, format_narrowing, format_trend
+    _, run = _run(seed=12)
+    res = fit_run(run, models=("laplace",), bootstrap=0, store=False)
+    for stat in ("std", "meanabs", "iqr", "mad", "laplace"):
+        t = format_narrowing(res, stat)
+        assert len(t) == 6 and (t["statistic"] == stat).all()
+    assert (format_narrowing(res, "iqr")["resolution"] > 0).all()
+    with pytest.raises(GradscopeError, match="unknown statistic 'foo'"):
+        format_narrowing(res, "foo")
+    with pytest.raises(GradscopeError, match="not fitted"):
+        format_trend(res, "t")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(GradscopeError, match="bootstrap"):
+            fit_run(run, bootstrap=bad, store=False)
+    with pytest.raises(GradscopeError, match="unknown statistic"):
+        check_fit_options(statistic="variance")
+    with pytest.raises(GradscopeError, match="seed"):
+        check_fit_options(seed=-3)
+
+
+def test_degenerate_and_diverged_windows_never_crash():
+    # one histogram with 3 populated cells: the multinomial bootstrap met a singular Hessian
+    # (LinAlgError: Singular matrix) before
+    x = np.zeros(1000)
+    x[:3] = [0.01, -0.01, 0.02]
+    r = summarize(x, EDGES)
+    mom = {k: np.array([r[k]], float) for k in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4")}
+    for rs in ("multinomial", "normal"):
+        df = fit_histograms(np.array([r["counts"]]), EDGES, [r["under"]], [r["over"]], moments=mom, bootstrap=50,
+                            resample=rs)
+        np.testing.assert_allclose(df["std"], x.std())
+    # a run with an all-zero window and a diverged one (everything beyond the histogram range)
+    true, run = _run(seed=13)
+    _replace_row(run, 3, "conv1", np.zeros(5000))
+    _replace_row(run, 4, "conv2", np.random.default_rng(1).laplace(0, 1e3, 5000))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy noise on the user's terminal either
+        res = fit_run(run, bootstrap=30, store=False)
+    row = res.per_layer.set_index(["round", "layer"])
+    assert row.loc[(3, "conv1"), "status"] == "degenerate" and row.loc[(3, "conv1"), "std"] == 0
+    assert row.loc[(4, "conv2"), "status"] == "out-of-range"
+    assert row.loc[(4, "conv2"), "std"] > 100  # exact, although no histogram statistic is
+    assert np.isnan(row.loc[(4, "conv2"), "iqr"]) and np.isnan(row.loc[(4, "conv2"), "laplace_scale"])
+
+
+def test_window_last_uses_only_each_rounds_last_epoch():
+    K = 5
+    true = 0.01 * 0.9 ** np.arange(K)
+    run = make_synthetic_run({"a": true}, n=40_000, epochs=2, epoch_factor=[1.0, 1.5], seed=3)
+    last = fit_run(run, models=(), bootstrap=0, window="last")
+    every = fit_run(run, models=(), bootstrap=0, window="all", store=False)
+    pl = last.pooled.set_index("round")["std"]
+    np.testing.assert_allclose(pl, 1.5 * true * np.sqrt(2), rtol=0.02)  # Laplace std = sqrt(2) b
+    pa = every.pooled.set_index("round")["std"]
+    np.testing.assert_allclose(pa, true * np.sqrt(2) * np.sqrt((1 + 1.5**2) / 2), rtol=0.02)
+    assert last.meta["window"] == "last" and every.meta["window"] == "all"
+    stored = run.derived("fit_narrowing")
+    assert (stored["window"] == "last").all() and (stored["view"] == "survivors").all()
+    with pytest.raises(GradscopeError, match="unknown window"):
+        fit_run(run, window="first-and-last", store=False)
+
+
+def test_view_passes_through_to_the_reader():
+    K = 4
+    surv = 0.01 * np.ones(K)
+    rel = 0.5 * 0.8 ** np.arange(K)
+    run = make_synthetic_run({"a": surv}, views={"relative": {"a": rel}}, n=30_000, seed=5)
+    res = fit_run(run, models=(), bootstrap=0, view="relative", store=False)
+    n = res.narrowing[(res.narrowing["layer"] == "pooled") & (res.narrowing["statistic"] == "std")]
+    np.testing.assert_allclose(n["ratio"], rel / rel[0], rtol=0.03)
+    assert res.meta["view"] == "relative"
+    with pytest.raises(GradscopeError, match="not recorded"):
+        fit_run(run, view="all", store=False)
+    with pytest.raises(GradscopeError, match="unknown view"):
+        fit_run(run, view="everything", store=False)
+
+    class V1Reader:  # a schema-v1 reader: no view argument at all
+        def __init__(self, r):
+            self.r = r
+
+        def histograms(self):
+            return self.r.histograms()
+
+        def moments(self):
+            return self.r.moments()
+
+        def rounds(self):
+            return self.r.rounds()
+
+        def layers(self):
+            return self.r.layers()
+
+    v1 = V1Reader(run)
+    assert len(fit_run(v1, models=(), bootstrap=0, store=False).pooled) == K
+    with pytest.raises(GradscopeError, match="only the 'survivors' view"):
+        fit_run(v1, view="relative", models=(), bootstrap=0, store=False)

@@ -14,6 +14,24 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMALL = {"rounds": 5, "epochs": 1, "threads": 1}
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_sees_every_parameter(path, caplog):
+    # papermill skips (with a warning) any line of the parameters cell holding a second "=",
+    # e.g. "rounds = 8  # (round 0 = dense)": --help-notebook then omits it and injection warns
+    import ast
+    import logging
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        seen = papermill.inspect_notebook(str(path))
+    assert list(seen) == assigned, path.name
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert all(p["help"] for p in seen.values()), path.name  # --help-notebook explains each one
+    for p in seen.values():
+        ast.literal_eval(p["default"])  # a plain literal papermill can override
+
+
 def test_notebooks_are_stored_without_outputs_and_with_parameters_cell():
     assert [p.name for p in NOTEBOOKS] == ["01-narrowing.ipynb", "02-calibrate-silo.ipynb", "03-schedules.ipynb"]
     for p in NOTEBOOKS:

@@ -98,17 +98,40 @@ def test_draw_narrowing_pooled_last_with_bands():
                       "statistic": "std", "ratio": [1, 0.8, 1, 0.9], "ratio_lo": [1, 0.7, 1, 0.85],
                       "ratio_hi": [1, 0.9, 1, 0.95]})
     ax = P.draw_narrowing(n)
-    lines = [l for l in ax.get_lines() if l.get_label() in ("pooled", "c1")]
-    assert [l.get_label() for l in lines] == ["c1", "pooled"]
+    lines = [l for l in ax.get_lines() if l.get_label() in ("pooled (ReLU-fed layers)", "c1")]
+    assert [l.get_label() for l in lines] == ["c1", "pooled (ReLU-fed layers)"]
     np.testing.assert_allclose(lines[1].get_xdata(), [0, 20])  # sparsity in percent
     np.testing.assert_allclose(lines[1].get_ydata(), [1, 0.8])
-    assert len(ax.collections) == 2  # one band per line
+    assert len(ax.collections) == 1  # the pooled band, which the legend names
+    assert any(t.get_text().startswith("pooled: 95 % CI") for t in ax.get_legend().get_texts())
+    assert ax.get_ylabel().startswith("std relative to round 0") and "sparsity" in ax.get_xlabel()
     with pytest.raises(GradscopeError, match="statistic 'iqr'"):
         P.draw_narrowing(n, statistic="iqr")
     with pytest.raises(GradscopeError, match="unknown layer"):
         P.draw_narrowing(n, layers=["zz"])
     with pytest.raises(GradscopeError, match="lacks column"):
         P.draw_narrowing(n.drop(columns="sparsity"))
+
+
+def test_many_layers_are_coloured_by_depth_with_a_colour_bar():
+    import matplotlib as mpl
+    L = 18
+    rows = [{"round": r, "sparsity": 0.2 * r, "layer": f"l{i:02d}", "statistic": "std", "ratio": 1 - 0.01 * i * r}
+            for i in range(L) for r in range(3)]
+    rows += [{"round": r, "sparsity": 0.2 * r, "layer": "pooled", "statistic": "std", "ratio": 1 - 0.05 * r}
+             for r in range(3)]
+    n = pd.DataFrame(rows)
+    depth = {f"l{i:02d}": L - 1 - i for i in range(L)}  # reverse order in the network
+    ax = P.draw_narrowing(n, depth=depth)
+    assert len(ax.figure.axes) == 2 and "layer depth" in ax.figure.axes[1].get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["pooled (ReLU-fed layers)"]  # no 18-entry legend over the data
+    per = [l for l in ax.get_lines() if l.get_label().startswith("_")][:L]
+    cm = mpl.colormaps["viridis"]
+    # the first line drawn is the shallowest layer (l17) in the colour of depth 0
+    np.testing.assert_allclose(per[0].get_color(), cm(0.0))
+    np.testing.assert_allclose(per[0].get_ydata(), [1, 1 - 0.17, 1 - 0.34])
+    assert len({tuple(l.get_color()) for l in per}) == L  # no colour repeats
 
 
 def test_draw_calibration_shows_every_part():
@@ -119,10 +142,12 @@ def test_draw_calibration_shows_every_part():
     oracle = pd.DataFrame({"round": [1, 2], "lo": [0.02, 0.04], "hi": [0.05, 0.08], "best": [0.03, 0.06]})
     ax = P.draw_calibration(pts, curve, {"resnet20": [0.03, 0.03, 0.032]}, oracle, note="hello")
     labels = ax.get_legend_handles_labels()[1]
-    for want in ("fitted S-curve", "preset resnet20", "Oracle optimal interval", "Oracle best",
-                 "implied by measured narrowing"):
+    for want in ("fitted S-curve", "fit: 95 % band", "preset resnet20", "Oracle optimal interval", "Oracle best",
+                 "implied by measured narrowing (95 % CI)"):
         assert want in labels
     assert any(t.get_text() == "hello" for t in ax.texts)
+    ticks = ax.xaxis.get_major_locator().tick_values(0, 2)
+    assert np.allclose(ticks, np.round(ticks))  # never a tick at round 0.5
 
 
 def test_draw_accuracy_one_line_per_run_in_percent():
@@ -160,12 +185,13 @@ def test_run_wrappers_on_a_real_run(profile_run):
     ax = P.plot_histograms(h5)
     assert len([p for p in ax.patches if p.get_fill()]) == 5
     ax = P.plot_narrowing(profile_run)
-    assert "pooled" in ax.get_legend_handles_labels()[1]
+    assert "pooled (ReLU-fed layers)" in ax.get_legend_handles_labels()[1]
     ax = P.plot_calibration(profile_run)
     labels = ax.get_legend_handles_labels()[1]
-    assert "implied by measured narrowing" in labels and "preset resnet20" in labels
+    assert "implied by measured narrowing (95 % CI)" in labels and "preset resnet20" in labels
+    assert "status" in ax.get_title() and "view survivors" in ax.get_title()
     ax = P.plot_accuracy([profile_run, h5], labels=["x", "y"])
-    assert [l.get_label() for l in ax.get_lines()] == ["x", "y"]
+    assert [l.get_label() for l in ax.get_lines()] == ["x", "y (= x)"]  # the same run twice: both visible
 
 
 def test_oracle_intervals_read_from_candidates(tmp_path):
@@ -204,3 +230,73 @@ def test_plot_command_writes_png_and_reports_errors(profile_run, tmp_path):
     assert "needs a run" in _cli(["plot", "narrowing", "-o", str(tmp_path / "n.png")])
     assert "does not exist" in _cli(["plot", "narrowing", str(tmp_path / "no.h5"), "-o", str(tmp_path / "n.png")])
     assert ".png, .pdf or .svg" in _cli(["plot", "narrowing", str(profile_run), "-o", str(tmp_path / "n.jpg")])
+
+
+# ----------------------------------------------------------------------------- issue 15: pictures that carry the message
+def _spread_table():
+    return pd.DataFrame({"round": [0, 1, 2], "sparsity": [0.0, 0.2, 0.36], "q05": [1e-4, 0.9e-4, 0.8e-4],
+                         "q25": [1e-3, 0.9e-3, 0.8e-3], "q50": [2e-3, 1.8e-3, 1.6e-3], "q75": [4e-3, 3.6e-3, 3.2e-3],
+                         "q95": [8e-3, 7e-3, 6e-3], "std": [5e-3, 4.5e-3, 4e-3]})
+
+
+def test_draw_spread_shows_a_20_percent_change_on_a_linear_ratio_axis():
+    ax = P.draw_spread(_spread_table(), relative=True)
+    assert ax.get_yscale() == "linear" and "relative to round 0" in ax.get_ylabel()
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    np.testing.assert_allclose(lines["50th (median) percentile of |g|"].get_ydata(), [1, 0.9, 0.8])
+    np.testing.assert_allclose(lines["std (exact, from the moments)"].get_ydata(), [1, 0.9, 0.8])
+    assert ax.get_xlabel() == "pruning round"
+    ticks = ax.xaxis.get_major_locator().tick_values(0, 2)
+    assert np.allclose(ticks, np.round(ticks))
+    ab = P.draw_spread(_spread_table(), relative=False)
+    assert ab.get_yscale() == "log" and "∂loss/∂w" in ab.get_ylabel()
+    labels = ab.get_legend_handles_labels()[1]
+    assert "middle 50 % of |g| (25th–75th percentile)" in labels and "middle 90 % of |g| (5th–95th percentile)" in labels
+    with pytest.raises(GradscopeError, match="lacks column"):
+        P.draw_spread(_spread_table().drop(columns="q50"))
+
+
+def test_identical_series_stay_visible_and_say_so():
+    t = pd.DataFrame({"sparsity": [0.0, 0.2], "test_acc": [0.9, 0.8]})
+    ax = P.draw_accuracy({"digits (lth)": t, "digits-lth": t.copy(), "other": t.assign(test_acc=[0.5, 0.4])})
+    a, b, c = ax.get_lines()
+    assert b.get_label() == "digits-lth (= digits (lth))" and c.get_label() == "other"
+    assert a.get_linewidth() > b.get_linewidth() > c.get_linewidth()  # the one underneath shows around
+    assert len({a.get_linestyle(), b.get_linestyle(), c.get_linestyle()}) == 3
+    assert len({a.get_marker(), b.get_marker(), c.get_marker()}) == 3
+    assert ax.get_ylabel() == "test accuracy (%)"
+    ax = P.plot_schedule("lth,clr,silo", rounds=6, peaks=True)
+    assert [l.get_label() for l in ax.get_lines()] == ["lth", "clr (= lth)", "silo"]
+    ticks = ax.xaxis.get_major_locator().tick_values(0, 5)
+    assert np.allclose(ticks, np.round(ticks))
+
+
+def test_plot_schedule_takes_a_schedule_file(tmp_path):
+    f = tmp_path / "cal.yaml"
+    f.write_text("schedule: silo\nlo: 0.02\nhi: 0.08\nbeta: 4\nmidpoint: 0.5\nlag: 1\np: 0.2\n"
+                 "notes: {status: flat}\nuncertainty: {lo: 0.001}\nsource: {run: x}\n")
+    ax = P.plot_schedule("silo", rounds=8, peaks=True, files=[f])
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert set(lines) == {"silo", "silo (cal.yaml, status flat)"}
+    from gradscope.schedules import planned_pruned_fraction, s_curve
+    want = s_curve(planned_pruned_fraction(np.arange(8), 0.2, 1), 0.02, 0.08, 4, 0.5)
+    np.testing.assert_allclose(lines["silo (cal.yaml, status flat)"].get_ydata(), want)
+    assert _cli(["plot", "schedule", "--schedule-file", str(f), "--schedules", "", "-o", str(tmp_path / "s.png")]) == 0
+    assert "does not exist" in _cli(["plot", "schedule", "--schedule-file", str(tmp_path / "no.yaml"),
+                                      "-o", str(tmp_path / "s.png")])
+
+
+def test_views_and_windows_reach_every_run_figure(profile_run, tmp_path):
+    h5 = profile_run / "run.h5"
+    for fn in (P.plot_histograms, P.plot_spread, P.plot_narrowing, P.plot_calibration):
+        ax = fn(h5, window="last")
+        assert "last epoch of each round" in ax.get_title(), fn.__name__
+        assert ax.get_xlabel() and ax.get_ylabel(), fn.__name__
+    with pytest.raises(GradscopeError, match="view 'relative' is not in .*it has survivors, all"):
+        P.plot_spread(h5, view="relative")  # not recorded in this run: one clear error
+    ax = P.plot_spread(h5, view="all")  # derived from the survivors' view: always there
+    assert "all weights" in ax.get_title() or "all" in ax.get_title()
+    assert "unknown view" in _cli(["plot", "spread", str(h5), "--view", "bogus", "-o", str(tmp_path / "x.png")])
+    assert _cli(["plot", "spread", str(h5), "--window", "last", "--absolute", "-o", str(tmp_path / "x.png")]) == 0
+    with pytest.raises(GradscopeError, match="unknown statistic"):
+        P.plot_narrowing(h5, statistic="variance")

@@ -54,7 +54,7 @@ def _paths(model, x):
 
 def test_relu_detection_paths_and_sigmoid():
     p = _paths(Net(), torch.randn(2, 3, 8, 8))
-    assert p == {"stem": "direct", "block.conv1": "bn", "block.conv2": "residual", "gate": "none", "fc": "none"}
+    assert p == {"stem": "direct", "block.conv1": "norm", "block.conv2": "residual", "gate": "none", "fc": "none"}
 
 
 def test_relu_detection_functional_and_inplace_module():
@@ -83,7 +83,7 @@ def test_relu_detection_resnet18_leaves_bn_stats_alone():
     before = m.bn1.running_mean.clone()
     p = _paths(m, torch.randn(1, 3, 32, 32))
     assert torch.equal(before, m.bn1.running_mean) and m.training
-    assert p["conv1"] == "bn" and p["layer1.0.conv1"] == "bn"
+    assert p["conv1"] == "norm" and p["layer1.0.conv1"] == "norm"
     assert p["layer1.0.conv2"] == "residual" and p["layer2.0.downsample.0"] == "residual"
     assert p["fc"] == "none"
     assert sum(v != "none" for v in p.values()) == 20
@@ -95,7 +95,7 @@ def test_no_relu_model_errors_unless_all(tmp_path):
     with pytest.raises(GradscopeError, match="layers='all'"):
         select_layers(infos, "relu")
     assert [i.name for i in select_layers(infos, "all")] == ["0", "2"]
-    with pytest.raises(GradscopeError, match="ReLU"):
+    with pytest.raises(GradscopeError, match="feeds relu"):
         GradientRecorder(m, tmp_path / "r.h5", example_input=torch.randn(2, 4))
     assert not (tmp_path / "r.h5").exists()
 
@@ -268,3 +268,446 @@ def test_callback_protocol_rounds_epochs_and_lazy_discovery(tmp_path):
     assert len(run.epochs()) == 4 and list(run.epochs().train_loss) == [1.0, 2.0, 1.0, 2.0]
     s = run.round_summary()
     assert s.std_ratio[0] == 1.0 and len(s) == 2
+
+
+# ---------------------------------------------------------------------------- recorder v2
+import warnings  # noqa: E402
+
+import h5py  # noqa: E402
+
+from gradscope import InternalError  # noqa: E402,F401
+from gradscope.callbacks import TrainState, call_all  # noqa: E402
+from gradscope.pruning import weight_mask, weight_param  # noqa: E402
+from gradscope.record import PRESETS, RecorderWarning, weight_and_mask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared CI machine
+    yield
+    torch.set_num_threads(n)
+
+
+def _mlp(seed=0, act=None):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), act or nn.ReLU(), nn.Linear(7, 3))
+
+
+def _train(net, rec, steps, opt=None, x=None, hook=None):
+    """A plain loop: forward, backward, rec.step(), optimizer step; returns the recorded grads."""
+    opt = opt or torch.optim.SGD(net.parameters(), lr=0.1)
+    seen = []
+    for s in range(steps):
+        xb = torch.randn(4, 5) if x is None else x
+        loss = F.cross_entropy(net(xb), torch.randint(0, 3, (xb.shape[0],)))
+        opt.zero_grad()
+        loss.backward()
+        seen.append([weight_param(m).grad.detach().clone() if weight_param(m).grad is not None else None
+                     for m in net.modules() if isinstance(m, nn.Linear)])
+        rec.step()
+        opt.step()
+        if hook is not None:
+            hook(s)
+    return seen
+
+
+def test_weight_and_mask_is_an_alias_of_pruning_helpers():
+    lin = nn.Linear(3, 2)
+    assert weight_and_mask(lin)[0] is lin.weight and weight_and_mask(lin)[1] is None
+    prune.l1_unstructured(lin, "weight", amount=0.5)
+    w, m = weight_and_mask(lin)
+    assert w is weight_param(lin) and torch.equal(m, weight_mask(lin)) and m.dtype == torch.bool
+
+
+def test_every_k_records_every_kth_step_and_windows_count_optimizer_steps(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "e.h5", window=4, every=3)
+    seen = _train(net, rec, 10)
+    rec.close()
+    m = open_run(tmp_path / "e.h5").moments(layer="0")
+    # steps 0..9 in windows of 4 optimizer steps; recorded steps 0, 3, 6, 9
+    assert list(m.window) == [0, 1, 2] and list(m.step_start) == [0, 6, 9] and list(m.step_end) == [3, 6, 9]
+    assert list(m["count"]) == [2 * 35, 35, 35]
+    ref = sum(float((seen[s][0].double() ** 2).sum()) for s in (0, 3))
+    assert m["sumsq"][0] == pytest.approx(ref, rel=1e-9)
+
+
+def test_presets_fill_in_and_explicit_arguments_win(tmp_path):
+    net = _mlp()
+    eco = GradientRecorder(net, tmp_path / "a.h5", preset="economy")
+    assert eco.every == PRESETS["economy"]["every"] == 10 and eco.views == ("survivors",)
+    full = GradientRecorder(net, tmp_path / "b.h5", preset="full", sample_k=0)
+    assert full.views == ("survivors", "relative") and full.population and full.sample_k == 0
+    assert GradientRecorder(net, tmp_path / "c.h5", preset="economy", every=2).every == 2
+    for r in (eco, full):
+        r.close()
+    with pytest.raises(GradscopeError, match="preset must be one of economy, default, full"):
+        GradientRecorder(net, tmp_path / "d.h5", preset="cheap")
+    with pytest.raises(GradscopeError, match="every"):
+        GradientRecorder(net, tmp_path / "d.h5", every=0)
+    with pytest.raises(GradscopeError, match="views"):
+        GradientRecorder(net, tmp_path / "d.h5", views=("survivors", "narrow"))
+
+
+def test_hooks_and_step_share_one_set_of_counters(tmp_path):
+    """The trainer's state.step is read only at a (resumed) round start; step() counts itself."""
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "c.h5", window=2)
+    st = TrainState(model=net, optimizer=opt, steps_per_epoch=5, epochs=1)
+    call_all([rec], "on_run_start", st)
+    call_all([rec], "on_round_start", st)
+    call_all([rec], "on_epoch_start", st)
+    for _ in range(5):  # a third-party loop that never advances state.step
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(2, 5)), torch.tensor([0, 1])).backward()
+        call_all([rec], "on_after_backward", st)
+        opt.step()
+    call_all([rec], "on_epoch_end", st)
+    call_all([rec], "on_round_end", st)
+    call_all([rec], "on_run_end", st)
+    m = open_run(tmp_path / "c.h5").moments(layer="0")
+    assert list(m.window) == [0, 1, 2] and list(m.step_start) == [0, 2, 4] and list(m.step_end) == [1, 3, 4]
+
+
+def test_resumed_round_continues_window_numbering(tmp_path):
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    path = tmp_path / "r.h5"
+    for start, stop, mode in ((0, 4, "x"), (2, 6, "a")):  # killed after step 4, resumed from the step-2 checkpoint
+        rec = GradientRecorder(net, path, window=2, mode=mode)
+        st = TrainState(model=net, optimizer=opt, steps_per_epoch=2, epochs=3, step=start, epoch=start // 2,
+                        resumed=start > 0)
+        call_all([rec], "on_round_start", st)
+        for s in range(start, stop):
+            opt.zero_grad()
+            F.cross_entropy(net(torch.randn(2, 5)), torch.tensor([0, 1])).backward()
+            call_all([rec], "on_after_backward", st)
+            opt.step()
+            st.step += 1
+        rec.flush()
+        rec._disc.remove()
+    m = open_run(path).moments(layer="0")
+    assert list(m.window) == [0, 1, 2] and list(m.step_start) == [0, 2, 4]
+
+
+def test_frozen_layers_skipped_and_shared_weights_recorded_once(tmp_path):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen, self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 5)
+            self.b.weight = self.a.weight  # one Parameter, two modules
+            self.frozen.requires_grad_(False)
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.head(F.relu(self.b(F.relu(self.a(F.relu(self.frozen(x)))))))
+
+    net = M()
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "f.h5", layers="all")
+    seen = []
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+        seen.append(net.a.weight.grad.clone().double())
+        rec.step()
+        opt.step()
+    rec.close()
+    assert rec.skipped == {"frozen": "frozen: requires_grad=False", "b": "shares its weight with a"}
+    run = open_run(tmp_path / "f.h5")
+    assert dict(zip(run.layers().layer, run.layers().recorded)) == {"frozen": False, "a": True, "b": False,
+                                                                    "head": True}
+    m = run.moments()
+    assert set(m.layer) == {"a", "head"} and not m[["min", "max"]].isna().any().any()
+    a = m[m.layer == "a"].iloc[0]
+    assert a["count"] == 3 * 25 and a["sumsq"] == pytest.approx(sum(float((g ** 2).sum()) for g in seen), rel=1e-9)
+
+
+def test_gelu_model_never_raises_from_the_forward_and_errors_clearly_at_step(tmp_path):
+    net = _mlp(act=nn.GELU())
+    rec = GradientRecorder(net, tmp_path / "g.h5")
+    loss = F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,)))  # runs normally
+    loss.backward()
+    with pytest.raises(GradscopeError, match="feed: gelu; pass layers='gelu'"):
+        rec.step()
+    with pytest.raises(GradscopeError, match="feed: gelu"):  # the same clear error again, not another one
+        rec.step()
+    assert not (tmp_path / "g.h5").exists()
+    net(torch.randn(2, 5))  # hooks are gone: the model still runs
+    with pytest.raises(GradscopeError, match="feed: gelu"):
+        GradientRecorder(net, tmp_path / "g.h5", example_input=torch.randn(2, 5))
+    assert not net._forward_hooks and not net._forward_pre_hooks and not net[0]._forward_hooks
+    rec = GradientRecorder(net, tmp_path / "g.h5", layers="gelu")
+    _train(net, rec, 2)
+    rec.close()
+    lay = open_run(tmp_path / "g.h5").layers()
+    assert list(lay.recorded) == [True, False]
+
+
+def test_step_before_any_forward(tmp_path):
+    net = _mlp()
+    F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    rec = GradientRecorder(net, tmp_path / "n.h5")  # created after the forward it should have seen
+    with pytest.raises(GradscopeError, match="before any observed forward pass"):
+        rec.step()
+    rec = GradientRecorder(net, tmp_path / "n.h5", layers="all")  # "all" needs no discovery
+    rec.step()
+    rec.close()
+    assert len(open_run(tmp_path / "n.h5").moments()) == 2
+
+
+def test_branch_first_used_after_recording_began_is_reported(tmp_path):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.aux, self.b = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+            self.use_aux = False
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            if self.use_aux:
+                h = h + F.relu(self.aux(h))
+            return self.b(h)
+
+    net = Branchy()
+    rec = GradientRecorder(net, tmp_path / "b.h5", window=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(net, rec, 2, x=torch.randn(4, 5))
+
+    def switch(s):
+        net.use_aux = True
+    with pytest.warns(RecorderWarning, match="layer 'aux' ran for the first time after recording began"):
+        _train(net, rec, 2, hook=switch)
+    rec.close()
+    assert set(open_run(tmp_path / "b.h5").moments().layer) == {"a"}
+
+
+def test_amp_fp16_autocast_without_scaler_warns(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "amp.h5")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,)))
+    loss.backward()
+    with pytest.warns(RecorderWarning, match="float16 autocast but step\\(\\) got no GradScaler"):
+        rec.step()
+    rec.close()
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "amp2.h5")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 needs no loss scaling: no warning
+        loss = F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,)))
+    loss.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec.step()
+    rec.close()
+
+
+def test_gradient_accumulation_step_per_micro_batch_warns_once(tmp_path):
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "acc.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a normal loop (one step() per optimizer step) is silent
+        _train(net, rec, 3, opt=opt)
+        fused = torch.optim.AdamW(net.parameters(), lr=0.01, fused=True)  # fused steps leave _version alone
+        _train(net, rec, 3, opt=fused)
+    with pytest.warns(RecorderWarning, match="twice with no optimizer step") as w:
+        for _ in range(2):
+            opt.zero_grad()
+            for _micro in range(3):
+                F.cross_entropy(net(torch.randn(2, 5)), torch.tensor([0, 1])).backward()
+                rec.step()  # wrong: once per micro-batch
+            opt.step()
+    assert sum(issubclass(x.category, RecorderWarning) for x in w) == 1
+    rec.close()
+
+
+@pytest.mark.parametrize("how", ["slice", "copy", "assign"])
+def test_mask_edit_through_data_is_detected(tmp_path, how):
+    net = _mlp()
+    prune.identity(net[0], "weight")
+    rec = GradientRecorder(net, tmp_path / "m.h5", window=2)
+    new = (torch.rand(7, 5, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+    def edit(s):
+        if s == 1:  # after the first window's first step: mid-window, no round call
+            mask = net[0].weight_mask
+            if how == "slice":
+                mask.data[:] = new
+            elif how == "copy":
+                mask.data.copy_(new)
+            else:
+                mask.data = new.clone()
+    with pytest.warns(RecorderWarning, match="changed without the recorder seeing it"):
+        _train(net, rec, 6, hook=edit)
+    rec.close()
+    m = open_run(tmp_path / "m.h5").moments(layer="0")
+    kept = int(new.sum())
+    assert list(m["count"]) == [35 + 35, 2 * kept, 2 * kept]  # window 0 was recorded before the edit was seen
+
+
+def test_mask_changed_by_prune_api_mid_round_warns_and_is_used(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "p.h5", window=1)
+
+    def prune_now(s):
+        if s == 0:
+            prune.l1_unstructured(net[0], "weight", amount=0.4)
+    with pytest.warns(RecorderWarning, match="changed during round 0 without start_round"):
+        _train(net, rec, 3, hook=prune_now)
+    rec.close()
+    assert list(open_run(tmp_path / "p.h5").moments(layer="0")["count"]) == [35, 21, 21]
+
+
+def test_start_round_metadata_and_implicit_end_round(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "s.h5", window=100)
+    rec.start_round(0, max_lr=0.1, prune_rate=0.3)
+    _train(net, rec, 3)
+    prune.l1_unstructured(net[0], "weight", amount=0.3)
+    rec.start_round(1, max_lr=0.2)  # round 0 was never ended: its row is written now
+    _train(net, rec, 2)
+    rec.close()
+    run = open_run(tmp_path / "s.h5")
+    r = run.rounds()
+    assert list(r["round"]) == [0, 1] and list(r.max_lr) == [0.1, 0.2]
+    assert r.sparsity[0] == 0 and r.sparsity[1] == pytest.approx(10 / 35)  # of the pruned (masked) layers
+    assert run.config["prune"]["prune_rate"] == 0.3
+    assert list(run.moments(layer="0")["count"]) == [3 * 35, 2 * 25]
+    with pytest.raises(GradscopeError, match="contradicts"):
+        GradientRecorder(net, tmp_path / "t.h5", prune_rate=0.5, config={"prune": {"prune_rate": 0.2}})
+
+
+def test_step_after_close_and_bad_arguments(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "c.h5")
+    _train(net, rec, 1)
+    rec.close()
+    rec.close()
+    with pytest.raises(GradscopeError, match="after close"):
+        rec.step()
+    assert not net._forward_hooks and not net._forward_pre_hooks
+    for kw, needle in (({"layers": "swish"}, "unknown activation"), ({"mode": "r"}, "mode must be"),
+                       ({"relative_eps": 0}, "relative_eps"), ({"prune_rate": 1.5}, "prune_rate"),
+                       ({"window": 0}, "window")):
+        with pytest.raises(GradscopeError, match=needle):
+            GradientRecorder(net, tmp_path / "d.h5", **kw)
+
+
+# ---------------------------------------------------------------------------- views, population, file (store v2)
+def _pruned_mlp(seed=0, amount=0.4):
+    net = _mlp(seed)
+    prune.random_unstructured(net[0], "weight", amount=amount)
+    return net
+
+
+def test_relative_view_equals_numpy_on_survivors(tmp_path):
+    net = _pruned_mlp()
+    keep = net[0].weight_mask.bool().numpy()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "rel.h5", window=3, views=("survivors", "relative"), relative_eps=1e-3,
+                           bins=41, hist_min=1e-6, hist_max=10.0)
+    rel = []
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+        w, g = net[0].weight_orig.detach().double().numpy(), net[0].weight_orig.grad.double().numpy()
+        rel.append((np.abs(g) / (np.abs(w) + 1e-3))[keep])
+        rec.step()
+        opt.step()
+    rec.close()
+    run = open_run(tmp_path / "rel.h5")
+    assert run.views() == ["survivors", "all", "relative"]
+    m = run.moments(layer="0", view="relative").iloc[0]
+    r = np.concatenate(rel)
+    assert m["count"] == r.size == 3 * int(keep.sum()) and m["min"] >= 0
+    assert m["sum"] == pytest.approx(r.sum(), rel=1e-5) and m["sumsq"] == pytest.approx((r ** 2).sum(), rel=1e-5)
+    counts, edges, _ = run.histograms(layer="0", view="relative")
+    assert counts[0].sum() + m["under"] + m["over"] == r.size
+    assert counts[0][: len(counts[0]) // 2].sum() == 0  # |g|/(|w|+eps) is never negative
+    surv = run.moments(layer="0").iloc[0]
+    assert surv["count"] == m["count"] and surv["sum"] != m["sum"]
+
+
+def test_all_view_derived_from_recorded_steps_with_every(tmp_path):
+    net = _pruned_mlp()
+    rec = GradientRecorder(net, tmp_path / "all.h5", window=6, every=2)
+    _train(net, rec, 6)
+    rec.close()
+    run = open_run(tmp_path / "all.h5")
+    s, a = run.moments(layer="0").iloc[0], run.moments(layer="0", view="all").iloc[0]
+    assert s["steps"] == a["steps"] == 3 and a["count"] == 3 * 35 and s["count"] == 3 * 21
+    assert a["sumsq"] == s["sumsq"] and a["min"] <= 0 <= a["max"]
+
+
+def test_fixed_population_per_weight_sums_of_squares(tmp_path):
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "pop.h5", population=True, every=2, layers="all")
+    sq = {}
+    masks = {}
+    for k in range(2):
+        rec.start_round(k)
+        sq[k] = [np.zeros((7, 5)), np.zeros((3, 7))]
+        for s in range(4):
+            opt.zero_grad()
+            F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+            if s % 2 == 0:
+                for j, lay in enumerate((net[0], net[2])):
+                    sq[k][j] += weight_param(lay).grad.double().numpy() ** 2
+            rec.step()
+            opt.step()
+        masks[k] = net[0].weight_mask.bool().numpy() if hasattr(net[0], "weight_mask") else np.ones((7, 5), bool)
+        rec.end_round()
+        prune.l1_unstructured(net[0], "weight", amount=0.5)
+    rec.close()
+    pop = open_run(tmp_path / "pop.h5").population(reference_round=1)
+    assert sorted(set(pop["round"])) == [0, 1] and (pop["steps"] == 2).all()
+    keep = masks[1]  # survivors of round 1 (pruned once)
+    for j in (0, 1):
+        row = pop[(pop["round"] == j) & (pop["layer"] == "0")].iloc[0]
+        assert row["count"] == int(keep.sum()) == 17
+        assert row["rms"] == pytest.approx(np.sqrt(sq[j][0][keep].sum() / (keep.sum() * 2)), rel=1e-5)
+    pooled = pop[(pop["round"] == 0) & (pop["layer"] == "pooled")].iloc[0]
+    assert pooled["count"] == 17 + 21
+    assert pooled["rms"] == pytest.approx(np.sqrt((sq[0][0][keep].sum() + sq[0][1].sum()) / (38 * 2)), rel=1e-5)
+
+
+def test_layers_table_records_activation_and_rule(tmp_path):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.r, self.g, self.o = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.o(F.relu(self.r(x)) + F.gelu(self.g(x)))
+
+    net = M()
+    rec = GradientRecorder(net, tmp_path / "l.h5", layers=["relu", "gelu"], example_input=torch.randn(2, 5))
+    assert [i.name for i in rec.recorded] == ["r", "g"]  # known at construction with example_input
+    _train(net, rec, 1)
+    rec.close()
+    lay = open_run(tmp_path / "l.h5").layers().set_index("layer")
+    assert list(lay.recorded) == [True, True, False]
+    assert list(lay.activation) == ["relu", "gelu", ""] and list(lay.rule) == ["relu", "gelu", ""]
+    assert list(lay.relu_fed) == [True, False, False] and list(lay.relu_path) == ["direct", "none", "none"]
+
+
+def test_mode_existing_file_is_refused_replaced_or_continued(tmp_path):
+    path = tmp_path / "m.h5"
+    net = _mlp()
+    rec = GradientRecorder(net, path, window=2)
+    _train(net, rec, 4)
+    rec.close()
+    rec = GradientRecorder(net, path, window=2)  # default mode "x"
+    F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    with pytest.raises(GradscopeError, match="mode='a'"):
+        rec.step()
+    assert len(open_run(path).moments(layer="0")) == 2  # nothing lost
+    rec = GradientRecorder(net, path, window=2, mode="w")
+    _train(net, rec, 2)
+    rec.close()
+    assert len(open_run(path).moments(layer="0")) == 1

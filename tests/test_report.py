@@ -62,3 +62,49 @@ def test_report_bad_inputs_keep_existing_file(profile_run, tmp_path):
         write_report([profile_run], tmp_path / "nodir" / "r.html")
     with pytest.raises(GradscopeError, match="at least one run"):
         build_report([])
+
+
+# ----------------------------------------------------------------------------- issue 15: report
+def _corrupt_hist_chunk(src, dst):
+    import h5py
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r") as f:
+        info = f["hist"].id.get_chunk_info(0)
+    with open(dst, "r+b") as fh:
+        fh.seek(info.byte_offset + 8)
+        fh.write(b"\xff\x00" * max(8, info.size // 4))
+
+
+def test_report_figures_have_captions_150_dpi_percent_and_cli_wording(profile_run, tmp_path):
+    from gradscope.fit import TREND_WORDING
+    text = build_report([profile_run], bootstrap=10)
+    figs = re.findall(r"<figure><img alt=\"[^\"]*\" src=\"data:image/png;base64,([A-Za-z0-9+/=]+)\">"
+                      r"<figcaption>([^<]{40,})</figcaption></figure>", text)
+    assert len(figs) >= 6  # accuracy, schedules, spread, histograms, narrowing, calibration
+    assert len(re.findall(r"<img ", text)) - len(figs) <= 6  # only the collapsed per-layer grid has no caption
+    for b64, _ in figs:
+        png = base64.b64decode(b64)
+        width = int.from_bytes(png[16:20], "big")
+        assert width >= 150 * 6, width  # figures are >= 6 in wide: at least 150 dpi
+    assert "test acc (%)" in text and "val acc (%)" in text and "sparsity (%)" in text
+    assert TREND_WORDING.replace(">", "&gt;") in text and "vs sparsity)" not in text
+    assert "status <b>" in text and "view survivors (unpruned weights)" in text
+    assert "Spread of the gradients per round" in text
+
+
+def test_report_on_a_damaged_file_fails_cleanly(profile_run, tmp_path):
+    import subprocess
+    from conftest import PY, ROOT, cli_env
+    bad = tmp_path / "bad.h5"
+    _corrupt_hist_chunk(profile_run / "run.h5", bad)
+    out = tmp_path / "r.html"
+    with pytest.raises(GradscopeError, match="bad.h5"):
+        write_report([bad], out, bootstrap=5)
+    assert not out.exists()
+    r = subprocess.run([PY, "-m", "gradscope", "report", str(bad), "-o", str(out), "--bootstrap", "5"],
+                       env=cli_env(), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "gradscope: error:" in r.stderr, r.stderr
+    with pytest.raises(GradscopeError, match="bootstrap"):
+        build_report([profile_run], bootstrap=-1)
+    with pytest.raises(GradscopeError, match="unknown window"):
+        build_report([profile_run], window="middle")

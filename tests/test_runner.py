@@ -24,7 +24,7 @@ def test_three_rounds_sparsity_and_accuracy(tiny_config):
     out = Path(tiny_config.out)
     assert json.loads((out / "rounds.json").read_text())[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
     assert "torch" in json.loads((out / "versions.json").read_text())["versions"]
-    r2 = load_torch(out / "round_2.pt")
+    r2 = load_torch(out / "round_2.pt", what="round file")
     masks = r2["masks"]
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -43,7 +43,7 @@ class _Snap(Callback):
 
     def on_round_start(self, state):
         self.at_start[state.round] = {n: (l.weight_orig.detach().clone(), l.weight_mask.detach().clone())
-                                      for n, l in self.run.layers.items()}
+                                      for n, l in self.run.ctx.layers.items()}
 
 
 @pytest.mark.parametrize("mode", ["init", "lr", "early"])
@@ -57,15 +57,15 @@ def test_rewind_modes(tiny_config, mode):
     run.run()
     w0 = snap.at_start[0]
     w1 = snap.at_start[1]
-    end0 = load_torch(Path(tiny_config.out) / "round_0.pt")
+    end0 = load_torch(Path(tiny_config.out) / "round_0.pt", what="round file")
     for n in w0:
         same_as_init = torch.equal(w1[n][0], w0[n][0])
         assert same_as_init == (mode == "init"), n
         assert (w1[n][1] == 0).any()  # pruned before round 1 starts
     if mode == "early":
-        assert run.early_state is not None
+        assert run.state.early is not None
         for n in w0:
-            assert torch.equal(w1[n][0], run.early_state[n + ".weight"])
+            assert torch.equal(w1[n][0], run.state.early[n + ".weight"])
     assert end0["result"]["round"] == 0
 
 
@@ -119,7 +119,8 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
         for key in ("round", "sparsity", "val_acc", "test_acc", "train_loss", "max_lr"):
             assert ra[key] == rb[key], (key, ra, rb)
     for k in range(3):
-        ma, mb = load_torch(ref / f"round_{k}.pt")["masks"], load_torch(killed / f"round_{k}.pt")["masks"]
+        ma = load_torch(ref / f"round_{k}.pt", what="round file")["masks"]
+        mb = load_torch(killed / f"round_{k}.pt", what="round file")["masks"]
         assert all(torch.equal(ma[n], mb[n]) for n in ma)
 
 
@@ -160,3 +161,76 @@ def test_sigkill_during_profile_keeps_run_file_exact(tmp_path):
         oa, ob = ia.sort_values(keys).index, ib.sort_values(keys).index
         assert (ca[oa] == cb[ob]).all()
         assert len(a.rounds()) == len(b.rounds()) == 3
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_earlier_rounds(tiny_config):
+    """A finite but exploding loss (max_lr 1e3) is divergence, not a result."""
+    from gradscope.train import Diverged
+
+    tiny_config.schedule.max_lr = 1e3
+    with pytest.raises(Diverged, match="diverged in round 0"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+    assert (Path(tiny_config.out) / "checkpoint.pt").exists()  # the run is still there to inspect
+
+
+def test_adamw_path_trains_with_the_same_schedules(tiny_config):
+    """--optimizer adamw: AdamW with beta1 = momentum and decoupled weight decay; ViTs' no-decay
+    parameters (norms, embeddings) in a group of their own."""
+    from gradscope.train import make_optimizer
+    from gradscope.models import get_model
+    from gradscope.config import TrainConfig
+
+    tiny_config.train.optimizer = "adamw"
+    tiny_config.schedule.max_lr = 0.003
+    tiny_config.prune.rounds = 2
+    df = PruningRun(tiny_config, log=lambda s: None).run()
+    assert (df["val_acc"] > 0.3).all() and df["max_lr"].tolist() == [0.003, 0.003]
+    vit = get_model("vit_tiny", (1, 8, 8), 10)
+    opt = make_optimizer(vit, TrainConfig(optimizer="adamw", weight_decay=0.05, momentum=0.9), 0.001)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    decays = {g["weight_decay"] for g in opt.param_groups}
+    assert decays == {0.05, 0.0}
+    nodecay = next(g for g in opt.param_groups if g["weight_decay"] == 0.0)
+    assert any(p is vit.pos_embed for p in nodecay["params"])
+
+
+def test_user_model_from_module_callable(tiny_config, tmp_path, monkeypatch):
+    pkg = tmp_path / "mymodels.py"
+    pkg.write_text("import torch.nn as nn\n"
+                   "def build(shape, k):\n"
+                   "    return nn.Sequential(nn.Flatten(), nn.Linear(shape[0]*shape[1]*shape[2], 32), nn.ReLU(),"
+                   " nn.Linear(32, k))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny_config.model.model = "mymodels:build"
+    tiny_config.prune.rounds = 2
+    df = PruningRun(tiny_config, log=lambda s: None).run()
+    assert df["sparsity"].tolist() == pytest.approx([0.0, 0.2], abs=1e-3)
+    tiny_config.model.model = "mymodels:nothere"
+    tiny_config.out = str(tmp_path / "other")
+    with pytest.raises(GradscopeError, match="no attribute"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+
+
+def test_silo_auto_state_is_checkpointed():
+    """The calibrated curve is callback state: saved, restored, and it sets the peak."""
+    import gradscope.calibrate  # noqa: F401
+    from gradscope.calibrate.auto import SiloAutoCalibration
+    from gradscope.schedules import get_schedule, planned_round_info
+
+    a = get_schedule("silo-auto", lo=0.03, hi=0.05)
+    info = planned_round_info(6, 0.2)
+    prior = a.peak_lr(info)
+    cb = SiloAutoCalibration(a, Path("unused.h5"))
+    a.hi, a.calibrated_at = 0.09, 3
+    saved = json.loads(json.dumps(cb.state_dict()))  # plain values only
+    b = get_schedule("silo-auto", lo=0.03, hi=0.05)
+    SiloAutoCalibration(b, Path("unused.h5")).load_state_dict(saved)
+    assert b.peak_lr(info) == a.peak_lr(info) > prior and b.calibrated_at == 3
+    assert "calibrated S-curve since round 3" in b.round_params(info)["note"]
+
+
+def test_progress_bars_follow_the_terminal(tiny_config, monkeypatch):
+    from gradscope.train.trainer import progress_enabled
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert progress_enabled(None) is False and progress_enabled(True) is True and progress_enabled(False) is False

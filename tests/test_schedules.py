@@ -91,7 +91,8 @@ def test_silo_p_none_follows_run_prune_rate_and_preset_fixes_it():
 
 
 def test_measured_variant_uses_roundinfo_sparsity():
-    f = get_schedule("silo", use_measured=True, lo=0.01, hi=0.05)
+    f = get_schedule("silo", x="measured", lo=0.01, hi=0.05)
+    assert get_schedule("silo", use_measured=True, lo=0.01, hi=0.05) == f  # older spelling
     # planned p would give x = 0.2 for round 2; measured prev_sparsity 0.5 is the midpoint
     info = _info(2, p=0.2, sparsity=0.7, prev_sparsity=0.5)
     assert f.peak_lr(info) == pytest.approx(0.03)
@@ -124,13 +125,35 @@ def test_one_cycle_matches_torch_onecycle(total, kw):
     assert 0.9 * peak < max(got) <= peak * (1 + 1e-12)
 
 
-def test_clr_preset_is_le_hua_onecycle():
-    ref_opt = _opt()
-    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.1, total_steps=60, pct_start=0.1,
-                                              div_factor=100, final_div_factor=100, cycle_momentum=False)
+def _run_momentum(sched, opt, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_clr_preset_is_le_hua_onecycle_with_momentum_cycling():
+    def ref():
+        o = _opt()
+        return o, torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=60, pct_start=0.1,
+                                                      div_factor=100, final_div_factor=100)
+    ref_opt, ref_s = ref()
     opt = _opt()
     sched = get_schedule("clr").build(opt, _info(3, spe=20, epochs=3))
-    np.testing.assert_allclose(_run(sched, opt, 60), _run(ref, ref_opt, 60), rtol=1e-13)
+    np.testing.assert_allclose(_run(sched, opt, 60), _run(ref_s, ref_opt, 60), rtol=1e-13)
+    ref_opt, ref_s = ref()
+    opt = _opt()
+    sched = get_schedule("clr").build(opt, _info(3, spe=20, epochs=3))
+    got, want = _run_momentum(sched, opt, 60), _run_momentum(ref_s, ref_opt, 60)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert max(got) == pytest.approx(0.95) and min(got) == pytest.approx(0.85, abs=1e-3)
+    # AdamW: beta1 cycles instead
+    p = torch.nn.Parameter(torch.zeros(2))
+    adam = torch.optim.AdamW([p], lr=0.1)
+    sched = get_schedule("clr").build(adam, _info(3, spe=20, epochs=3))
+    assert adam.param_groups[0]["betas"] == (pytest.approx(0.95), 0.999)
 
 
 def test_warmup_step_values_at_specific_steps():
@@ -150,6 +173,16 @@ def test_warmup_step_values_at_specific_steps():
     # the scheduler gives the same values as the closed form
     opt = _opt()
     np.testing.assert_allclose(_run(f.build(opt, info), opt, 500), lrs, rtol=1e-15)
+
+
+def test_lrr_drops_at_renda_epochs_91_and_136():
+    f = get_schedule("lrr")
+    info = _info(2, spe=391, epochs=182)
+    lrs = f.lrs(info)
+    assert lrs[91 * 391 - 1] == 0.1 and lrs[91 * 391] == pytest.approx(0.01)
+    assert lrs[136 * 391 - 1] == pytest.approx(0.01) and lrs[136 * 391] == pytest.approx(0.001)
+    from gradscope.schedules import implied_rewind
+    assert implied_rewind("lrr") == "lr" and implied_rewind("lth") == "init"
 
 
 def test_lrr_is_renda_step_schedule_without_warmup():
@@ -182,13 +215,40 @@ def test_triangular_matches_torch_cycliclr():
     np.testing.assert_allclose(_run(sched, opt, total), _run(ref, ref_opt, total), rtol=1e-12)
 
 
-def test_all_param_groups_get_the_closed_form_lr_and_overrun_holds_last_value():
-    opt = _opt(groups=2)
+def test_param_groups_keep_their_lr_ratio_and_overrun_holds_last_value():
+    opt = _opt(groups=2)  # groups at lr 1 and 2: the larger follows the closed form, the other half of it
     sched = get_schedule("lrr").build(opt, _info(1, spe=2, epochs=2))
     for _ in range(10):  # past the 4 steps of the round: no error, last value kept
         opt.step()
         sched.step()
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.001)] * 2
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.0005), pytest.approx(0.001)]
+    p = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.SGD([{"params": [p[0]], "lr": 0.1}, {"params": [p[1]], "lr": 0.01}], lr=0.1)
+    sched = get_schedule("constant", max_lr=0.5).build(opt, _info(0, spe=3))
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.5), pytest.approx(0.05)]
+    assert sched.get_last_lr() == [pytest.approx(0.5), pytest.approx(0.05)]
+
+
+def test_round_lr_validates_its_arguments():
+    opt = _opt()
+    with pytest.raises(GradscopeError, match="total_steps"):
+        RoundLR(opt, total_steps=0, peak=0.1, shape="cosine")
+    with pytest.raises(GradscopeError, match="peak"):
+        RoundLR(opt, total_steps=10, peak=-0.1, shape="cosine")
+    with pytest.raises(GradscopeError, match="milestones"):
+        RoundLR(opt, total_steps=10, peak=0.1, shape="warmup-step",
+                shape_params={"milestones": [0.5], "factors": [0.1, 0.01]})
+    with pytest.raises(GradscopeError, match="zigzag"):
+        RoundLR(opt, total_steps=10, peak=0.1, shape="zigzag")
+
+
+def test_plain_loop_constructor_builds_round_k():
+    opt = _opt()
+    f = get_schedule("silo", preset="resnet20")
+    sched = f.scheduler(opt, round=5, total_steps=100)
+    assert sched.total_steps == 100 and sched.round == 5
+    assert sched.peak == pytest.approx(f.peak_lr(planned_round_info(5, 0.2, 100, 1)))
+    assert sched.peak == pytest.approx(0.0645, abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- ALLR
@@ -205,8 +265,9 @@ def test_allr_peak_and_clipping():
     assert f.peak_lr(info) == pytest.approx(0.2 * 2 / 20)
     with pytest.raises(GradscopeError, match="norm_drop"):
         f.peak_lr(_info(2, epochs=2))
-    lrs = f.lrs(_info(0, spe=5, epochs=2))  # linear decay (LLR) from the peak
-    np.testing.assert_allclose(lrs, 0.2 * (1 - np.arange(10) / 10))
+    lrs = f.lrs(_info(0, spe=10, epochs=2))  # BIMP: warm-up over 10 %, then linear decay to 0
+    np.testing.assert_allclose(lrs[:2], [0.1, 0.2])
+    np.testing.assert_allclose(lrs[2:], 0.2 * (1 - np.arange(18) / 18))
 
 
 # ----------------------------------------------------------------------------- state
@@ -320,7 +381,7 @@ def test_bad_round_info_raises():
 def test_schedule_from_config_file_and_flags(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"lo": 0.02, "hi": 0.09, "shape": "one-cycle", "pct_start": 0.2}))
-    f = schedule_from_config(ScheduleConfig(schedule="silo", schedule_file=str(path), hi=0.1, silo_p=0.3))
+    f = schedule_from_config(ScheduleConfig(schedule="silo", schedule_file=str(path), hi=0.1, p=0.3))
     assert (f.lo, f.hi, f.p, f.shape, f.shape_params["pct_start"]) == (0.02, 0.1, 0.3, "one-cycle", 0.2)
     ypath = tmp_path / "s.yaml"
     ypath.write_text("max_lr: 0.05\nwarmup: 0.2\n")
@@ -330,8 +391,8 @@ def test_schedule_from_config_file_and_flags(tmp_path):
     ppath = tmp_path / "p.json"
     ppath.write_text(json.dumps(f.params()))
     assert schedule_from_config(ScheduleConfig(schedule="silo", schedule_file=str(ppath))) == f
-    h = schedule_from_config(ScheduleConfig(schedule="silo", preset="vgg19", measured_sparsity=True))
-    assert (h.lo, h.hi, h.use_measured) == (0.04, 0.10, True)
+    h = schedule_from_config(ScheduleConfig(schedule="silo", preset="vgg19", x="measured"))
+    assert (h.lo, h.hi, h.x) == (0.04, 0.10, "measured")
 
 
 def test_schedule_from_config_errors(tmp_path):

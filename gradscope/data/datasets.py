@@ -11,6 +11,8 @@ import torch
 
 from gradscope import GradscopeError
 from gradscope.data import imagefiles
+from gradscope.data.cache import resolve_cache_dir
+from gradscope.registry import Registry
 from gradscope.data.splits import channel_stats, split_indices, subset_indices
 
 DIGITS_TEST_FRACTION = 0.2
@@ -51,25 +53,21 @@ class RawData:
 
 
 Loader = Callable[[Optional[str], str, bool], RawData]  # (root, cache_dir, download)
-_REGISTRY: dict[str, Loader] = {}
-_DEFAULT_ROOTS: dict[str, tuple[str, ...]] = {}
+DATASETS: Registry[Loader] = Registry("dataset", "--dataset")
 
 
-def register(name: str, defaults: tuple[str, ...] = ()):
-    def deco(fn: Loader) -> Loader:
-        _REGISTRY[name] = fn
-        _DEFAULT_ROOTS[name] = defaults
-        return fn
-    return deco
+def register(name: str, defaults: tuple[str, ...] = (), needs_root: bool = True):
+    """``@register(name, defaults=(places searched when no root is given,))``."""
+    return DATASETS.register(name, defaults=defaults, needs_root=needs_root)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def default_roots(name: str) -> tuple[str, ...]:
     """Places (relative to the current directory) searched when no root is given."""
-    return _DEFAULT_ROOTS.get(name, ())
+    return DATASETS.meta(name)["defaults"] if name in DATASETS else ()
 
 
 def _missing(name: str, where: str, what: str) -> GradscopeError:
@@ -116,7 +114,7 @@ def _torchvision(cls_name: str, root: str, download: bool, name: str, what: str)
 
 
 # --------------------------------------------------------------------------------- digits
-@register("digits")
+@register("digits", needs_root=False)
 def _digits(root: Optional[str], cache_dir: str, download: bool) -> RawData:
     """scikit-learn's bundled 8x8 digits (no files needed); a fixed stratified 20 % is the test set."""
     from sklearn.datasets import load_digits
@@ -266,19 +264,48 @@ def _tinyimagenet(root: Optional[str], cache_dir: str, download: bool) -> RawDat
 
 
 # ------------------------------------------------------------------------------ public API
+def validation_count(n_train: int, val_fraction: float, val_size: int | None, train_subset: int | None) -> int:
+    """Validation images: ``val_size``; else ``val_fraction`` of ``train_subset`` when given (so the
+    validation set scales with the subset), else of the whole train split."""
+    if train_subset is not None and train_subset >= n_train:
+        raise GradscopeError(f"train_subset={train_subset} leaves no image of the {n_train} in the train "
+                             f"split for validation; pass fewer")
+    if val_size is not None:
+        if int(val_size) != val_size or val_size <= 0:
+            raise GradscopeError(f"val_size must be a positive integer, got {val_size!r}")
+        n = int(val_size)
+    else:
+        n = int(round(val_fraction * (train_subset if train_subset is not None else n_train)))
+    if n >= n_train:
+        raise GradscopeError(f"{n} validation images leave no training image out of {n_train}; "
+                             "lower --val-size / --val-fraction")
+    if train_subset is not None and train_subset > n_train - n:
+        raise GradscopeError(f"train_subset={train_subset} is larger than the {n_train - n} training images "
+                             f"left after holding out {n} for validation")
+    return n
+
+
 def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.1, seed: int = 0,
                  train_subset: int | None = None, test_subset: int | None = None,
-                 cache_dir: str = "data/cache", download: bool = False) -> DataBundle:
-    """Load dataset ``name`` with a seeded validation split held out of train.
+                 cache_dir: str | None = None, download: bool = False,
+                 val_size: int | None = None) -> DataBundle:
+    """Load dataset ``name`` with a seeded, stratified validation split held out of train.
 
-    ``train_subset`` is drawn (seeded) from what is left after the validation split;
-    ``test_subset`` from the test split. Mean/std come from the final training images.
+    Validation: ``validation_count`` images held out of the train split; ``train_subset`` is
+    drawn (seeded) from what is left; ``test_subset`` from the test split. Mean/std come from
+    the final training images.
     """
-    key = name.lower().strip()
-    if key not in _REGISTRY:
-        raise GradscopeError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    raw = _REGISTRY[key](root, cache_dir, download)
-    tr, va = split_indices(raw.train_y, val_fraction, seed)
+    key = DATASETS.key(name)
+    if root is not None and not DATASETS.meta(key)["needs_root"]:
+        raise GradscopeError(f"--data-root is not used by dataset {key!r} (it is built in); drop it")
+    cache_dir = resolve_cache_dir(cache_dir)
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise GradscopeError(f"--cache-dir {cache_dir} is a file, not a folder")
+    raw = DATASETS.get(key)(root, cache_dir, download)
+    if not 0.0 <= val_fraction < 1.0:
+        raise GradscopeError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = validation_count(len(raw.train_y), val_fraction, val_size, train_subset)
+    tr, va = split_indices(raw.train_y, n_val / len(raw.train_y), seed)
     tr = tr[subset_indices(len(tr), train_subset, seed + 1, "train_subset")]
     te = subset_indices(len(raw.test_y), test_subset, seed + 2, "test_subset")
     tr_t, va_t, te_t = (torch.from_numpy(i) for i in (tr, va, te))
@@ -295,5 +322,5 @@ def load_dataset_from_config(cfg, seed: int) -> DataBundle:
     """``load_dataset`` from a ``gradscope.config.DataConfig``; ``cfg.augment=False`` gives augment "none"."""
     b = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=seed,
                      train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                     cache_dir=cfg.cache_dir, download=cfg.download)
+                     cache_dir=cfg.cache_dir, download=cfg.download, val_size=getattr(cfg, "val_size", None))
     return b if cfg.augment else replace(b, augment="none")

@@ -2,19 +2,21 @@
 with a decoded-tensor cache keyed by the source's path, size and modification time."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import io
 import os
+import sys
 import tarfile
-import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from gradscope import GradscopeError
+from gradscope.data.cache import load_cache, resolve_cache_dir, save_cache
 
 CACHE_VERSION = 1
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
@@ -76,8 +78,26 @@ def _decode_one(b: bytes) -> np.ndarray:
         return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("gradscope_decode_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress(enabled: Optional[bool]):
+    """Within the block, decoding shows a progress bar if ``enabled`` (None: only on a terminal)."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _show_progress(progress: Optional[bool]) -> bool:
+    setting = progress if progress is not None else _PROGRESS.get()
+    return bool(setting) if setting is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decoding",
-                  workers: int = 1, progress: bool = True) -> torch.Tensor:
+                  workers: int = 1, progress: Optional[bool] = None) -> torch.Tensor:
     """Decode encoded images to a uint8 tensor ``[N, 3, H, W]`` (greyscale becomes RGB).
 
     One thread by default: for 32x32 JPEGs a 2-thread pool measured 2x slower (GIL-bound
@@ -89,34 +109,23 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decodi
     out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = pool.map(_decode_one, blobs, chunksize=256) if workers > 1 else map(_decode_one, blobs)
-        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not progress, leave=False)):
+        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not _show_progress(progress), leave=False)):
             if a.shape != (h, w, 3):
                 raise GradscopeError(f"image {i} of {desc} has shape {a.shape[:2]}, expected {h}x{w}; the dataset files look wrong")
             out[i] = a
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def cached(cache_dir: str, name: str, source: str, build: Callable[[], dict]) -> dict:
-    """Load ``build()``'s dict of tensors from ``cache_dir`` if a cache for this source exists,
-    else build it and save it atomically (temp file, then ``os.replace``)."""
-    path = os.path.join(cache_dir, f"{name}-{source_key(source)}.pt")
-    if os.path.isfile(path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt or truncated cache: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); decoding again")
-    data = build()
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        warnings.warn(f"could not write the dataset cache in {cache_dir} ({e}); the next load will decode again")
+def cached(cache_dir: Optional[str], name: str, source: str, build: Callable[[], dict]) -> dict:
+    """Load ``build()``'s dict of tensors from ``cache_dir`` (None: ``default_cache_dir()``) if a
+    cache for this source exists and is sound, else build it and save it atomically.
+
+    The cache is read with ``torch.load(weights_only=True)``: a crafted, damaged or foreign
+    file is refused without running anything in it, with a one-line warning, and rebuilt.
+    """
+    path = os.path.join(resolve_cache_dir(cache_dir), f"{name}-{source_key(source)}.pt")
+    data = load_cache(path)
+    if data is None:
+        data = build()
+        save_cache(data, path)
     return data

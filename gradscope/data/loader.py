@@ -23,6 +23,12 @@ def crop_pad(size: int) -> int:
     return 8 if size >= 64 else 4
 
 
+def epoch_key(round_: int, epoch: int) -> int:
+    """The data-order key of (round, epoch): a loader's shuffle and augmentation depend only on
+    it and the seed, so an epoch is replayed exactly after a resume."""
+    return int(round_) * 100_003 + int(epoch)
+
+
 def epoch_generator(seed: int, key: int) -> torch.Generator:
     """A CPU generator whose stream depends only on ``(seed, key)``."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFF, 0x9E5C0]).generate_state(2)
@@ -59,11 +65,15 @@ class BatchLoader:
     ``augment="cifar"``: random crop with zero padding (4 px; 8 px for 64x64 images) and a
     horizontal flip with probability 1/2, done on the whole batch at once.
     Call ``set_epoch(key)`` before iterating; without it each new iteration uses the next key.
+    ``rank``/``world_size`` (DDP): a shuffled loader gives this rank a disjoint 1/world_size slice
+    of every global batch of ``batch_size`` (which must divide evenly); an unshuffled one
+    (evaluation) gives it a contiguous 1/world_size part of the data.
     """
 
     def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool,
                  augment: str = "none", mean: Sequence[float], std: Sequence[float],
-                 device="cpu", seed: int = 0, drop_last: bool = False, channels_last: bool = False):
+                 device="cpu", seed: int = 0, drop_last: bool = False, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
             raise GradscopeError(f"BatchLoader needs uint8 images [N, C, H, W], got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         if len(y) != len(x_uint8):
@@ -72,6 +82,10 @@ class BatchLoader:
             raise GradscopeError(f"batch size must be a positive integer, got {batch_size!r}")
         if augment not in AUGMENTS:
             raise GradscopeError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
+        if not 0 <= rank < world_size or (shuffle and world_size > 1 and (batch_size % world_size or not drop_last)):
+            raise GradscopeError(f"rank {rank} of {world_size}: a sharded training loader needs drop_last and a "
+                                 f"batch ({batch_size}) that splits evenly over the ranks")
+        self.rank, self.world_size = int(rank), int(world_size)
         c = x_uint8.shape[1]
         if len(mean) != c or len(std) != c:
             raise GradscopeError(f"mean/std need {c} values (one per channel), got {len(mean)} and {len(std)}")
@@ -95,8 +109,21 @@ class BatchLoader:
         self._key = 0
         self._key_fresh = True
 
+    def _shard(self) -> tuple[int, int]:
+        """Start and end of this rank's part of the (unshuffled) data."""
+        n, w, r = len(self.x), self.world_size, self.rank
+        return n * r // w, n * (r + 1) // w
+
+    @property
+    def examples(self) -> int:
+        """Examples this rank sees in one pass (all of them in a single process, no drop_last)."""
+        if self.world_size > 1 and not self.shuffle:
+            a, b = self._shard()
+            return b - a
+        return len(self.x)
+
     def __len__(self) -> int:
-        n = len(self.x)
+        n = self.examples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, key: int) -> None:
@@ -122,12 +149,19 @@ class BatchLoader:
             self._key += 1
         self._key_fresh = False
         order, aug = self._epoch_plan(self._key)
-        bs = self.batch_size
+        bs, lo, step = self.batch_size, 0, self.batch_size  # this rank's [lo, lo + step) of each batch
+        if self.world_size > 1 and self.shuffle:
+            step = bs // self.world_size
+            lo = self.rank * step
+        elif self.world_size > 1:
+            a, b = self._shard()
+            order = order[a:b]
+            aug = None if aug is None else tuple(t[a:b] for t in aug)
         for i in range(len(self)):
-            idx = order[i * bs : (i + 1) * bs]
+            idx = order[i * bs + lo : i * bs + lo + step]
             xb = self.x.index_select(0, idx)
             if aug is not None:
-                oy, ox, flip = (a[i * bs : (i + 1) * bs] for a in aug)
+                oy, ox, flip = (a[i * bs + lo : i * bs + lo + step] for a in aug)
                 xb = crop_flip(xb, oy, ox, flip, self.pad)
             xb = xb.float().mul_(self._scale).sub_(self._shift)
             if self.channels_last:

@@ -11,14 +11,40 @@ import pandas as pd
 from scipy import stats
 
 from gradscope import GradscopeError
-from gradscope.fit.binned import (binned_cdf, binned_mad, binned_quantile, fit_exact,
-                                  fit_family, model_cdf_at_edges)
+from gradscope.fit.binned import (binned_cdf, binned_quantile, binned_spreads, fit_exact, fit_family,
+                                  model_cdf_at_edges)
 from gradscope.fit.families import get_family
 
 MODELS = ("normal", "laplace", "t", "gennorm")
-MOMENT_STATS = ("std", "meanabs")
+MOMENT_STATS = ("std", "meanabs")  # exact, from the power sums
+BINNED_STATS = ("iqr", "mad")  # from the binned cdf (resolution: the bin width, see binned_spreads)
+STATISTICS = MOMENT_STATS + BINNED_STATS + MODELS
 STATUSES = ("ok", "empty", "degenerate", "nonfinite", "out-of-range", "no-convergence")
+TREND_WORDING = ("slope of log scale against log density (density = 1 - sparsity; "
+                 "> 0: narrows as the net gets sparser)")
 _Z95 = stats.norm.ppf(0.975)
+
+
+def check_statistic(statistic: str, models: Sequence[str] = MODELS) -> str:
+    """``statistic`` itself if it is a known spread statistic available with ``models`` fitted;
+    otherwise one clear GradscopeError listing what is available."""
+    avail = MOMENT_STATS + BINNED_STATS + tuple(m for m in MODELS if m in tuple(models))
+    if statistic in avail:
+        return statistic
+    if statistic in MODELS:
+        raise GradscopeError(f"statistic {statistic!r} is the scale of model {statistic!r}, which was not fitted; "
+                             f"add it to the models (now: {', '.join(models) or 'none'})")
+    raise GradscopeError(f"unknown statistic {statistic!r}; choose from {', '.join(avail)} "
+                         "(std and meanabs are exact, iqr and mad come from the histogram, the others are "
+                         "fitted scales)")
+
+
+def check_bootstrap(bootstrap) -> int:
+    """``bootstrap`` as an int >= 0, or a GradscopeError."""
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise GradscopeError(f"bootstrap must be a whole number of replicates >= 0 (0: no CIs of fitted "
+                             f"scales), got {bootstrap!r}")
+    return int(bootstrap)
 
 
 def moment_spreads(count, s1, s2, s4=None, s3=None, sabs=None, level: float = 0.95):
@@ -27,7 +53,7 @@ def moment_spreads(count, s1, s2, s4=None, s3=None, sabs=None, level: float = 0.
     se(log std) = sqrt((m4/var^2 - 1) / N) / 2;  se(log mean|g|) = sqrt(var|g| / N) / mean|g|.
     """
     z = stats.norm.ppf(0.5 + level / 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         n = np.asarray(count, float)
         mu = s1 / n
         ex2 = s2 / n
@@ -74,8 +100,12 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     counts [n, B]; edges [B+1] (any increasing edges); under/over [n] out-of-range counts;
     moments: optional dict of arrays count, sum, sumsq, sumabs, sum3, sum4 (exact power
     sums): location is fixed at the exact mean sum/count (0 without moments).
-    Columns whose value is NaN have status != "ok" (see STATUSES), or, for one model's
-    columns, status "no-convergence".
+
+    ``status`` describes the histogram (see STATUSES); each model has its own
+    ``{model}_status`` ("ok", "no-convergence", or the row's status when it was not fitted).
+    NaN is confined to what is unusable: exact statistics (mean, std, meanabs) are NaN only
+    when the row has no values or saw non-finite ones; iqr/mad only when the histogram is
+    unusable; a model's columns only when that model has no valid fit.
     """
     counts = np.asarray(counts)
     if counts.ndim != 2:
@@ -86,6 +116,7 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
         raise GradscopeError(f"need {B + 1} strictly increasing edges for {B} bins")
     for m in models:
         get_family(m)
+    bootstrap = check_bootstrap(bootstrap)
     under = np.zeros(n) if under is None else np.asarray(under, float)
     over = np.zeros(n) if over is None else np.asarray(over, float)
     mom = moments or {}
@@ -94,21 +125,24 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     cf = np.where(np.isfinite(counts), counts, 0).astype(float)
     uf, of = np.nan_to_num(under), np.nan_to_num(over)
     df["count"] = (cf.sum(1) + uf + of).astype(np.int64)
+    exact_cols = []
     if mom:
         ms = moment_spreads(mom["count"], mom["sum"], mom["sumsq"], mom.get("sum4"),
                             mom.get("sum3"), mom.get("sumabs"), level)
         for k, v in ms.items():
             df[k] = v
+        exact_cols = list(ms)
         loc_all = np.nan_to_num(ms["mean"])
     else:
         loc_all = np.zeros(n)
     cdf = binned_cdf(cf, uf, of)
     q = {p: binned_quantile(cdf, edges, p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)}
-    df["iqr"] = q[0.75] - q[0.25]
-    df["mad"] = binned_mad(cdf, edges, q[0.5])
+    bs = binned_spreads(cf, uf, of, edges, level)
+    for k, v in bs.items():
+        df[k] = v
     ok = df["status"].to_numpy() == "ok"
-    spread_cols = ["iqr", "mad"] + [c for c in df.columns if c.startswith(("std", "meanabs", "mean"))]
-    oor = ok & ~np.isfinite(df[spread_cols].to_numpy(float)).all(1)
+    # a quartile or the MAD beyond the edges: the histogram range is far too narrow
+    oor = ok & ~np.isfinite(df[["iqr", "mad"]].to_numpy(float)).all(1)
     df.loc[oor, "status"] = "out-of-range"
     ok = df["status"].to_numpy() == "ok"
     rows = np.flatnonzero(ok)
@@ -117,7 +151,7 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     qr = {p: v[rows] for p, v in q.items()}
     fallback = (df["std"].to_numpy(float)[rows] if "std" in df else np.full(len(rows), np.nan))
     rng = np.random.default_rng(seed)
-    aics = []
+    aics, model_cols = [], []
     for m in models:
         fam = get_family(m)
         r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level)
@@ -133,22 +167,30 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
         mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"],
                                 r["shape"] if fam.n_shape else None)
         cols["ks"] = np.abs(mc - cdf[rows]).max(1)
+        mst = df["status"].to_numpy(object).copy()
+        mst[rows] = np.where(conv, "ok", "no-convergence")
+        df[f"{m}_status"] = mst
         for k, v in cols.items():
             full = np.full(n, np.nan)
             full[rows] = np.where(conv, v, np.nan)
             df[f"{m}_{k}"] = full
-        bad = rows[~conv]
-        df.loc[bad, "status"] = "no-convergence"
+            model_cols.append(f"{m}_{k}")
+        df.loc[rows[~conv], "status"] = "no-convergence"
         aics.append(df[f"{m}_aic"].to_numpy())
     if models:
         A = np.stack(aics, 1)
         anyfin = np.isfinite(A).any(1)
         best = np.array(models, dtype=object)[np.argmin(np.where(np.isfinite(A), A, np.inf), 1)]
         df["best"] = np.where(anyfin, best, None)
-    # spreads are meaningless where the histogram is unusable: blank them
-    dead = ~df["status"].isin(["ok", "no-convergence"]).to_numpy()
-    num = [c for c in df.columns if c not in ("status", "count", "best")]
-    df.loc[dead, num] = np.nan
+    # binned statistics are meaningless where the histogram is unusable: blank them ...
+    st = df["status"].to_numpy(object)
+    dead = ~np.isin(st, ["ok", "no-convergence"])
+    binned = [c for c in df.columns if c.startswith(("iqr", "mad"))] + model_cols
+    df.loc[dead, binned] = np.nan
+    # ... while exact statistics need only values, all finite (not a usable histogram)
+    if exact_cols:
+        no_values = np.isin(st, ["empty", "nonfinite"]) | ~(np.asarray(mom["count"], float) > 0)
+        df.loc[no_values, exact_cols] = np.nan
     return df
 
 
@@ -189,45 +231,51 @@ def fit_samples(values, *, loc=None, models: Sequence[str] = MODELS) -> pd.DataF
 # ----------------------------------------------------------------------------- narrowing
 def statistic_columns(stat: str):
     """(value, lo, hi) column names of a narrowing statistic in a fit table."""
-    if stat in MOMENT_STATS:
+    if stat in MOMENT_STATS or stat in BINNED_STATS:
         return stat, f"{stat}_lo", f"{stat}_hi"
     if stat in MODELS:
         return f"{stat}_scale", f"{stat}_scale_lo", f"{stat}_scale_hi"
-    raise GradscopeError(f"unknown statistic {stat!r}; choose from {', '.join(MOMENT_STATS + MODELS)}")
+    raise GradscopeError(f"unknown statistic {stat!r}; choose from {', '.join(STATISTICS)}")
 
 
 def narrowing_table(table: pd.DataFrame, sparsity: dict, statistics: Sequence[str],
                     layer_col: str = "layer", level: float = 0.95) -> pd.DataFrame:
     """scale(round k) / scale(round 0) per layer and statistic, with a CI.
 
-    ``table`` has one row per (round, layer) (status == "ok" rows are used). The CI treats
-    the two log scales as independent and normal, with standard errors read off their CIs.
-    Layers whose round 0 is unusable are left out.
+    ``table`` has one row per (round, layer). A row enters a statistic's narrowing when that
+    statistic's value is finite and > 0 there (so one failed model fit never removes the exact
+    std). The CI treats the two log scales as independent and normal, with standard errors
+    read off their CIs; NaN where a CI is missing. Layers whose round 0 is unusable for a
+    statistic are left out of it. Binned statistics carry ``resolution`` (see binned_spreads).
     """
     z = stats.norm.ppf(0.5 + level / 2)
     out = []
-    t = table[table["status"] == "ok"]
+    cols = ["round", "sparsity", "layer", "statistic", "scale", "ratio", "ratio_lo", "ratio_hi", "resolution"]
     for stat in statistics:
         c, clo, chi = statistic_columns(stat)
-        if c not in t:
+        if c not in table:
             continue
+        with np.errstate(invalid="ignore"):
+            t = table[np.isfinite(table[c].to_numpy(float)) & (table[c].to_numpy(float) > 0)]
         for layer, g in t.groupby(layer_col, sort=False):
             g = g.sort_values("round")
             if g.empty or g["round"].iloc[0] != 0:
                 continue
             s = g[c].to_numpy(float)
-            if clo in g:
-                se = (np.log(g[chi].to_numpy(float)) - np.log(g[clo].to_numpy(float))) / (2 * _Z95)
+            if clo in g and chi in g:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    se = (np.log(g[chi].to_numpy(float)) - np.log(g[clo].to_numpy(float))) / (2 * _Z95)
             else:
-                se = np.zeros(len(g))
+                se = np.full(len(g), np.nan)
             se_r = np.sqrt(se**2 + se[0] ** 2)
             se_r[0] = 0.0
             ratio = s / s[0]
+            res = g[f"{stat}_res"].to_numpy(float) if f"{stat}_res" in g else np.zeros(len(g))
             out.append(pd.DataFrame({
                 "round": g["round"].to_numpy(), "sparsity": [sparsity.get(int(r), np.nan) for r in g["round"]],
                 "layer": layer, "statistic": stat, "scale": s, "ratio": ratio,
-                "ratio_lo": ratio * np.exp(-z * se_r), "ratio_hi": ratio * np.exp(z * se_r)}))
-    cols = ["round", "sparsity", "layer", "statistic", "scale", "ratio", "ratio_lo", "ratio_hi"]
+                "ratio_lo": ratio * np.exp(-z * se_r), "ratio_hi": ratio * np.exp(z * se_r),
+                "resolution": res}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
 
 

@@ -5,6 +5,7 @@ table functions of ``gradscope.fit.core``.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -13,11 +14,42 @@ import numpy as np
 import pandas as pd
 
 from gradscope import GradscopeError
-from gradscope.fit.core import (MODELS, MOMENT_STATS, fit_histograms, fit_samples,
-                                narrowing_table, trend_table)
+from gradscope.fit.core import (BINNED_STATS, MODELS, MOMENT_STATS, check_bootstrap, check_statistic,
+                                fit_histograms, fit_samples, narrowing_table, trend_table)
+from gradscope.fit.families import get_family
 
 _SUMS = ["count", "sum", "sumsq", "sumabs", "sum3", "sum4"]
 _KEYS = {"window": ["round", "epoch", "window"], "round": ["round"]}
+
+# What population of gradient values a number describes (docs/method.md, "Views").
+VIEWS = ("survivors", "all", "relative")
+# Which of a round's windows enter it: every window, or those of the round's last epoch.
+WINDOWS = ("all", "last")
+_VIEW_WORDS = {"survivors": "unpruned weights", "all": "all weights, pruned ones as exact zeros",
+               "relative": "|g|/(|w|+eps) of unpruned weights"}
+_WINDOW_WORDS = {"all": "all epochs of each round", "last": "last epoch of each round"}
+
+
+def check_view(view: str) -> str:
+    """``view`` if it is a known view name, else one clear GradscopeError."""
+    if view not in VIEWS:
+        raise GradscopeError(f"unknown view {view!r}; choose from {', '.join(VIEWS)} "
+                             "(survivors: unpruned weights; all: pruned weights counted as zeros; "
+                             "relative: |g|/|w|)")
+    return view
+
+
+def check_window(window: str) -> str:
+    """``window`` if it is "all" or "last", else one clear GradscopeError."""
+    if window not in WINDOWS:
+        raise GradscopeError(f"unknown window {window!r}; choose from {', '.join(WINDOWS)} "
+                             "(all: every epoch of a round; last: the round's last epoch only)")
+    return window
+
+
+def describe_view(view: str = "survivors", window: str = "all") -> str:
+    """Words for a label: 'view survivors (unpruned weights), all epochs of each round'."""
+    return f"view {view} ({_VIEW_WORDS.get(view, view)}), {_WINDOW_WORDS.get(window, window)}"
 
 
 @dataclass
@@ -55,15 +87,47 @@ def _relu_flags(reader, idx: pd.DataFrame) -> pd.Series:
     return idx["layer"].map(flags).fillna(False).astype(bool)
 
 
-def load_windows(reader):
-    """Histogram counts, edges and one index row per histogram with its exact moments."""
-    counts, edges, idx = reader.histograms()
+def _accepts_view(method) -> bool:
+    try:
+        return "view" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def read_view(reader, what: str, view: str = "survivors", **kw):
+    """``reader.<what>(view=view, **kw)``; a reader without views (schema v1) serves only
+    "survivors", and asking it for another view is one clear error."""
+    method = getattr(reader, what)
+    if _accepts_view(method):
+        return method(view=view, **kw)
+    if view != "survivors":
+        raise GradscopeError(f"view {view!r} is not available: this run file (or reader) holds only the "
+                             "'survivors' view (gradients of unpruned weights)")
+    return method(**kw)
+
+
+def select_window(idx: pd.DataFrame, window: str = "all") -> np.ndarray:
+    """Boolean mask of the rows of ``idx`` in ``window``: "all", or "last" = rows of each
+    round's last recorded epoch (needs the epoch column)."""
+    check_window(window)
+    if window == "all" or len(idx) == 0:
+        return np.ones(len(idx), bool)
+    if "epoch" not in idx:
+        raise GradscopeError("window 'last' needs the epoch of each window, which this run file does not hold")
+    last = idx.groupby("round")["epoch"].transform("max")
+    return (idx["epoch"] == last).to_numpy()
+
+
+def load_windows(reader, view: str = "survivors", window: str = "all"):
+    """Histogram counts, edges and one index row per histogram with its exact moments
+    (only the rows of ``window``)."""
+    counts, edges, idx = read_view(reader, "histograms", view)
     counts = np.asarray(counts)
     idx = idx.reset_index(drop=True).copy()
     if len(idx) != counts.shape[0]:
         raise GradscopeError("run file is inconsistent: histogram index and counts differ in length")
     idx["relu_fed"] = _relu_flags(reader, idx).to_numpy()
-    mom = reader.moments()
+    mom = read_view(reader, "moments", view)
     keys = [k for k in ("round", "epoch", "window", "layer") if k in idx and k in mom]
     cols = [c for c in _SUMS if c in mom] + [c for c in ("under", "over", "nonfinite")
                                                if c in mom and c not in idx]
@@ -72,7 +136,8 @@ def load_windows(reader):
         mom[keys + cols].drop_duplicates(keys), on=keys, how="left", validate="many_to_one")
     for c in missing:
         merged[c] = 0
-    return counts, np.asarray(edges, float), merged
+    keep = select_window(merged, window)
+    return counts[keep], np.asarray(edges, float), merged[keep].reset_index(drop=True)
 
 
 def aggregate(counts, idx: pd.DataFrame, keys: Sequence[str]):
@@ -105,6 +170,50 @@ def _fit_table(counts, edges, idx, models, bootstrap, seed, resample):
     return pd.concat([key, idx[["count", "under", "over", "nonfinite"]].reset_index(drop=True), res], axis=1)
 
 
+SPREAD_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def spread_table(path, *, layer: Optional[str] = None, view: str = "survivors", window: str = "all",
+                 quantiles: Sequence[float] = SPREAD_QUANTILES) -> pd.DataFrame:
+    """Per round: quantiles of |g| from the histograms (``q05`` ... ``q95``), their binning
+    resolution (``res_q50``: bin width / value), the exact std and mean |g|, and sparsity, of
+    one layer or of the ReLU-fed layers pooled (``layer`` None or "pooled")."""
+    from gradscope.fit.binned import abs_quantiles  # noqa: PLC0415
+    from gradscope.fit.core import moment_spreads  # noqa: PLC0415
+
+    check_view(view)
+    check_window(window)
+    reader = open_source(path)
+    counts, edges, idx = load_windows(reader, view, window)
+    if len(idx) == 0:
+        raise GradscopeError("the run file holds no histograms yet (record a round first)")
+    if layer is None or layer == "pooled":
+        keep = idx["relu_fed"].to_numpy(bool)
+        if not keep.any():
+            raise GradscopeError("no ReLU-fed layers are recorded in this run; give a layer")
+    else:
+        keep = (idx["layer"] == layer).to_numpy()
+        if not keep.any():
+            raise GradscopeError(f"no histograms of layer {layer!r}; layers: "
+                                 f"{', '.join(map(str, pd.unique(idx['layer'])))}")
+    c, t = aggregate(counts[keep], idx[keep], ["round"])
+    aq = abs_quantiles(c, t["under"].to_numpy(float), t["over"].to_numpy(float), edges, quantiles)
+    out = pd.DataFrame({"round": t["round"].to_numpy(int)})
+    spars = sparsity_by_round(reader)
+    out["sparsity"] = [spars.get(int(r), np.nan) for r in out["round"]]
+    for q in quantiles:
+        out[f"q{round(100 * q):02d}"] = aq[q]
+    out["res_q50"] = aq[("res", 0.5)] if 0.5 in quantiles else np.nan
+    if "sumsq" in t:
+        ms = moment_spreads(t["count"].to_numpy(float), t["sum"].to_numpy(float), t["sumsq"].to_numpy(float),
+                            sabs=t["sumabs"].to_numpy(float) if "sumabs" in t else None)
+        out["std"] = ms["std"]
+        out["meanabs"] = ms.get("meanabs", np.nan)
+    out["count"] = t["count"].to_numpy(float) if "count" in t else np.nan
+    out.attrs.update(view=view, window=window, layer=layer or "pooled")
+    return out
+
+
 def sparsity_by_round(reader) -> dict:
     """Measured global sparsity per round (target sparsity where the measurement is missing)."""
     r = reader.rounds()
@@ -131,18 +240,40 @@ def fit_tables(counts, edges, idx, *, per="round", models=MODELS, bootstrap=200,
     return per_layer, pooled
 
 
+def check_fit_options(*, per: str = "round", models: Sequence[str] = MODELS, bootstrap: int = 200,
+                      seed: int = 0, view: str = "survivors", window: str = "all",
+                      statistic: Optional[str] = None) -> None:
+    """Validate fit options (the CLI's flags) with one clear GradscopeError each; ``statistic``
+    (what will be printed) must be available with ``models``."""
+    if per not in _KEYS:
+        raise GradscopeError(f"per must be 'round' or 'window', got {per!r}")
+    for m in models:
+        get_family(m)
+    check_bootstrap(bootstrap)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GradscopeError(f"seed must be a whole number >= 0, got {seed!r}")
+    check_view(view)
+    check_window(window)
+    if statistic is not None:
+        check_statistic(statistic, models)
+
+
 def fit_run(path, *, per: str = "round", models: Sequence[str] = MODELS, bootstrap: int = 200,
-            seed: int = 0, store: bool = True, resample: str = "auto") -> FitResult:
+            seed: int = 0, store: bool = True, resample: str = "auto", view: str = "survivors",
+            window: str = "all") -> FitResult:
     """Fit every histogram of a run (per layer and pooled), then narrowing and trends.
 
     ``path``: a run file or a RunReader-like object. ``per``: "round" sums each round's
-    windows; "window" fits every window (narrowing still uses round sums). ``store``
-    writes fit_per_layer, fit_pooled, fit_narrowing, fit_trend (and fit_exact) as derived
-    tables of the run file.
+    windows; "window" fits every window (narrowing still uses round sums). ``view``: which
+    population of gradients (VIEWS; the reader derives it). ``window``: "all" windows of a
+    round or only its "last" epoch's. ``store`` writes fit_per_layer, fit_pooled,
+    fit_narrowing, fit_trend (and fit_exact) as derived tables of the run file, each with
+    view and window columns.
     """
     models = tuple(models)
+    check_fit_options(per=per, models=models, bootstrap=bootstrap, seed=seed, view=view, window=window)
     reader = open_source(path)
-    counts, edges, idx = load_windows(reader)
+    counts, edges, idx = load_windows(reader, view, window)
     if counts.shape[0] == 0:
         raise GradscopeError("the run file holds no histograms yet (record a round first)")
     per_layer, pooled = fit_tables(counts, edges, idx, per=per, models=models,
@@ -153,19 +284,21 @@ def fit_run(path, *, per: str = "round", models: Sequence[str] = MODELS, bootstr
         rl, rp = fit_tables(counts, edges, idx, per="round", models=models,
                             bootstrap=bootstrap, seed=seed, resample=resample)
     spars = sparsity_by_round(reader)
-    stats_ = [s for s in MOMENT_STATS + models]
+    stats_ = list(MOMENT_STATS + BINNED_STATS + models)
     narrowing = narrowing_table(pd.concat([rp, rl], ignore_index=True), spars, stats_)
     trend = trend_table(narrowing)
-    exact = _exact(reader, idx, per, models)
+    exact = _exact(reader, per, models, window) if view == "survivors" else None
     res = FitResult(per_layer, pooled, narrowing, trend, exact, per,
-                    {"models": list(models), "bootstrap": bootstrap, "seed": seed})
+                    {"models": list(models), "bootstrap": bootstrap, "seed": seed, "view": view,
+                     "window": window})
     if store:
         _store(path, reader, res)
     return res
 
 
-def _exact(reader, idx, per, models):
-    """Exact-likelihood fits of the raw samples (when recorded), at the same granularity."""
+def _exact(reader, per, models, window="all"):
+    """Exact-likelihood fits of the raw samples (when recorded; survivors only), at the same
+    granularity and window."""
     if not hasattr(reader, "samples"):
         return None
     try:
@@ -176,6 +309,10 @@ def _exact(reader, idx, per, models):
     if values.size == 0 or not np.isfinite(values).any():
         return None
     sidx = sidx.reset_index(drop=True)
+    keep = select_window(sidx, window)
+    values, sidx = values[keep], sidx[keep].reset_index(drop=True)
+    if values.size == 0:
+        return None
     keys = [k for k in _KEYS[per] if k in sidx] + ["layer"]
     groups = sidx.groupby(keys, sort=True).indices
     K = max(values.shape[1] * len(ix) for ix in groups.values())
@@ -204,6 +341,8 @@ def _store(path, reader, res: FitResult) -> None:
 
         writer = lambda name, df: write_derived(path, name, df)  # noqa: E731
     for name, df in tables.items():
+        df = df.copy()
+        df["view"], df["window"] = res.meta.get("view", "survivors"), res.meta.get("window", "all")
         writer(name, df)
 
 
@@ -216,11 +355,16 @@ def format_summary(res: FitResult, models: Optional[Sequence[str]] = None) -> pd
     keys = [c for c in ("round", "epoch", "window", "layer") if c in t]
     cols = keys + ["status", "count", "std", "iqr", "mad"] + \
         [f"{m}_scale" for m in models if f"{m}_scale" in t] + ["best"]
-    return t[[c for c in cols if c in t]].copy()
+    out = t[[c for c in cols if c in t]].copy()
+    if "count" in out:
+        out["count"] = out["count"].astype("int64")
+    return out
 
 
 def format_narrowing(res: FitResult, statistic: str = "std", layer: Optional[str] = "pooled") -> pd.DataFrame:
-    """Narrowing ratios of one statistic (one layer, or all with layer=None) for printing."""
+    """Narrowing ratios of one statistic (one layer, or all with layer=None) for printing.
+    An unknown statistic, or a model that was not fitted, is one clear GradscopeError."""
+    check_statistic(statistic, res.meta.get("models", MODELS))
     n = res.narrowing
     n = n[n["statistic"] == statistic]
     if layer is not None:
@@ -231,4 +375,17 @@ def format_narrowing(res: FitResult, statistic: str = "std", layer: Optional[str
 def format_trend(res: FitResult, statistic: Optional[str] = None) -> pd.DataFrame:
     """Trend slopes (all statistics, or one) for printing."""
     t = res.trend
+    if statistic is not None:
+        check_statistic(statistic, res.meta.get("models", MODELS))
     return (t if statistic is None else t[t["statistic"] == statistic]).reset_index(drop=True)
+
+
+def narrowing_heading(res: FitResult, statistic: str = "std") -> str:
+    """The line printed above a narrowing table: statistic, view, window and CI meaning."""
+    how = {"std": "exact std from the moments, 95 % delta-method CI",
+           "meanabs": "exact mean |g| from the moments, 95 % delta-method CI",
+           "iqr": "IQR from the binned cdf, 95 % asymptotic CI; resolution = bin width / value",
+           "mad": "MAD from the binned cdf, 95 % asymptotic CI; resolution = bin width / value"}
+    what = how.get(statistic, f"fitted {statistic} scale, 95 % bootstrap CI")
+    return (f"Pooled narrowing of ReLU-fed layers: {statistic} ({what}); ratio = scale(round k) / scale(round 0); "
+            f"{describe_view(res.meta.get('view', 'survivors'), res.meta.get('window', 'all'))}")

@@ -50,7 +50,11 @@ def summarize(x: np.ndarray, edges: np.ndarray) -> dict:
 
 
 class SyntheticRun:
-    """A RunReader-like object held in memory (histograms, moments, rounds, layers, samples)."""
+    """A RunReader-like object held in memory (histograms, moments, rounds, layers, samples).
+
+    Rows may carry a ``view`` (default "survivors"); ``moments``/``histograms`` take
+    ``view=`` as the schema-v2 reader does, and an unrecorded view is one clear error.
+    """
 
     def __init__(self, edges, rows: list, rounds: pd.DataFrame, layers: pd.DataFrame,
                  config: Optional[dict] = None, samples: Optional[list] = None):
@@ -62,9 +66,19 @@ class SyntheticRun:
         self._samples = samples or []
         self.derived_tables: dict = {}
 
-    def _index(self):
+    def views(self) -> list:
+        return sorted({r.get("view", "survivors") for r in self._rows}) or ["survivors"]
+
+    def _view_rows(self, view: str) -> list:
+        if view not in self.views():
+            from gradscope import GradscopeError  # noqa: PLC0415
+
+            raise GradscopeError(f"view {view!r} is not recorded in this run; it has {', '.join(self.views())}")
+        return [r for r in self._rows if r.get("view", "survivors") == view]
+
+    def _index(self, rows):
         keys = ["round", "epoch", "window", "step_start", "step_end", "layer"]
-        idx = pd.DataFrame([{k: r[k] for k in keys} for r in self._rows])
+        idx = pd.DataFrame([{k: r[k] for k in keys} for r in rows], columns=keys)
         relu = dict(zip(self._layers["layer"], self._layers["relu_fed"]))
         idx["relu_fed"] = idx["layer"].map(relu).astype(bool) if len(idx) else []
         return idx
@@ -82,19 +96,21 @@ class SyntheticRun:
     def rounds(self):
         return self._rounds.copy()
 
-    def moments(self, layer=None, round=None):
-        idx = self._index()
+    def moments(self, layer=None, round=None, view: str = "survivors"):
+        rows = self._view_rows(view)
+        idx = self._index(rows)
         for c in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over", "nonfinite"):
-            idx[c] = [r[c] for r in self._rows]
+            idx[c] = [r[c] for r in rows]
         return idx[self._select(idx, layer, round)].reset_index(drop=True)
 
-    def histograms(self, layer=None, round=None, window=None):
-        idx = self._index()
+    def histograms(self, layer=None, round=None, window=None, view: str = "survivors"):
+        rows = self._view_rows(view)
+        idx = self._index(rows)
         for c in ("under", "over", "nonfinite"):
-            idx[c] = [r[c] for r in self._rows]
+            idx[c] = [r[c] for r in rows]
         m = self._select(idx, layer, round, window)
         nb = len(self.edges) - 1
-        counts = np.array([r["counts"] for r in self._rows]).reshape(-1, nb)[m]
+        counts = np.array([r["counts"] for r in rows]).reshape(-1, nb)[m]
         return counts, self.edges.copy(), idx[m].reset_index(drop=True)
 
     def samples(self, layer=None, round=None, window=None):
@@ -111,30 +127,45 @@ class SyntheticRun:
     def derived(self, name):
         return self.derived_tables[name].copy()
 
+    def derived_names(self):
+        return sorted(self.derived_tables)
+
 
 def make_synthetic_run(scales: dict, *, family: str = "laplace", shape: Optional[float] = None,
-                       n: int = 100_000, windows: int = 1, prune_rate: float = 0.2, max_lr0: float = 0.03,
+                       n: int = 100_000, windows: int = 1, epochs: int = 1,
+                       epoch_factor: Optional[list] = None, prune_rate: float = 0.2, max_lr0: float = 0.03,
                        edges: Optional[np.ndarray] = None, sample_k: int = 0, relu_fed: Optional[dict] = None,
-                       seed: int = 0) -> SyntheticRun:
-    """A run whose layer L in round k has values ~ family(scale=scales[L][k]).
+                       views: Optional[dict] = None, seed: int = 0) -> SyntheticRun:
+    """A run whose layer L in round k, epoch e has values ~ family(scale=scales[L][k] * epoch_factor[e]).
 
-    Round k has planned sparsity 1-(1-prune_rate)^k; every window draws ``n`` values.
+    Round k has planned sparsity 1-(1-prune_rate)^k; each of ``epochs`` epochs has
+    ``windows`` windows, each drawing ``n`` values. ``views``: extra views {name: scales}
+    stored beside "survivors" (rows tagged with their view).
     """
     rng = np.random.default_rng(seed)
     names = list(scales)
     K = len(next(iter(scales.values())))
+    ef = list(epoch_factor) if epoch_factor is not None else [1.0] * epochs
+    if len(ef) != epochs:
+        raise ValueError("epoch_factor needs one factor per epoch")
+    all_views = {"survivors": scales, **(views or {})}
     if edges is None:
-        edges = log_edges(8.0 * max(max(v) for v in scales.values()))
+        edges = log_edges(8.0 * max(max(v) for sc in all_views.values() for v in sc.values()) * max(ef))
     rows, samples = [], []
     for k in range(K):
-        for w in range(windows):
-            for li, name in enumerate(names):
-                x = draw(rng, family, float(scales[name][k]), n, shape)
-                r = summarize(x, edges)
-                r.update(round=k, epoch=0, window=w, step_start=w * 10, step_end=w * 10 + 10, layer=name)
-                rows.append(r)
-                if sample_k:
-                    samples.append({"round": k, "epoch": 0, "window": w, "layer": name, "values": x[:sample_k]})
+        for e in range(epochs):
+            for w in range(windows):
+                win = e * windows + w
+                for vname, sc in all_views.items():
+                    for name in names:
+                        x = draw(rng, family, float(sc[name][k]) * ef[e], n, shape)
+                        r = summarize(x, edges)
+                        r.update(round=k, epoch=e, window=win, step_start=win * 10, step_end=win * 10 + 10,
+                                 layer=name, view=vname)
+                        rows.append(r)
+                        if sample_k and vname == "survivors":
+                            samples.append({"round": k, "epoch": e, "window": win, "layer": name,
+                                            "values": x[:sample_k]})
     sp = 1 - (1 - prune_rate) ** np.arange(K)
     rounds = pd.DataFrame({"round": np.arange(K), "sparsity": sp, "target_sparsity": sp,
                            "max_lr": np.full(K, max_lr0)})

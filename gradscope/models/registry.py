@@ -1,6 +1,12 @@
-"""The model registry: ``get_model(name, input_shape, num_classes)``; all are ReLU networks."""
+"""The model registry: ``get_model(name, input_shape, num_classes)``.
+
+Registered models are ReLU networks initialised with Kaiming (fan-in), and GELU Vision
+Transformers registered with ``init=False`` (they keep their own truncated-normal init). A name ``module:callable``
+imports a user's builder, called with ``(input_shape, num_classes)``.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from torch import nn
@@ -10,22 +16,21 @@ from gradscope.models.cifar_resnet import CifarResNet
 from gradscope.models.init import kaiming_init
 from gradscope.models.small import LeNet300100, SmallCNN
 from gradscope.models.vgg import PLANS, CifarVGG
+from gradscope.models.vit import deit_tiny, vit_tiny
+from gradscope.registry import Registry
 
 Shape = tuple[int, int, int]
-_REGISTRY: dict[str, Callable[[Shape, int], nn.Module]] = {}
-_MIN_SIDE: dict[str, int] = {}
+Builder = Callable[[Shape, int], nn.Module]
+MODELS: Registry[Builder] = Registry("model", "--model")
 
 
-def register(name: str, min_side: int = 1):
-    def deco(fn):
-        _REGISTRY[name] = fn
-        _MIN_SIDE[name] = min_side
-        return fn
-    return deco
+def register(name: str, min_side: int = 1, init: bool = True):
+    """``@register(name, min_side=..., init=True)`` on a builder ``(input_shape, num_classes) -> Module``."""
+    return MODELS.register(name, min_side=min_side, init=init)
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def _torchvision_resnet(arch: str, shape: Shape, num_classes: int) -> nn.Module:
@@ -48,19 +53,51 @@ register("resnet18")(lambda s, k: _torchvision_resnet("resnet18", s, k))
 register("resnet50")(lambda s, k: _torchvision_resnet("resnet50", s, k))
 register("lenet_300_100")(lambda s, k: LeNet300100(s, k))
 register("small_cnn")(lambda s, k: SmallCNN(s, k))
+register("vit_tiny", min_side=4, init=False)(vit_tiny)
+register("deit_tiny", min_side=4, init=False)(deit_tiny)
+
+
+def _user_builder(spec: str) -> Builder:
+    """``package.module:callable`` -> the callable (imported now), or one clear error."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise GradscopeError(f"--model {spec!r}: a user model is given as module:callable, e.g. my_pkg.models:build")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - the user's import error, one line
+        raise GradscopeError(f"--model {spec!r}: cannot import {mod_name!r} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); is it on PYTHONPATH?") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise GradscopeError(f"--model {spec!r}: {mod_name} has no attribute {attr!r}")
+    if not callable(fn):
+        raise GradscopeError(f"--model {spec!r}: {attr} is not callable")
+    return fn
 
 
 def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs, Kaiming-initialised."""
-    key = name.lower().strip()
-    if key not in _REGISTRY:
-        raise GradscopeError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    """Build model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs."""
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise GradscopeError(f"input_shape must be (channels, height, width), got {tuple(input_shape)}")
     if int(num_classes) != num_classes or num_classes < 2:
         raise GradscopeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     c, h, w = (int(v) for v in input_shape)
-    if min(h, w) < _MIN_SIDE[key]:
-        raise GradscopeError(f"{key} needs images of at least {_MIN_SIDE[key]}x{_MIN_SIDE[key]}, got {h}x{w}; "
+    if ":" in name:
+        build = _user_builder(name)
+        try:
+            model = build((c, h, w), int(num_classes))
+        except Exception as e:  # noqa: BLE001 - the user's code: one line, what was called and what it said
+            raise GradscopeError(f"--model {name!r}: calling it with (input_shape={(c, h, w)}, num_classes={num_classes}) "
+                                 f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if not isinstance(model, nn.Module):
+            raise GradscopeError(f"--model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    key = MODELS.key(name)
+    meta = MODELS.meta(key)
+    if min(h, w) < meta["min_side"]:
+        raise GradscopeError(f"{key} needs images of at least {meta['min_side']}x{meta['min_side']}, got {h}x{w}; "
                              f"pick another model (e.g. small_cnn or resnet20)")
-    return kaiming_init(_REGISTRY[key]((c, h, w), int(num_classes)))
+    model = MODELS.get(key)((c, h, w), int(num_classes))
+    return kaiming_init(model) if meta["init"] else model

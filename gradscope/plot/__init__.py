@@ -7,11 +7,13 @@ Names load lazily, so the CLI can register its commands without importing matplo
 from importlib import import_module
 
 _WHERE = {
-    **dict.fromkeys(["draw_accuracy", "draw_calibration", "draw_histograms", "draw_narrowing", "new_axes",
-                     "round_histograms"], "gradscope.plot.figures"),
-    **dict.fromkeys(["RunSource", "calibration_data", "oracle_intervals", "plot_accuracy", "plot_calibration",
-                     "plot_histograms", "plot_narrowing", "plot_schedule", "resolve_run", "run_config",
-                     "run_fit", "run_rounds", "schedule_factories"], "gradscope.plot.runs"),
+    **dict.fromkeys(["draw_accuracy", "draw_calibration", "draw_histograms", "draw_narrowing", "draw_spread",
+                     "integer_ticks", "label_identical", "new_axes", "round_histograms", "series_styles"],
+                    "gradscope.plot.figures"),
+    **dict.fromkeys(["RunSource", "calibration_data", "layer_depth", "oracle_intervals", "plot_accuracy",
+                     "plot_calibration", "plot_histograms", "plot_narrowing", "plot_schedule", "plot_spread",
+                     "resolve_run", "run_config", "run_fit", "run_rounds", "schedule_factories",
+                     "schedule_from_file", "view_label"], "gradscope.plot.runs"),
     **dict.fromkeys(["plot_peaks", "plot_schedules"], "gradscope.plot.schedules"),
 }
 __all__ = sorted(_WHERE)

@@ -1,7 +1,10 @@
 """Figures drawn from plain tables and arrays (no file access): ``ax=`` in, Axes out.
 
 The ``gradscope.plot.runs`` wrappers read run files/directories and call these; tests and
-notebooks can call them directly with DataFrames.
+notebooks can call them directly with DataFrames. Every axis names its quantity (and unit
+where it has one); every shaded band says what it is in the legend; series that coincide
+stay visible (wider lines underneath, distinct line styles and markers, and "= X" in the
+label of a series identical to an earlier one).
 """
 from __future__ import annotations
 
@@ -12,8 +15,13 @@ import pandas as pd
 
 from gradscope import GradscopeError
 
+GRAD_UNIT = "∂loss/∂w"  # a weight gradient: loss per unit weight
+MANY_LAYERS = 8  # above this many layers, colour by depth with a colour bar instead of a legend
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
-def new_axes(ax=None, figsize=(7.5, 4.0)):
+
+def new_axes(ax=None, figsize=(8.5, 4.2)):
     """``ax`` itself, or a fresh Axes on a pyplot-free Figure (safe without a display)."""
     if ax is not None:
         return ax
@@ -28,6 +36,50 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise GradscopeError(f"{what} lacks column(s) {', '.join(missing)}")
+
+
+def place_legend(ax, width: int = 30, **kw):
+    """Legend beside the axes (never over the data), its labels wrapped at ``width`` characters."""
+    import textwrap  # noqa: PLC0415
+
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    labels = ["\n".join(textwrap.wrap(lab, width)) or lab for lab in labels]
+    opts = {"fontsize": "small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0}
+    opts.update(kw)
+    return ax.legend(handles, labels, **opts)
+
+
+def integer_ticks(axis) -> None:
+    """Ticks only at whole numbers (rounds): never a tick at round 2.5."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def series_styles(n: int) -> list:
+    """Line styles for n series that may coincide: distinct colour, line style and marker, and
+    line width falling with the index (an earlier, wider line shows around a later one)."""
+    return [{"color": f"C{i % 10}", "ls": _LINESTYLES[i % len(_LINESTYLES)], "marker": _MARKERS[i % len(_MARKERS)],
+             "lw": 1.2 + 2.0 * (n - 1 - i) / max(n - 1, 1), "ms": 3 + 4.0 * (n - 1 - i) / max(n - 1, 1),
+             "zorder": 2 + i} for i in range(n)]
+
+
+def label_identical(labels: Sequence[str], series: Sequence) -> list:
+    """Labels with " (= X)" appended where a series equals an earlier one X (same x and y):
+    a reader then knows why only one line shows there."""
+    out = []
+    for i, (lab, s) in enumerate(zip(labels, series)):
+        same = next((labels[j] for j in range(i) if _same(series[j], s)), None)
+        out.append(f"{lab} (= {same})" if same is not None else str(lab))
+    return out
+
+
+def _same(a, b) -> bool:
+    a = [np.asarray(v, float) for v in a]
+    b = [np.asarray(v, float) for v in b]
+    return all(x.shape == y.shape and np.allclose(x, y, rtol=1e-9, atol=0, equal_nan=True) for x, y in zip(a, b))
 
 
 # ----------------------------------------------------------------------------- histograms
@@ -68,10 +120,13 @@ def _log_spaced(edges: np.ndarray) -> bool:
 
 
 def draw_histograms(rounds, mass, edges, sparsity: Optional[Mapping[int, float]] = None, ax=None,
-                    title: Optional[str] = None, overlap: float = 1.6, cmap: str = "viridis"):
+                    title: Optional[str] = None, overlap: float = 1.6, cmap: str = "viridis",
+                    quantity: str = "weight gradient of unpruned weights"):
     """Ridgeline of per-round gradient distributions (one ridge per round, round 0 at the
     bottom), on a symmetric log x axis when the edges are log-spaced magnitudes, coloured by
-    sparsity. ``mass`` rows are per-bin probability masses (see ``round_histograms``)."""
+    sparsity. ``mass`` rows are per-bin probability masses (see ``round_histograms``).
+
+    Shapes at a glance; for how much the spread changes, see ``draw_spread``."""
     import matplotlib as mpl  # noqa: PLC0415
 
     rounds = np.asarray(rounds)
@@ -106,27 +161,91 @@ def draw_histograms(rounds, mass, edges, sparsity: Optional[Mapping[int, float]]
             ax.set_xscale("symlog", linthresh=thresh, linscale=0.5)
             dec = 10.0 ** np.arange(np.ceil(np.log10(thresh)), np.floor(np.log10(span)) + 1)
             ax.set_xticks(np.concatenate([-dec[::-1], [0.0], dec]))
-            ax.set_xlabel(f"weight gradient of unpruned weights (symmetric log, linear within ±{thresh:.1g})")
+            ax.set_xlabel(f"{quantity}, {GRAD_UNIT} (symmetric log scale, linear within ±{thresh:.1g})")
         else:
-            ax.set_xlabel("weight gradient of unpruned weights")
+            ax.set_xlabel(f"{quantity}, {GRAD_UNIT}")
         ax.set_xlim(-span, span)
     ax.set_yticks(np.arange(len(rounds)))
     ax.set_yticklabels([f"round {int(r)}" + (f"\n{100 * s:.0f}% pruned" if np.isfinite(s) else "")
                         for r, s in zip(rounds, sp)], fontsize="small")
+    ax.set_ylabel("round; ridge height = fraction of values per bin\n(each round scaled to its tallest bin)",
+                  fontsize="small")
     ax.set_ylim(-0.1, len(rounds) - 1 + overlap + 0.2)
     if has_sp:
         sm = mpl.cm.ScalarMappable(norm=norm, cmap=cm)
-        ax.figure.colorbar(sm, ax=ax, label="sparsity (pruned fraction)", pad=0.01)
+        ax.figure.colorbar(sm, ax=ax, label="sparsity (fraction of weights pruned)", pad=0.01)
     if title:
         ax.set_title(title)
     return ax
 
 
+# ----------------------------------------------------------------------------- spread per round
+def draw_spread(table: pd.DataFrame, relative: bool = True, ax=None, title: Optional[str] = None,
+                quantity: str = "|weight gradient| of unpruned weights"):
+    """Spread of |g| per round at a glance, from a ``spread_table`` (round, q05..q95 of |g|,
+    std). ``relative``: each quantile and the std divided by its round-0 value, on a linear
+    axis (a 20 % narrowing reads as 0.8); else the quantile bands themselves on a log axis."""
+    _need(table, ["round", "q25", "q50", "q75"], "spread table")
+    t = table.sort_values("round")
+    if t.empty:
+        raise GradscopeError("no recorded rounds to plot")
+    ax = new_axes(ax)
+    r = t["round"].to_numpy(int)
+    cols = {"q05": "5th", "q25": "25th", "q50": "50th (median)", "q75": "75th", "q95": "95th"}
+    if relative:
+        styles = series_styles(len([c for c in cols if c in t]) + ("std" in t))
+        i = 0
+        for c, name in cols.items():
+            if c not in t:
+                continue
+            v = t[c].to_numpy(float)
+            st = styles[i]
+            i += 1
+            ax.plot(r, v / v[0], color=st["color"], ls=st["ls"], marker=st["marker"], ms=4, lw=1.3,
+                    label=f"{name} percentile of |g|", zorder=st["zorder"])
+        if "std" in t:
+            s = t["std"].to_numpy(float)
+            ax.plot(r, s / s[0], color="k", lw=2.4, marker="D", ms=5, label="std (exact, from the moments)",
+                    zorder=10)
+        ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+        ax.set_ylabel("spread relative to round 0 (ratio; < 1: narrower)")
+    else:
+        if {"q05", "q95"} <= set(t.columns):
+            ax.fill_between(r, t["q05"], t["q95"], color="C0", alpha=0.18, lw=0,
+                            label="middle 90 % of |g| (5th–95th percentile)")
+        ax.fill_between(r, t["q25"], t["q75"], color="C0", alpha=0.4, lw=0,
+                        label="middle 50 % of |g| (25th–75th percentile)")
+        ax.plot(r, t["q50"], color="C0", marker="o", ms=4, lw=1.5, label="median |g|")
+        if "std" in t:
+            ax.plot(r, t["std"], color="k", marker="D", ms=4, lw=0, label="std (exact, from the moments)")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"|weight gradient|, {GRAD_UNIT} (log scale)")
+    ax.set_xlabel("pruning round")
+    integer_ticks(ax.xaxis)
+    if "sparsity" in t and np.isfinite(t["sparsity"]).any():
+        labels = {int(k): s for k, s in zip(r, t["sparsity"])}
+        top = ax.secondary_xaxis("top")
+        integer_ticks(top.xaxis)
+        top.set_xticks(r)
+        top.set_xticklabels([f"{100 * labels[int(k)]:.0f}%" if np.isfinite(labels[int(k)]) else "" for k in r],
+                            fontsize="x-small")
+        top.set_xlabel("sparsity (% of weights pruned)", fontsize="small")
+    place_legend(ax)
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return ax
+
+
 # ----------------------------------------------------------------------------- narrowing
 def draw_narrowing(narrowing: pd.DataFrame, statistic: str = "std", layers: Optional[Sequence[str]] = None,
-                   ax=None, title: Optional[str] = None):
-    """Fitted scale relative to round 0 (``ratio``) vs sparsity: pooled (black, thick) and
-    each layer, with confidence bands (``ratio_lo``..``ratio_hi``) where given."""
+                   ax=None, title: Optional[str] = None, depth: Optional[Mapping[str, int]] = None,
+                   band_label: str = "pooled: 95 % CI (values treated as independent, so too narrow)"):
+    """Scale relative to round 0 (``ratio``) vs sparsity: pooled (black, thick, with its
+    confidence band) and each layer. Up to MANY_LAYERS layers get a legend beside the axes
+    (distinct colours, line styles and markers); more are coloured by depth (``depth``:
+    layer -> position in the network) with a colour bar, so nothing covers the data."""
+    import matplotlib as mpl  # noqa: PLC0415
+
     _need(narrowing, ["sparsity", "layer", "statistic", "ratio"], "narrowing table")
     n = narrowing[narrowing["statistic"] == statistic]
     if n.empty:
@@ -138,22 +257,38 @@ def draw_narrowing(narrowing: pd.DataFrame, statistic: str = "std", layers: Opti
         if unknown:
             raise GradscopeError(f"unknown layer(s) {', '.join(unknown)}; have {', '.join(map(str, names))}")
         names = [x for x in names if x in layers or x == "pooled"]
-    names = [x for x in names if x != "pooled"] + (["pooled"] if "pooled" in names else [])
+    per = [x for x in names if x != "pooled"]
+    if depth:
+        per.sort(key=lambda x: (depth.get(x, len(depth)), str(x)))
+    names = per + (["pooled"] if "pooled" in names else [])
     ax = new_axes(ax)
+    many = len(per) > MANY_LAYERS
+    cm = mpl.colormaps["viridis"]
+    styles = series_styles(len(per))
     for i, name in enumerate(names):
         g = n[n["layer"] == name].sort_values("sparsity")
         x = 100 * g["sparsity"].to_numpy(float)
-        pooled = name == "pooled"
-        color = "k" if pooled else f"C{i % 10}"
-        ax.plot(x, g["ratio"], marker="o", ms=4 if pooled else 3, lw=2.4 if pooled else 1.0,
-                color=color, label=str(name), zorder=3 if pooled else 2)
-        if {"ratio_lo", "ratio_hi"} <= set(g.columns) and np.isfinite(g["ratio_lo"]).any():
-            ax.fill_between(x, g["ratio_lo"], g["ratio_hi"], color=color, alpha=0.2 if pooled else 0.1, lw=0)
+        if name == "pooled":
+            ax.plot(x, g["ratio"], marker="o", ms=5, lw=2.6, color="k", label="pooled (ReLU-fed layers)", zorder=20)
+            if {"ratio_lo", "ratio_hi"} <= set(g.columns) and np.isfinite(g["ratio_lo"]).any():
+                ax.fill_between(x, g["ratio_lo"], g["ratio_hi"], color="k", alpha=0.2, lw=0, label=band_label,
+                                zorder=19)
+        elif many:
+            ax.plot(x, g["ratio"], color=cm(i / max(len(per) - 1, 1)), lw=1.0, marker=".", ms=3, alpha=0.9, zorder=2)
+        else:
+            st = styles[i]
+            ax.plot(x, g["ratio"], color=st["color"], ls=st["ls"], marker=st["marker"], ms=4, lw=1.3,
+                    label=str(name), zorder=st["zorder"])
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
-    ax.set_ylabel(f"{statistic} / {statistic} at round 0")
-    ax.set_title(title or f"Narrowing of the weight-gradient distribution ({statistic})")
-    ax.legend(fontsize="small", ncol=2 if len(names) > 6 else 1)
+    ax.set_ylabel(f"{statistic} relative to round 0 (ratio; < 1: narrower)")
+    ax.set_title(title or f"Narrowing of the weight-gradient distribution ({statistic})", fontsize="medium")
+    if many:
+        sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(1, len(per)), cmap=cm)
+        cb = ax.figure.colorbar(sm, ax=ax, pad=0.01)
+        cb.set_label(f"layer depth (1 = first of {len(per)} layers, thin lines)")
+        integer_ticks(cb.ax.yaxis)
+    place_legend(ax, bbox_to_anchor=(1.01 if not many else 1.3, 1.0))
     return ax
 
 
@@ -161,7 +296,8 @@ def draw_narrowing(narrowing: pd.DataFrame, statistic: str = "std", layers: Opti
 def draw_calibration(points: pd.DataFrame, curve: Optional[pd.DataFrame] = None,
                      presets: Optional[Mapping[str, Sequence[float]]] = None,
                      oracle: Optional[pd.DataFrame] = None, used: Optional[pd.DataFrame] = None,
-                     ax=None, title: Optional[str] = None, note: Optional[str] = None):
+                     ax=None, title: Optional[str] = None, note: Optional[str] = None,
+                     band_label: str = "fit: 95 % band"):
     """max_lr per round: measured-implied points (with error bars from ``implied_lo``/
     ``implied_hi`` when present), the fitted S-curve with its band (``curve``: round, max_lr,
     max_lr_lo, max_lr_hi), released presets (name -> max_lr of rounds 0..n-1), the Oracle's
@@ -172,14 +308,23 @@ def draw_calibration(points: pd.DataFrame, curve: Optional[pd.DataFrame] = None,
     if curve is not None and len(curve):
         _need(curve, ["round", "max_lr"], "fitted curve")
         ax.plot(curve["round"], curve["max_lr"], color="C0", lw=2, label="fitted S-curve", zorder=3)
-        if {"max_lr_lo", "max_lr_hi"} <= set(curve.columns):
+        if {"max_lr_lo", "max_lr_hi"} <= set(curve.columns) and np.isfinite(curve["max_lr_lo"]).any():
             ax.fill_between(curve["round"], curve["max_lr_lo"], curve["max_lr_hi"], color="C0", alpha=0.15,
-                            lw=0, label="fit 95% band")
-    for i, (name, peaks) in enumerate((presets or {}).items()):
-        ax.plot(np.arange(len(peaks)), peaks, color=f"C{i + 1}", ls="--", lw=1.3, label=f"preset {name}")
-    if used is not None and len(used):
+                            lw=0, label=band_label)
+    series = list((presets or {}).items())
+    used_ok = used is not None and len(used)
+    if used_ok:
         _need(used, ["round", "max_lr"], "used max_lr table")
-        ax.plot(used["round"], used["max_lr"], color="0.5", ls=":", marker=".", label="max_lr used by the run")
+    labels = [f"preset {k}" for k, _ in series] + (["max_lr used by the run"] if used_ok else [])
+    xy = [(np.arange(len(v)), np.asarray(v, float)) for _, v in series] + \
+        ([(used["round"].to_numpy(float), used["max_lr"].to_numpy(float))] if used_ok else [])
+    labels = label_identical(labels, xy)
+    styles = series_styles(len(xy))
+    for i, ((x, y), lab) in enumerate(zip(xy, labels)):
+        st = styles[i]
+        color = "0.45" if used_ok and i == len(xy) - 1 else f"C{i + 1}"
+        ax.plot(x, y, color=color, ls=_LINESTYLES[(i + 1) % 4], marker=st["marker"], ms=st["ms"] * 0.8,
+                lw=st["lw"] * 0.8, label=lab, zorder=st["zorder"])
     if oracle is not None and len(oracle):
         _need(oracle, ["round", "lo", "hi"], "oracle intervals")
         ax.vlines(oracle["round"], oracle["lo"], oracle["hi"], color="C3", lw=6, alpha=0.35,
@@ -192,36 +337,44 @@ def draw_calibration(points: pd.DataFrame, curve: Optional[pd.DataFrame] = None,
         y = p["implied_max_lr"].to_numpy(float)
         err = np.abs(np.vstack([y - p["implied_lo"].to_numpy(float), p["implied_hi"].to_numpy(float) - y]))
         ax.errorbar(p["round"], y, yerr=np.nan_to_num(err), fmt="o", color="k", ms=5, capsize=2,
-                    label="implied by measured narrowing", zorder=5)
+                    label="implied by measured narrowing (95 % CI)", zorder=5)
     else:
         ax.plot(p["round"], p["implied_max_lr"], "o", color="k", ms=5, label="implied by measured narrowing",
                 zorder=5)
     ax.set_xlabel("pruning round")
-    ax.set_ylabel("max_lr")
-    ax.set_title(title or "SILO calibration: max_lr over rounds")
+    integer_ticks(ax.xaxis)
+    ax.set_ylabel("max_lr (peak learning rate of the round)")
+    ax.set_title(title or "SILO calibration: max_lr over rounds", fontsize="medium")
     if note:
-        ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", fontsize="small", color="C3", wrap=True)
-    ax.legend(fontsize="small", loc="best")
+        import textwrap  # noqa: PLC0415
+
+        ax.text(0.02, 0.97, "\n".join(textwrap.wrap(note, 75)), transform=ax.transAxes, va="top", fontsize="small",
+                color="C3", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "C3", "lw": 0.6}, zorder=30)
+    place_legend(ax)
     return ax
 
 
 # ----------------------------------------------------------------------------- accuracy
 def draw_accuracy(runs: Mapping[str, pd.DataFrame], metric: str = "test_acc", ax=None,
                   title: Optional[str] = None):
-    """Accuracy vs sparsity, one line per run (label -> per-round table with ``sparsity`` and
-    ``metric``)."""
+    """Accuracy (%) vs sparsity (%), one line per run (label -> per-round table with
+    ``sparsity`` and ``metric`` as fractions). Runs with identical results stay visible."""
     if not runs:
         raise GradscopeError("accuracy plot needs at least one run")
     ax = new_axes(ax)
-    markers = "osD^vP*X"
-    for i, (label, t) in enumerate(runs.items()):
+    xy, names = [], []
+    for label, t in runs.items():
         _need(t, ["sparsity", metric], f"round table of {label}")
         t = t.sort_values("sparsity")
-        ax.plot(100 * t["sparsity"].to_numpy(float), 100 * t[metric].to_numpy(float),
-                marker=markers[i % len(markers)], ms=4, lw=1.4, label=str(label))
+        xy.append((100 * t["sparsity"].to_numpy(float), 100 * t[metric].to_numpy(float)))
+        names.append(str(label))
+    names = label_identical(names, xy)
+    for (x, y), name, st in zip(xy, names, series_styles(len(xy))):
+        ax.plot(x, y, label=name, **st)
+    what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric.replace("_", " "))
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-    ax.set_title(title or f"{metric.replace('_', ' ').capitalize()} vs sparsity")
+    ax.set_ylabel(f"{what} (%)")
+    ax.set_title(title or f"{what.capitalize()} vs sparsity", fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    place_legend(ax)
     return ax

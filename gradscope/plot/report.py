@@ -1,5 +1,10 @@
-"""One self-contained HTML page per set of runs: config, per-round table, figures (base64 PNG)
-and fit diagnostics. Written atomically (temporary file + rename)."""
+"""One self-contained HTML page per set of runs: config, per-round table, figures (base64 PNG,
+150 dpi, each with a caption) and fit diagnostics. Written atomically (temporary file + rename).
+
+A run file that cannot be read (damaged, truncated, not a gradscope file) stops the report
+with a GradscopeError before anything is written; a section that cannot be drawn for an
+expected reason (too few rounds to calibrate, no Oracle) shows a note in its place.
+"""
 from __future__ import annotations
 
 import base64
@@ -15,21 +20,26 @@ import pandas as pd
 
 from gradscope import GradscopeError, __version__
 from gradscope.plot.figures import new_axes
-from gradscope.plot.runs import (RunSource, plot_accuracy, plot_calibration, plot_histograms, plot_narrowing,
-                                 resolve_run, run_config, run_fit, run_rounds)
+from gradscope.plot.runs import (RunSource, _reader, plot_accuracy, plot_calibration, plot_histograms, plot_narrowing,
+                                 plot_spread, resolve_run, run_config, run_fit, run_rounds, view_label)
+
+DPI = 150
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.4}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 7px;
-text-align:right}th{background:#f0f0f0}img{max-width:100%;height:auto;display:block;margin:.5em 0}
+text-align:right}th{background:#f0f0f0}img{max-width:100%;height:auto;display:block;margin:.3em 0}
+figure{margin:1em 0 1.5em 0}figcaption{font-size:13.5px;color:#444;max-width:60em}
 pre{background:#f7f7f7;padding:.6em;font-size:12px;overflow-x:auto;max-height:24em}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}.note{color:#a33}.meta{color:#666;font-size:13px}details{margin:.5em 0}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}.note{color:#a33}.meta{color:#666;font-size:13px}
+details{margin:.5em 0}.status{padding:.4em .7em;border-left:4px solid #a33;background:#fbf3f3}
+.status.ok{border-color:#3a3;background:#f3fbf3}
 """
 
 
-def figure_png(ax_or_fig, dpi: int = 90) -> str:
+def figure_png(ax_or_fig, dpi: int = DPI) -> str:
     """A figure (or an Axes' figure) as a base64 PNG string."""
     fig = getattr(ax_or_fig, "figure", ax_or_fig)
     buf = io.BytesIO()
@@ -39,6 +49,12 @@ def figure_png(ax_or_fig, dpi: int = 90) -> str:
 
 def _img(b64: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _figure(ax_or_fig, alt: str, caption: str) -> str:
+    """A figure with its caption (what is drawn, what the bands are)."""
+    return (f"<figure>{_img(figure_png(ax_or_fig), alt)}<figcaption>{html.escape(caption)}</figcaption>"
+            "</figure>")
 
 
 def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
@@ -56,56 +72,124 @@ def _section(title: str, fn: Callable[[], str]) -> str:
     return f"<h3>{html.escape(title)}</h3>\n{body}\n"
 
 
-def _run_html(src: RunSource, bootstrap: int) -> str:
+def percent_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The per-round table with sparsity and accuracies in percent, as the CLI prints them."""
+    out = pd.DataFrame({"round": t["round"]})
+    names = {"sparsity": "sparsity (%)", "target_sparsity": "target sparsity (%)", "max_lr": "max_lr",
+             "train_loss": "train loss", "val_acc": "val acc (%)", "test_acc": "test acc (%)", "time_s": "time (s)"}
+    for c, name in names.items():
+        if c in t:
+            v = pd.to_numeric(t[c], errors="coerce")
+            out[name] = 100 * v if "(%)" in name else v
+    return out
+
+
+def check_run_readable(src: RunSource) -> None:
+    """Read every table of the run once, so a damaged file fails the report with one clear
+    GradscopeError (and a non-zero exit) instead of a note inside the page."""
+    run_config(src)
+    run_rounds(src)
+    if src.h5 is None:
+        return
+    r = _reader(src)
+    try:
+        if hasattr(r, "verify"):  # every committed row, samples and derived tables included
+            r.verify()
+        else:
+            r.layers()
+            r.rounds()
+            r.moments()
+            r.histograms()
+    except GradscopeError as e:
+        raise GradscopeError(f"{src.h5} cannot be read: {e}") from None
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise GradscopeError(f"{src.h5} is damaged: {str(e).splitlines()[0]}") from None
+
+
+def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: str = "all") -> str:
+    from gradscope.fit import TREND_WORDING  # noqa: PLC0415
+
+    vw = {"view": view, "window": window}
     parts = [f"<h2>Run {html.escape(src.label)}</h2>",
              f'<p class="meta">{html.escape(str(src.h5 or src.run_dir))}</p>']
     cfg = run_config(src)
     parts.append(f"<details><summary>Configuration</summary><pre>{html.escape(json.dumps(cfg, indent=2, default=str))}"
                  "</pre></details>")
-
-    def rounds_tbl():
-        t = run_rounds(src)
-        cols = [c for c in ("round", "sparsity", "target_sparsity", "max_lr", "train_loss", "val_acc", "test_acc",
-                            "time_s") if c in t]
-        return _table(t[cols])
-    parts.append(_section("Per-round table", rounds_tbl))
+    parts.append(_section("Per-round table", lambda: _table(percent_table(run_rounds(src)))))
     if src.h5 is None:
         parts.append('<p class="note">No run.h5 (gradients not recorded): no histograms, fits or calibration.</p>')
         return "\n".join(parts)
+    parts.append(f'<p class="meta">Every gradient number below: {html.escape(view_label(view, window))}.</p>')
     fit_box = {}
 
     def fit():
         if "fit" not in fit_box:
-            fit_box["fit"] = run_fit(src, bootstrap=bootstrap)
+            fit_box["fit"] = run_fit(src, bootstrap=bootstrap, **vw)
         return fit_box["fit"]
 
-    def hists():
-        from gradscope.store import open_run  # noqa: PLC0415
+    def spread():
+        from matplotlib.figure import Figure  # noqa: PLC0415
 
-        lay = open_run(str(src.h5)).layers()
+        fig = Figure(figsize=(9, 8.6), layout="constrained")
+        a, b = fig.subplots(2, 1)
+        plot_spread(src, relative=True, ax=a, **vw)
+        plot_spread(src, relative=False, ax=b, **vw)
+        return _figure(fig, "spread of |g| per round", (
+            "Top: each percentile of |g| (pooled ReLU-fed layers) and the exact std, relative to round 0; "
+            "below 1 means narrower than the dense network. Bottom: the same per round on a log axis: dark band "
+            "= middle 50 % of |g|, light band = middle 90 %, line = median, diamonds = std. Percentiles come "
+            "from the histograms (interpolated within a bin: with the default log-spaced bins they are "
+            "resolved to about a quarter of their value); the std is exact."))
+
+    def hists():
+        lay = _reader(src).layers()
         names = [n for n, r, rec in zip(lay["layer"], lay["relu_fed"], lay.get("recorded", lay["relu_fed"]))
                  if r and rec][:6]
-        out = [_img(figure_png(plot_histograms(src)), "pooled histograms")]
-        per = [_img(figure_png(plot_histograms(src, layer=n)), f"histograms {n}") for n in names]
-        return (out[0] + "<details open><summary>each ReLU-fed layer</summary><div class=\"grid\">"
+        cap = ("Distribution of the gradients per round on a symmetric log axis, coloured by sparsity. Each ridge "
+               "is scaled to its own tallest bin: shapes compare, heights do not (the spread figure above shows "
+               "how much the spread changes).")
+        out = _figure(plot_histograms(src, **vw), "pooled histograms", cap)
+        per = [_img(figure_png(plot_histograms(src, layer=n, **vw)), f"histograms {n}") for n in names]
+        return (out + "<details><summary>each ReLU-fed layer (first 6)</summary><div class=\"grid\">"
                 + "".join(per) + "</div></details>")
 
+    parts.append(_section("Spread of the gradients per round", spread))
     parts.append(_section("Gradient distributions per round", hists))
-    parts.append(_section("Narrowing", lambda: _img(figure_png(plot_narrowing(src, fit=fit())), "narrowing")))
-    parts.append(_section("Calibration", lambda: _img(figure_png(plot_calibration(src, fit=fit())), "calibration")))
+    parts.append(_section("Narrowing", lambda: _figure(
+        plot_narrowing(src, fit=fit(), **vw), "narrowing",
+        "The std of the gradients relative to round 0, per layer and pooled over the ReLU-fed layers, against "
+        "sparsity. Grey band: 95 % CI of the pooled ratio by the delta method, treating gradient values as "
+        "independent; they are not (values of one step share a batch), so the band is too narrow and the trend "
+        "test in the fit diagnostics is the honest one.")))
+
+    def calibration():
+        from gradscope.calibrate import STATUS_WORDS, calibrate_run  # noqa: PLC0415
+
+        try:
+            cal = calibrate_run(str(src.h5), fit=fit(), **vw)
+            status = (f'<p class="status{" ok" if cal.status == "supported" else ""}">status <b>{cal.status}</b>: '
+                      f"{html.escape(STATUS_WORDS[cal.status])}</p>")
+        except GradscopeError:
+            status = ""
+        cap = ("Black points: the max_lr that keeps max_lr × std constant, implied by each round's narrowing "
+               "(error bars: 95 % CI of the ratio). Blue: the SILO S-curve fitted to them, with its pointwise 95 % "
+               "band (delta method, Student-t quantile for the fit's degrees of freedom). Dashed: released preset; "
+               "grey: the max_lr this run used; red bars and stars: the Oracle's interval and best max_lr, when "
+               "the run has them.")
+        return status + _figure(plot_calibration(src, fit=fit(), **vw), "calibration", cap)
+    parts.append(_section("Calibration", calibration))
 
     def diagnostics():
-        from gradscope.calibrate import calibrate_run, format_calibration  # noqa: PLC0415
+        from gradscope.calibrate import calibrate_run, describe_calibration, format_calibration  # noqa: PLC0415
         from gradscope.fit import format_summary, format_trend  # noqa: PLC0415
 
         f = fit()
         out = ["<h4>Pooled fits per round</h4>", _table(format_summary(f))]
-        out += ["<h4>Trend of each statistic (slope of log ratio vs sparsity)</h4>", _table(format_trend(f))]
+        out += [f"<h4>Trend of each statistic: {html.escape(TREND_WORDING)}</h4>", _table(format_trend(f))]
         try:
-            cal = calibrate_run(str(src.h5), fit=f)
-            out += ["<h4>Calibrated SILO parameters</h4>", _table(format_calibration(cal)),
-                    f'<p class="meta">rmse(log)={cal.uncertainty.get("rmse_log", float("nan")):.3g}, '
-                    f'dof={cal.uncertainty.get("dof")}, at bound: {cal.uncertainty.get("at_bound") or "none"}</p>']
+            cal = calibrate_run(str(src.h5), fit=f, **vw)
+            out += ["<h4>Calibrated SILO parameters (95 % CI: value ± t × SE)</h4>", _table(format_calibration(cal)),
+                    "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in describe_calibration(cal)) + "</ul>"]
         except GradscopeError as e:
             out.append(f'<p class="note">Calibration: {html.escape(str(e))}</p>')
         return "\n".join(out)
@@ -113,19 +197,32 @@ def _run_html(src: RunSource, bootstrap: int) -> str:
     return "\n".join(parts)
 
 
-def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int = 200) -> str:
-    """The HTML text of a report on one or more runs (RUN.h5 or RUN_DIR each)."""
+def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int = 200, view: str = "survivors",
+                 window: str = "all") -> str:
+    """The HTML text of a report on one or more runs (RUN.h5 or RUN_DIR each). Bad options and
+    unreadable run files raise GradscopeError before any figure is drawn."""
+    from gradscope.fit import check_bootstrap, check_view, check_window  # noqa: PLC0415
+
+    check_bootstrap(bootstrap)
+    check_view(view)
+    check_window(window)
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
     if not runs:
         raise GradscopeError("report needs at least one run")
     srcs = [resolve_run(r) for r in runs]
+    for s in srcs:
+        check_run_readable(s)
     title = title or ("gradscope report: " + ", ".join(s.label for s in srcs))
     body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="meta">gradscope {__version__}, generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>']
+            f'<p class="meta">gradscope {__version__}, generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; '
+            f"gradient statistics: {html.escape(view_label(view, window))}</p>"]
     body.append("<h2>All runs</h2>")
-    body.append(_section("Accuracy vs sparsity",
-                         lambda: _img(figure_png(plot_accuracy(srcs, "test_acc")), "accuracy vs sparsity")))
+    body.append(_section("Accuracy vs sparsity", lambda: _figure(
+        plot_accuracy(srcs, "test_acc"), "accuracy vs sparsity",
+        "Test accuracy (%) against sparsity (% of prunable weights pruned), one line per run; 0 % is the dense "
+        "round 0. A run whose values equal an earlier run's is labelled “(= that run)”, and earlier lines are "
+        "drawn wider so both stay visible.")))
 
     def schedules():
         from gradscope.config import RunConfig  # noqa: PLC0415
@@ -145,25 +242,29 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
             raise GradscopeError("the runs' configs name no schedule")
         rounds = max(int(run_rounds(s)["round"].max()) + 1 for s in srcs)
         p = (run_config(srcs[0]).get("prune") or {}).get("prune_rate", 0.2)
-        ax = new_axes(None, (8, 3.2))
+        ax = new_axes(None, (9, 3.4))
         plot_schedules(factories, rounds, 50, float(p), ax=ax)
-        ax.set_title("LR over rounds of each run's schedule (its parameters, planned sparsity)")
-        return _img(figure_png(ax), "schedules")
+        ax.set_title("LR over rounds of each run's schedule (its parameters, planned sparsity)", fontsize="medium")
+        return _figure(ax, "schedules", "Learning rate per step of each run's schedule over its rounds, computed "
+                       f"from the run's schedule parameters at the planned sparsity 1-(1-p)^k (p = {float(p):g}); "
+                       "50 steps per round drawn, ticks at the start of each round. silo-auto is drawn with its "
+                       "prior parameters.")
     body.append(_section("Schedules", schedules))
     for s in srcs:
-        body.append(_run_html(s, bootstrap))
+        body.append(_run_html(s, bootstrap, view, window))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap: int = 200) -> Path:
+def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap: int = 200, view: str = "survivors",
+                 window: str = "all") -> Path:
     """Write ``build_report`` to ``out`` atomically (an existing file is replaced only on success)."""
     out = Path(os.fspath(out))
     if out.is_dir():
         raise GradscopeError(f"{out} is a directory; give a file name like report.html")
     if not out.parent.exists():
         raise GradscopeError(f"directory {out.parent} does not exist")
-    text = build_report(runs, title=title, bootstrap=bootstrap)
+    text = build_report(runs, title=title, bootstrap=bootstrap, view=view, window=window)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)

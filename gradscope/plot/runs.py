@@ -13,7 +13,14 @@ import pandas as pd
 
 from gradscope import GradscopeError
 from gradscope.plot.figures import (draw_accuracy, draw_calibration, draw_histograms, draw_narrowing,
-                                    round_histograms)
+                                    draw_spread, new_axes, round_histograms)
+
+
+def view_label(view: str = "survivors", window: str = "all") -> str:
+    """The view/window words every figure title carries."""
+    from gradscope.fit.run import describe_view  # noqa: PLC0415
+
+    return describe_view(view, window)
 
 
 @dataclass
@@ -80,17 +87,31 @@ def run_rounds(run) -> pd.DataFrame:
     return t.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
 
 
-def run_fit(run, *, bootstrap: int = 200, seed: int = 0):
+def run_fit(run, *, bootstrap: int = 200, seed: int = 0, view: str = "survivors", window: str = "all"):
     """The run's fit tables (a ``FitResult``): computed with ``fit_run`` (not stored), except
-    that a narrowing table already stored in the file (``gradscope fit``) is reused."""
-    from gradscope.fit import fit_run  # noqa: PLC0415
+    that a narrowing table already stored in the file (``gradscope fit``) for the same view
+    and window is reused, so figures show the numbers ``gradscope fit`` printed."""
+    from gradscope.fit import check_bootstrap, fit_run  # noqa: PLC0415
 
+    check_bootstrap(bootstrap)
     src = run if isinstance(run, RunSource) else resolve_run(run)
     reader = _reader(src)
-    res = fit_run(reader, bootstrap=bootstrap, seed=seed, store=False)
+    res = fit_run(reader, bootstrap=bootstrap, seed=seed, store=False, view=view, window=window)
     if "fit_narrowing" in reader.derived_names():
-        res.narrowing = reader.derived("fit_narrowing")
+        stored = reader.derived("fit_narrowing")
+        sv = stored["view"].iloc[0] if "view" in stored and len(stored) else "survivors"
+        sw = stored["window"].iloc[0] if "window" in stored and len(stored) else "all"
+        if (sv, sw) == (view, window) and set(res.narrowing["statistic"]) <= set(stored["statistic"]):
+            res.narrowing = stored.drop(columns=[c for c in ("view", "window") if c in stored])
     return res
+
+
+def layer_depth(run) -> dict:
+    """{layer name: position in the network (0 = first)} from the run file's layer table."""
+    src = run if isinstance(run, RunSource) else resolve_run(run)
+    lay = _reader(src).layers()
+    order = lay.sort_values("index")["layer"] if "index" in lay else lay["layer"]
+    return {name: i for i, name in enumerate(order)}
 
 
 def oracle_intervals(run_dir) -> Optional[pd.DataFrame]:
@@ -120,10 +141,11 @@ def _preset_peaks(name: str, rounds: int) -> np.ndarray:
 
 
 def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets: Sequence[str] = ("resnet20",),
-                     fit=None) -> dict:
+                     fit=None, view: str = "survivors", window: str = "all") -> dict:
     """Everything the calibration figure shows: points, curve (None when the fit is not
-    possible), the Calibration (or None), the fit's failure message, presets, Oracle, used."""
-    from gradscope.calibrate import calibrate_run, implied_max_lr  # noqa: PLC0415
+    possible), the Calibration (or None), the fit's failure message or the status note,
+    presets, Oracle, used."""
+    from gradscope.calibrate import STATUS_WORDS, calibrate_run, implied_max_lr  # noqa: PLC0415
 
     src = run if isinstance(run, RunSource) else resolve_run(run)
     reader = _reader(src)
@@ -131,12 +153,16 @@ def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets
     n_rounds = int(rounds["round"].max()) + 1
     cal, curve, note = None, None, None
     try:
-        cal = calibrate_run(reader, statistic=statistic, gamma=gamma, fit=fit)
+        cal = calibrate_run(reader, statistic=statistic, gamma=gamma, fit=fit, view=view, window=window)
         points = cal.points.copy()
         curve = cal.predict(max(n_rounds, int(points["round"].max()) + 1))
+        if cal.status != "supported":
+            note = f"status {cal.status}: {STATUS_WORDS[cal.status]}"
+        elif cal.flags:
+            note = "; ".join(cal.flags)
     except GradscopeError as e:
         note = f"no S-curve fit: {e}"
-        fit = fit if fit is not None else run_fit(src, bootstrap=100)
+        fit = fit if fit is not None else run_fit(src, bootstrap=100, view=view, window=window)
         n = fit.narrowing
         n = n[(n["layer"] == "pooled") & (n["statistic"] == statistic)].sort_values("round")
         lo = float(rounds.loc[rounds["round"] == 0, "max_lr"].iloc[0]) if "max_lr" in rounds else np.nan
@@ -157,35 +183,71 @@ def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets
 
 
 # ----------------------------------------------------------------------------- plot_* wrappers
-def plot_histograms(run, layer: Optional[str] = None, ax=None):
-    """Gradient distributions of unpruned weights per round, one layer or pooled ReLU-fed layers."""
+def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = "survivors", window: str = "all"):
+    """Gradient distributions per round (ridgeline), one layer or pooled ReLU-fed layers."""
+    from gradscope.fit.run import check_view, read_view, select_window  # noqa: PLC0415
+
+    check_view(view)
     src = run if isinstance(run, RunSource) else resolve_run(run)
     reader = _reader(src)
-    counts, edges, idx = reader.histograms()
+    counts, edges, idx = read_view(reader, "histograms", view)
+    keep = select_window(idx, window)
+    counts, idx = np.asarray(counts)[keep], idx[keep].reset_index(drop=True)
     if len(idx) == 0:
         raise GradscopeError(f"{src.h5} holds no histograms yet (record a round first)")
     rounds, mass = round_histograms(counts, edges, idx, layer)
     t = run_rounds(src)
     sp = dict(zip(t["round"].astype(int), t["sparsity"].astype(float))) if "sparsity" in t else None
     name = "pooled ReLU-fed layers" if layer in (None, "pooled") else f"layer {layer}"
-    return draw_histograms(rounds, mass, edges, sp, ax=ax, title=f"{src.label}: gradients, {name}")
+    what = {"survivors": "weight gradient of unpruned weights", "all": "weight gradient, pruned weights as 0",
+            "relative": "|g|/(|w|+eps) of unpruned weights"}.get(view, "weight gradient")
+    return draw_histograms(rounds, mass, edges, sp, ax=ax, quantity=what,
+                           title=f"{src.label}: gradient distributions, {name}\n{view_label(view, window)}")
 
 
-def plot_narrowing(run, statistic: str = "std", layers: Optional[Sequence[str]] = None, ax=None, fit=None):
-    """Fitted scale / round-0 scale vs sparsity, per layer and pooled, with confidence bands."""
+def plot_spread(run, layer: Optional[str] = None, relative: bool = True, ax=None, view: str = "survivors",
+                window: str = "all"):
+    """Spread of |g| per round (quantile bands from the histograms and the exact std), one
+    layer or pooled ReLU-fed layers; ``relative``: as ratios to round 0 on a linear axis."""
+    from gradscope.fit.run import spread_table  # noqa: PLC0415
+
     src = run if isinstance(run, RunSource) else resolve_run(run)
-    fit = fit if fit is not None else run_fit(src)
-    return draw_narrowing(fit.narrowing, statistic, layers, ax=ax,
-                          title=f"{src.label}: narrowing of the gradient {statistic}")
+    t = spread_table(_reader(src), layer=layer, view=view, window=window)
+    name = "pooled ReLU-fed layers" if layer in (None, "pooled") else f"layer {layer}"
+    kind = "relative to round 0" if relative else "per round"
+    return draw_spread(t, relative=relative, ax=ax,
+                       title=f"{src.label}: spread of |gradient| {kind}, {name}\n{view_label(view, window)}")
+
+
+def plot_narrowing(run, statistic: str = "std", layers: Optional[Sequence[str]] = None, ax=None, fit=None,
+                   view: str = "survivors", window: str = "all"):
+    """Scale / round-0 scale vs sparsity, per layer (coloured by depth when many) and pooled
+    with its confidence band."""
+    from gradscope.fit import check_statistic  # noqa: PLC0415
+
+    src = run if isinstance(run, RunSource) else resolve_run(run)
+    fit = fit if fit is not None else run_fit(src, view=view, window=window)
+    check_statistic(statistic, fit.meta.get("models", ()))
+    how = {"std": "delta method", "meanabs": "delta method", "iqr": "asymptotic", "mad": "asymptotic"}
+    band = f"pooled: 95 % CI ({how.get(statistic, 'bootstrap')}; values treated as independent, so too narrow)"
+    return draw_narrowing(fit.narrowing, statistic, layers, ax=ax, depth=layer_depth(src), band_label=band,
+                          title=f"{src.label}: narrowing of the gradient {statistic}\n"
+                                f"{view_label(fit.meta.get('view', view), fit.meta.get('window', window))}")
 
 
 def plot_calibration(run, statistic: str = "std", gamma: float = 1.0, presets: Sequence[str] = ("resnet20",),
-                     ax=None, fit=None):
+                     ax=None, fit=None, view: str = "survivors", window: str = "all"):
     """Implied max_lr points, fitted S-curve, released preset(s), Oracle intervals when present."""
     src = run if isinstance(run, RunSource) else resolve_run(run)
-    d = calibration_data(src, statistic=statistic, gamma=gamma, presets=presets, fit=fit)
-    return draw_calibration(d["points"], d["curve"], d["presets"], d["oracle"], d["used"], ax=ax,
-                            title=f"{src.label}: SILO calibration ({statistic}, gamma={gamma:g})", note=d["note"])
+    d = calibration_data(src, statistic=statistic, gamma=gamma, presets=presets, fit=fit, view=view, window=window)
+    cal = d["calibration"]
+    band = "fit: 95 % band"
+    if cal is not None:
+        band = f"fit: 95 % band (Student-t, {cal.uncertainty.get('dof')} dof)"
+    status = f", status {cal.status}" if cal is not None else ""
+    return draw_calibration(d["points"], d["curve"], d["presets"], d["oracle"], d["used"], ax=ax, band_label=band,
+                            title=f"{src.label}: SILO calibration ({statistic}, gamma={gamma:g}{status})\n"
+                                  f"{view_label(view, window)}", note=d["note"])
 
 
 def run_label(src: RunSource) -> str:
@@ -215,24 +277,60 @@ def plot_accuracy(runs: Sequence, metric: str = "test_acc", ax=None, labels: Opt
     return draw_accuracy(tables, metric, ax=ax)
 
 
-def schedule_factories(names) -> dict:
-    """{name: ScheduleFactory} from names ("silo,lth,clr" or a list); unknown names raise."""
+def schedule_factories(names, files: Sequence = ()) -> dict:
+    """{label: ScheduleFactory} from names ("silo,lth,clr" or a list) and schedule files (JSON/
+    YAML as ``gradscope calibrate -o`` writes; label "NAME (file)"); unknown names raise."""
     from gradscope.schedules import get_schedule  # noqa: PLC0415
 
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    if not names:
-        raise GradscopeError("give at least one schedule name (e.g. silo,lth,clr)")
-    return {n: get_schedule(n) for n in names}
+    names = list(names or [])
+    if not names and not files:
+        raise GradscopeError("give at least one schedule name (e.g. silo,lth,clr) or a schedule file")
+    out = {n: get_schedule(n) for n in names}
+    for f in files or ():
+        label, fac = schedule_from_file(f)
+        while label in out:
+            label += "'"
+        out[label] = fac
+    return out
+
+
+def schedule_from_file(path) -> tuple:
+    """(label, ScheduleFactory) of a schedule parameters file (JSON/YAML)."""
+    from gradscope.config import ScheduleConfig  # noqa: PLC0415
+    from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise GradscopeError(f"schedule file {p} does not exist")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # noqa: PLC0415
+
+            data = yaml.safe_load(p.read_text())
+        else:
+            data = json.loads(p.read_text())
+    except Exception as e:  # noqa: BLE001 - any parse error becomes one clear message
+        raise GradscopeError(f"schedule file {p} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise GradscopeError(f"schedule file {p} must hold a mapping of parameter names to values")
+    name = str(data.get("schedule") or data.get("name") or "silo")
+    if name == "silo-auto":
+        import gradscope.calibrate  # noqa: F401,PLC0415 - registers silo-auto
+    fac = schedule_from_config(ScheduleConfig(schedule=name, schedule_file=str(p)))
+    status = (data.get("notes") or {}).get("status") if isinstance(data.get("notes"), dict) else None
+    label = f"{name} ({p.name}" + (f", status {status}" if status and status != "supported" else "") + ")"
+    return label, fac
 
 
 def plot_schedule(names, rounds: int = 10, prune_rate: float = 0.2, steps_per_round: int = 100,
-                  peaks: bool = False, ax=None):
-    """LR over all rounds (or, with ``peaks``, max_lr per round) of several named schedules."""
-    from gradscope.plot.figures import new_axes  # noqa: PLC0415
+                  peaks: bool = False, ax=None, files: Sequence = ()):
+    """LR over all rounds (or, with ``peaks``, max_lr per round) of several named schedules
+    and schedule files."""
     from gradscope.plot.schedules import plot_peaks, plot_schedules  # noqa: PLC0415
 
-    f = schedule_factories(names)
+    f = schedule_factories(names, files)
     ax = new_axes(ax, (8, 3.5))
     if peaks:
         return plot_peaks(f, rounds, prune_rate, ax=ax)

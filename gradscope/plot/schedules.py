@@ -6,14 +6,12 @@ from typing import Optional
 import numpy as np
 
 from gradscope import GradscopeError
+from gradscope.plot.figures import integer_ticks, label_identical, new_axes, place_legend, series_styles
 from gradscope.schedules import ScheduleFactory, planned_round_info
 
 
 def _axes(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-        _, ax = plt.subplots(figsize=(8, 3.5))
-    return ax
+    return new_axes(ax, (8, 3.5))
 
 
 def _check(factories: dict, rounds: int, prune_rate: float) -> None:
@@ -41,19 +39,24 @@ def plot_schedules(factories: dict[str, ScheduleFactory], rounds: int, steps_per
         raise GradscopeError(f"steps_per_round must be a positive integer, got {steps_per_round!r}")
     ax = _axes(ax)
     frac = np.arange(steps_per_round) / steps_per_round
+    curves = []
     for label, f in factories.items():
         xs, ys = [], []
         for k in range(rounds):
             info = planned_round_info(k, prune_rate, steps_per_round, 1, norm_drop)
             xs.append(k + frac)
             ys.append(f.lrs(info))
-        ax.plot(np.concatenate(xs), np.concatenate(ys), label=str(label), lw=1.2)
+        curves.append((np.concatenate(xs), np.concatenate(ys)))
+    labels = label_identical([str(k) for k in factories], curves)
+    for (x, y), label, st in zip(curves, labels, series_styles(len(curves))):
+        ax.plot(x, y, label=label, color=st["color"], ls=st["ls"], lw=st["lw"], zorder=st["zorder"])
     ax.vlines(np.arange(1, rounds), 0, 1, transform=ax.get_xaxis_transform(),
               colors="0.7", linestyles=":", lw=0.8)
     ax.set_xlim(0, rounds)
-    ax.set_xlabel("pruning round")
+    integer_ticks(ax.xaxis)
+    ax.set_xlabel("pruning round (tick = start of the round)")
     ax.set_ylabel("learning rate")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the curves, never over them
+    place_legend(ax)  # beside the curves, never over them
     return ax
 
 
@@ -66,15 +69,18 @@ def plot_peaks(factories: dict[str, ScheduleFactory], rounds: int, prune_rate: f
     _check(factories, rounds, prune_rate)
     ax = _axes(ax)
     ks = np.arange(rounds)
-    for label, f in factories.items():
-        peaks = [f.peak_lr(planned_round_info(int(k), prune_rate, 1, 1, norm_drop)) for k in ks]
-        ax.plot(ks, peaks, marker="o", ms=3, label=str(label))
+    curves = [(ks, [f.peak_lr(planned_round_info(int(k), prune_rate, 1, 1, norm_drop)) for k in ks])
+              for f in factories.values()]
+    labels = label_identical([str(k) for k in factories], curves)
+    for (x, y), label, st in zip(curves, labels, series_styles(len(curves))):
+        ax.plot(x, y, label=label, **st)
     ax.set_xlabel("pruning round")
-    ax.set_ylabel("max_lr")
+    integer_ticks(ax.xaxis)
+    ax.set_ylabel("max_lr (peak learning rate of the round)")
     top = ax.secondary_xaxis("top")
     step = max(1, rounds // 8)
     top.set_xticks(ks[::step])
     top.set_xticklabels([f"{100 * (1 - (1 - prune_rate) ** k):.0f}%" for k in ks[::step]])
-    top.set_xlabel("pruned")
-    ax.legend(fontsize="small")
+    top.set_xlabel("planned sparsity (% of weights pruned)")
+    place_legend(ax)
     return ax

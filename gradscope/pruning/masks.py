@@ -10,13 +10,14 @@ from typing import Mapping
 import torch
 
 from gradscope import GradscopeError
+from gradscope.rounds import pruned_fraction
 
 Masks = dict[str, torch.Tensor]
 
 
 def target_sparsity(round_: int, prune_rate: float) -> float:
     """Pruned fraction after ``round_`` rounds of pruning ``prune_rate`` of what remains."""
-    return 1.0 - (1.0 - prune_rate) ** round_
+    return float(pruned_fraction(round_, prune_rate))
 
 
 def check_schedule(total: int, rounds: int, prune_rate: float) -> None:

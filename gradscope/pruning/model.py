@@ -94,8 +94,22 @@ def load_plain_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
     refresh_weights(model.modules())
 
 
-def norm_drop(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> float:
-    """ALLR's ‖θ − θ_pruned‖ / ‖θ‖ over the prunable weights."""
+@torch.no_grad()
+def parameter_norm_sq(model: nn.Module) -> float:
+    """‖θ‖² over all parameters (weights as the forward sees them, biases, BatchNorm), as BIMP's ALLR."""
+    total = 0.0
+    for mod in model.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if name == "weight_orig" and hasattr(mod, "weight_mask"):
+                p = p * mod.weight_mask
+            total += float(p.double().pow(2).sum())
+    return total
+
+
+def norm_drop(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+              total_sq: float | None = None) -> float:
+    """ALLR's ‖θ − θ_pruned‖ / ‖θ‖: the change over the prunable weights, divided by the norm of
+    ``total_sq`` (all parameters, BIMP's definition) or, without it, of the prunable weights."""
     num = sum(float(((before[n] - after[n]) ** 2).sum()) for n in before)
-    den = sum(float((before[n] ** 2).sum()) for n in before)
+    den = total_sq if total_sq is not None else sum(float((before[n] ** 2).sum()) for n in before)
     return (num / den) ** 0.5 if den > 0 else 0.0

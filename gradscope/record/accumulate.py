@@ -578,14 +578,3 @@ def _same_objects(a: Optional[list], b: Optional[list]) -> bool:
     return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and x[0] is y[0]
                                                                   and x[1] == y[1]) for x, y in zip(a, b))
 
-
-def flat_grads(params: list) -> tuple[torch.Tensor, Optional[list[int]]]:
-    """Concatenate ``.grad`` of ``params`` as float32; return also the indices with no grad."""
-    parts, missing = [], []
-    for i, p in enumerate(params):
-        g = p.grad
-        if g is None:
-            missing.append(i)
-            g = torch.zeros_like(p)
-        parts.append(g.reshape(-1) if g.dtype == torch.float32 else g.reshape(-1).float())
-    return torch.cat(parts), (missing or None)

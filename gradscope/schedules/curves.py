@@ -11,10 +11,12 @@ from typing import Sequence
 import numpy as np
 from scipy.special import expit, logit
 
+from gradscope.rounds import pruned_fraction
+
 __all__ = [
     "s_curve", "planned_pruned_fraction", "allr_peak",
-    "warmup_step_lr", "one_cycle_lr", "triangular_lr", "cosine_lr", "linear_lr",
-    "constant_lr", "SHAPES",
+    "warmup_step_lr", "one_cycle_lr", "one_cycle_momentum", "triangular_lr", "cosine_lr", "linear_lr",
+    "constant_lr",
 ]
 
 
@@ -37,11 +39,10 @@ def planned_pruned_fraction(k, p: float, lag: int = 1):
     """Pruned fraction SILO uses in round k: ``1 − (1 − p)^(k − lag)``, 0 for k ≤ lag.
 
     Round 0 is the dense net; each later round prunes a fraction p of the remaining weights,
-    so round k has pruned ``1 − (1 − p)^k``; the lag looks back ``lag`` rounds.
+    so round k has pruned ``1 − (1 − p)^k``; the lag looks back ``lag`` rounds
+    (``gradscope.rounds.pruned_fraction`` with a lag).
     """
-    ka = np.asarray(k, dtype=float)
-    out = 1.0 - (1.0 - p) ** np.maximum(ka - lag, 0.0)
-    return float(out) if out.ndim == 0 else out
+    return pruned_fraction(k, p, lag)
 
 
 def allr_peak(norm_drop: float, step_pruned: float, max_lr: float, retrain_ratio: float = 1.0) -> float:
@@ -85,22 +86,17 @@ def warmup_step_lr(t: int, total: int, peak: float, warmup: float = 0.0,
     return float(lr)
 
 
-def one_cycle_lr(t: int, total: int, peak: float, pct_start: float = 0.3,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4,
-                 anneal: str = "cos", three_phase: bool = False) -> float:
-    """The 1cycle policy, step for step the formula of ``torch.optim.lr_scheduler.OneCycleLR``."""
-    t = _clamp_step(t, total)
-    initial = peak / div_factor
-    min_lr = initial / final_div_factor
+def _one_cycle_phases(total: int, pct_start: float, three_phase: bool) -> list[float]:
+    """End steps of the 1cycle phases, as ``torch.optim.lr_scheduler.OneCycleLR`` computes them."""
     if three_phase:
-        phases = [(float(pct_start * total) - 1, initial, peak),
-                  (float(2 * pct_start * total) - 2, peak, initial),
-                  (total - 1, initial, min_lr)]
-    else:
-        phases = [(float(pct_start * total) - 1, initial, peak), (total - 1, peak, min_lr)]
+        return [float(pct_start * total) - 1, float(2 * pct_start * total) - 2, total - 1]
+    return [float(pct_start * total) - 1, total - 1]
+
+
+def _phase_value(t: int, ends: Sequence[float], values: Sequence[tuple[float, float]], anneal: str) -> float:
     start_step = 0.0
-    for i, (end_step, a, b) in enumerate(phases):
-        if t <= end_step or i == len(phases) - 1:
+    for i, (end_step, (a, b)) in enumerate(zip(ends, values)):
+        if t <= end_step or i == len(ends) - 1:
             span = end_step - start_step
             pct = (t - start_step) / span if span != 0 else 1.0
             if anneal == "cos":
@@ -108,6 +104,31 @@ def one_cycle_lr(t: int, total: int, peak: float, pct_start: float = 0.3,
             return float((b - a) * pct + a)
         start_step = end_step
     raise AssertionError("unreachable")
+
+
+def one_cycle_lr(t: int, total: int, peak: float, pct_start: float = 0.3,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 anneal: str = "cos", three_phase: bool = False, **momentum: float) -> float:
+    """The 1cycle policy, step for step the formula of ``torch.optim.lr_scheduler.OneCycleLR``.
+
+    ``momentum`` (cycle_momentum, base_momentum, max_momentum) does not change the LR; see
+    ``one_cycle_momentum``.
+    """
+    t = _clamp_step(t, total)
+    initial = peak / div_factor
+    min_lr = initial / final_div_factor
+    values = ([(initial, peak), (peak, initial), (initial, min_lr)] if three_phase
+              else [(initial, peak), (peak, min_lr)])
+    return _phase_value(t, _one_cycle_phases(total, pct_start, three_phase), values, anneal)
+
+
+def one_cycle_momentum(t: int, total: int, pct_start: float = 0.3, base_momentum: float = 0.85,
+                       max_momentum: float = 0.95, anneal: str = "cos", three_phase: bool = False) -> float:
+    """OneCycleLR's momentum at step t: max -> base while the LR rises, then back to max."""
+    t = _clamp_step(t, total)
+    values = ([(max_momentum, base_momentum), (base_momentum, max_momentum), (max_momentum, max_momentum)]
+              if three_phase else [(max_momentum, base_momentum), (base_momentum, max_momentum)])
+    return _phase_value(t, _one_cycle_phases(total, pct_start, three_phase), values, anneal)
 
 
 def triangular_lr(t: int, total: int, peak: float, cycles: int = 1, div_factor: float = 10.0) -> float:
@@ -152,13 +173,3 @@ def linear_lr(t: int, total: int, peak: float, warmup: float = 0.0, end_factor: 
 def constant_lr(t: int, total: int, peak: float) -> float:
     """The peak at every step."""
     return float(peak)
-
-
-SHAPES = {
-    "warmup-step": warmup_step_lr,
-    "one-cycle": one_cycle_lr,
-    "triangular": triangular_lr,
-    "cosine": cosine_lr,
-    "linear": linear_lr,
-    "constant": constant_lr,
-}

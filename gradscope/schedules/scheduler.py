@@ -6,52 +6,98 @@ optimizer after a crash continues with exactly the LRs the old one would have gi
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from gradscope.schedules.curves import SHAPES
+from gradscope import GradscopeError
+from gradscope.schedules.shapes import get_shape
 
 
 class RoundLR(LRScheduler):
-    """LR of step t of a round = ``SHAPES[shape](t, total_steps, peak, **shape_params)``.
+    """LR of step t of a round = ``SHAPES[shape].fn(t, total_steps, peak, **shape_params)``.
 
-    Every param group gets that same value (groups are not scaled by their initial lr).
-    Step 0's LR is set on construction; call ``step()`` after each ``optimizer.step()``.
-    Steps past ``total_steps`` keep the round's last LR (no "Tried to step N times").
+    Param groups are scaled by their initial LR as torch schedulers do: the group with the
+    largest initial LR follows the closed form exactly, group g gets ``initial_lr_g / max``
+    of it (a single-group optimizer, as the trainer builds, gets the closed form itself).
+    A shape that cycles momentum (one-cycle) sets each group's ``momentum`` (SGD) or
+    ``betas[0]`` (Adam/AdamW). Step 0's LR is set on construction; call ``step()`` after each
+    ``optimizer.step()``. Steps past ``total_steps`` keep the round's last LR.
     """
 
     def __init__(self, optimizer: Optimizer, total_steps: int, peak: float, shape: str,
                  shape_params: dict | None = None, round: int = 0, name: str = "",
                  last_epoch: int = -1) -> None:
-        # Only plain values are stored (see module docstring); the factory has validated them.
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise GradscopeError(f"RoundLR needs total_steps >= 1, got {total_steps!r}")
+        if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not (math.isfinite(peak) and peak > 0):
+            raise GradscopeError(f"RoundLR needs a positive finite peak LR, got {peak!r}")
+        self._shape = get_shape(shape)
+        # Only plain values are stored (see module docstring).
         self.name = str(name)
         self.round = int(round)
         self.total_steps = int(total_steps)
         self.peak = float(peak)
         self.shape = str(shape)
         self.shape_params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                             for k, v in (shape_params or {}).items()}
+                             for k, v in self._shape.resolve(shape_params).items()}
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, step: int) -> float:
         """The closed-form LR at optimizer step ``step`` (0-based) of this round."""
-        return SHAPES[self.shape](step, self.total_steps, self.peak, **self.shape_params)
+        return self._shape.lr(step, self.total_steps, self.peak, self.shape_params)
+
+    def momentum_at(self, step: int) -> float | None:
+        """The shape's momentum at ``step`` (None when the shape leaves momentum alone)."""
+        if self._shape.momentum is None:
+            return None
+        return self._shape.momentum(step, self.total_steps, **self.shape_params)
+
+    def _ratios(self) -> list[float]:
+        init = [float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups]
+        top = max(init) if init else 0.0
+        return [v / top if top > 0 else 1.0 for v in init]
+
+    def _set_momentum(self, step: int) -> None:
+        m = self.momentum_at(step)
+        if m is None:
+            return
+        for g in self.optimizer.param_groups:
+            if "betas" in g:
+                g["betas"] = (m, *tuple(g["betas"])[1:])
+            elif "momentum" in g:
+                g["momentum"] = m
 
     def get_lr(self) -> list[float]:
-        return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
+        self._set_momentum(self.last_epoch)
+        lr = self.lr_at(self.last_epoch)
+        return [lr * r for r in self._ratios()]
 
     _get_closed_form_lr = get_lr
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("_shape", None)  # a table entry: looked up again by name
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._shape = get_shape(self.shape)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "_shape"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state and put the restored step's LR into the optimizer right away."""
         super().load_state_dict(state_dict)
-        lr = self.lr_at(self.last_epoch)
-        for group in self.optimizer.param_groups:
+        self._shape = get_shape(self.shape)
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             if isinstance(group["lr"], Tensor):
                 group["lr"].fill_(lr)
             else:
                 group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        self._last_lr = list(lrs)

@@ -50,6 +50,20 @@ def train_epoch(state: TrainState, loader: Iterable, callbacks: Sequence = (), *
 
 
 @torch.no_grad()
+def correct_per_example(model: nn.Module, loader: Iterable, device, amp: bool = False) -> torch.Tensor:
+    """Bool [N] on the CPU: was each example of ``loader`` (in its order) classified correctly."""
+    device = torch.device(device)
+    was = model.training
+    model.eval()
+    out = []
+    for x, y in loader:
+        with autocast_for(device, amp):
+            out.append(model(x).argmax(1) == y)
+    model.train(was)
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device, amp: bool = False) -> float:
     """Top-1 accuracy of ``model`` over ``loader``."""
     device = torch.device(device)

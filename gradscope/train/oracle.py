@@ -1,34 +1,48 @@
-"""The Oracle: per round, grid-search ``max_lr`` from the round's starting state.
+"""The Oracle: per round, grid-search ``max_lr`` (several seeds per value) from the round's
+starting state, locate the optimum with a confidence interval, and continue from the best.
 
-Each candidate trains one branch of round k with the base schedule's shape and a forced
-peak, and is a self-contained job (``gradscope oracle-candidate``), so a process pool, a
-cluster scheduler or several GPUs can run them; finished candidates are never run again.
-The best candidate by **validation** accuracy continues to the next round. Test accuracy is
-recorded for reporting only.
-
-Optimal interval (our definition): the grid values whose validation accuracy is within one
-standard error of a difference of two binomial proportions of the best one,
-``acc_best - acc <= sqrt(2 * p(1-p) / n_val)`` with ``p = acc_best``.
+Every candidate (round, max_lr, seed) is a self-contained, resumable job
+(``gradscope oracle-candidate``): the round's start state is saved once, a candidate's result
+once it finished, and finished candidates never run again; an ``Executor`` runs the jobs
+(in this process, printed for another scheduler, or as Ray tasks). Per round the
+statistics of ``gradscope.optimum`` give the optimum of validation accuracy against
+log(max_lr) with a bootstrap CI over seeds and validation examples, beside the grid argmax
+and the SILO papers' "optimal interval" (grid values within one binomial SE of a difference
+of the best). When the best is at an edge of the grid, the grid is extended by one step on
+that side (up to ``max_extend`` times); an edge is never reported as an optimum. The grid
+argmax (seed 0's model) continues to the next round. Test accuracy is recorded, never used.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from typing import Optional, Sequence
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from gradscope import GradscopeError
-from gradscope.callbacks import TrainState
+from gradscope import GradscopeError, JobsPending, faults
+from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
+from gradscope.optimum import OptimumEstimate, fit_optimum, slope_test
+from gradscope.paths import RunPaths, fmt_lr
+from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train.checkpoint import load_torch, save_json, save_torch
-from gradscope.train.runner import PruningRun
+from gradscope.train.rewind import rewind_mode, round_schedule
+from gradscope.train.trainer import Diverged
+
+DEFAULT_SEEDS = 3
+DEFAULT_BOOT = 1000
 
 
+class CandidatesPending(JobsPending):
+    """Some candidates of a round must run elsewhere first (``--workers 0``): not an error."""
+
+
+# ----------------------------------------------------------------------------- grids
 def geometric_grid(lo: float, hi: float, points: int = 7) -> list[float]:
     """``points`` values from lo/2 to 2·hi, evenly spaced in log."""
     if not (lo > 0 and hi >= lo and points >= 2):
@@ -36,109 +50,327 @@ def geometric_grid(lo: float, hi: float, points: int = 7) -> list[float]:
     return [float(v) for v in np.geomspace(lo / 2, 2 * hi, points)]
 
 
+def default_grid(schedule, points: int = 7) -> list[float]:
+    """A geometric grid around a schedule's range: lo/2 .. 2·hi, or max_lr/4 .. 4·max_lr."""
+    p = schedule.params()
+    if p.get("lo") is not None:
+        return geometric_grid(p["lo"], p["hi"], points)
+    if p.get("max_lr") is not None:
+        return geometric_grid(p["max_lr"] / 2, p["max_lr"] * 2, points)
+    raise GradscopeError("give --grid, or a schedule with lo/hi or max_lr to centre the grid on")
+
+
+def parse_grid(text: str) -> list[float]:
+    """``"0.01,0.03"`` -> [0.01, 0.03]; positive finite values only, sorted, distinct."""
+    try:
+        grid = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GradscopeError(f"--grid takes comma-separated numbers, got {text!r}") from None
+    if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
+        raise GradscopeError(f"--grid needs positive max_lr values, got {text!r}")
+    return sorted(set(grid))
+
+
 def choose_candidate(candidates: Sequence[dict], n_val: int) -> tuple[dict, tuple[float, float], list[float]]:
-    """Best candidate by val_acc (ties: the smaller max_lr) and the optimal interval of max_lr."""
+    """Best candidate by val_acc (ties: the smaller max_lr) and SILO's optimal interval of max_lr
+    (one seed per value; ``gradscope.optimum.fit_optimum`` handles several)."""
     if not candidates:
         raise GradscopeError("the Oracle has no finished candidate to choose from")
+    if n_val < 1:
+        raise GradscopeError("the Oracle chooses by validation accuracy: it needs a validation set "
+                             "(--val-fraction > 0 or --val-size)")
     ranked = sorted(candidates, key=lambda c: (-c["val_acc"], c["max_lr"]))
     best = ranked[0]
     p = best["val_acc"]
-    noise = math.sqrt(2 * p * (1 - p) / max(n_val, 1))
+    noise = math.sqrt(2 * p * (1 - p) / n_val)
     inside = sorted(c["max_lr"] for c in candidates if best["val_acc"] - c["val_acc"] <= noise + 1e-12)
     return best, (inside[0], inside[-1]), inside
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.6g}"
+# ----------------------------------------------------------------------------- jobs
+def candidate_seed(base: int, seed: int) -> int:
+    """The data-order seed of candidate seed ``seed`` (seed 0 is the run's own)."""
+    if seed == 0:
+        return int(base)
+    return int(np.random.SeedSequence([int(base), int(seed), 0x0AC1E]).generate_state(1)[0])
 
 
-def candidate_path(out: Path, k: int, max_lr: float) -> Path:
-    return Path(out) / "oracle" / f"round_{k}" / f"lr_{_fmt(max_lr)}.pt"
+def candidate_path(out, k: int, max_lr: float, seed: int = 0):
+    return RunPaths(out).candidate(k, max_lr, seed if seed else None)
 
 
-def run_candidate(out: str, k: int, max_lr: float, threads: Optional[int] = None) -> dict:
-    """Train one candidate of round ``k`` from its saved start state; save and return its result."""
-    out = Path(out)
-    dest = candidate_path(out, k, max_lr)
+@dataclass(frozen=True)
+class CandidateJob:
+    """One Oracle candidate: round ``round`` trained from its start state with peak ``max_lr``."""
+
+    out: str
+    round: int
+    max_lr: float
+    seed: int = 0
+    model: Optional[str] = None  # a user model (module:callable) this job may import; see run_candidate
+
+    @property
+    def path(self):
+        return candidate_path(self.out, self.round, self.max_lr, self.seed)
+
+    @property
+    def done(self) -> bool:
+        return self.path.exists()
+
+    def command(self) -> str:
+        model = f" --model {self.model}" if self.model else ""
+        return (f"gradscope oracle-candidate --out {self.out} --round {self.round} "
+                f"--max-lr {fmt_lr(self.max_lr)} --seed {self.seed}{model}")
+
+    def run(self, threads: Optional[int] = None) -> dict:
+        return run_candidate(self.out, self.round, self.max_lr, self.seed, threads, model=self.model)
+
+
+def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optional[int] = None,
+                  model: Optional[str] = None) -> dict:
+    """Train one candidate of round ``k`` from its saved start state; save and return its result.
+
+    A run directory may come from elsewhere: a user model (``module:callable``) named in its
+    config is imported only when ``model`` names the same model (``--model`` on the command
+    line), so opening a run never imports code on the run's say-so."""
+    from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+    from gradscope.train.context import build_context  # noqa: PLC0415
+    from gradscope.train.loop import correct_per_example  # noqa: PLC0415
+    from gradscope.train.trainer import RoundTrainer  # noqa: PLC0415
+
+    paths = RunPaths(out)
+    dest = candidate_path(out, k, max_lr, seed)
     if dest.exists():
-        return load_torch(dest)["result"]
-    start = out / "oracle" / f"round_{k}" / "start.pt"
+        return load_torch(dest, what="Oracle candidate result", required=("result",))["result"]
+    start = paths.oracle_start(k)
     if not start.exists():
         raise GradscopeError(f"{start} is missing: run `gradscope oracle` with this --out first")
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    if not paths.config.exists():
+        raise GradscopeError(f"{paths.config} is missing: {out} is not an Oracle run directory")
+    try:
+        cfg = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    except (ValueError, TypeError, AttributeError):
+        raise GradscopeError(f"{paths.config} is not a gradscope run config") from None
+    if ":" in cfg.model.model and model != cfg.model.model:
+        raise GradscopeError(f"{out} uses the user model {cfg.model.model!r}; gradscope imports it only when you "
+                             f"name it: add --model {cfg.model.model}")
     cfg.train.progress = False
     cfg.record.record = False
-    run = PruningRun(cfg, log=lambda s: None)
-    run._setup()
-    ck = load_torch(start)
-    run.model.load_state_dict(ck["model"])
-    run.results, run.round_extra, run.epochs_log = ck["results"], ck["round_extra"], []
-    factory = run.factory_for_round(k).with_peak(max_lr)
-    res = run.train_round(k, 0, factory, callbacks=[], checkpoint=False)
-    result = {"round": k, "max_lr": max_lr, **{m: res["metrics"][m] for m in ("val_acc", "test_acc", "train_loss")}}
-    save_torch({"result": result, "model": run.model.state_dict(), "ri": res["ri"]}, dest)
+    if threads:
+        cfg.train.threads = threads
+    ctx = build_context(cfg)
+    ck = load_torch(start, what="Oracle round start state", required=("model", "info"))
+    ctx.model.load_state_dict(ck["model"])
+    info = RoundInfo.from_dict(ck["info"])
+    mode = rewind_mode(cfg)
+    factory = round_schedule(schedule_from_config(cfg.schedule), mode, k).with_peak(max_lr)
+    s = candidate_seed(cfg.train.seed, seed)
+    ctx.train_loader.seed = s
+    torch.manual_seed(s)
+    t0 = time.perf_counter()
+    try:
+        res = RoundTrainer(ctx, cfg.train, cfg.to_dict()).train(info, factory)
+        epochs = [e.to_dict() for e in res.epochs]
+        last = res.last
+        correct = correct_per_example(ctx.net, ctx.val_loader, ctx.device, cfg.train.amp) \
+            if ctx.val_loader is not None else torch.zeros(0, dtype=torch.bool)
+        result = {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": last.val_acc, "test_acc": last.test_acc,
+                  "train_loss": last.train_loss, "diverged": False}
+    except Diverged as d:  # a legitimate outcome of a too-large max_lr: nothing right
+        epochs = []
+        correct = torch.zeros(ctx.n_val, dtype=torch.bool)
+        result = {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": 0.0, "test_acc": 0.0,
+                  "train_loss": float(d.loss) if math.isfinite(d.loss) else None, "diverged": True}
+    result["time_s"] = time.perf_counter() - t0
+    result["device"] = ctx.device.type
+    save_torch({"result": result, "model": ctx.model.state_dict(), "epochs": epochs,
+                "val_correct": correct.to(torch.uint8)}, dest)
+    faults.point("candidate", k, fmt_lr(max_lr), seed)
     return result
 
 
-class OracleRun(PruningRun):
-    """A PruningRun whose every round is the best of a grid of ``max_lr`` candidates."""
+class Executor(Protocol):
+    """Runs Oracle candidate jobs; each job writes its own result file."""
 
-    def __init__(self, config: RunConfig, grid: Sequence[float], workers: int = 1, **kw):
-        super().__init__(config, **kw)
-        if config.record.record:
+    def run(self, jobs: Sequence[CandidateJob], log: Callable[[str], None]) -> None: ...
+
+
+class InProcess:
+    """One job after the other in this process."""
+
+    def run(self, jobs, log):
+        for j in jobs:
+            log(f"  oracle round {j.round}: max_lr {fmt_lr(j.max_lr)} seed {j.seed}")
+            j.run()
+
+
+class PrintJobs:
+    """Hand the jobs to another scheduler: print their commands and stop (exit 0)."""
+
+    def run(self, jobs, log):
+        cmds = "\n".join(j.command() for j in jobs)
+        raise CandidatesPending(f"round {jobs[0].round} waits for {len(jobs)} Oracle candidates; run them "
+                                f"(each is independent), then this command again:\n{cmds}")
+
+
+def make_executor(workers: int = 1) -> Executor:
+    """0: print the jobs; 1: in this process; N > 1: N at a time on a local Ray instance
+    (``gradscope.train.ray_jobs``; it replaced a process pool that measured slower than sequential)."""
+    if int(workers) != workers or workers < 0:
+        raise GradscopeError(f"--workers must be 0 (print the candidate commands) or a positive number, got {workers}")
+    if workers > 1:
+        from gradscope.train.ray_jobs import RayExecutor  # noqa: PLC0415
+
+        return RayExecutor(num_cpus_per_job=max(1, (os.cpu_count() or 1) // int(workers)))
+    return PrintJobs() if workers == 0 else InProcess()
+
+
+# ----------------------------------------------------------------------------- rounds
+class OracleRounds:
+    """A round strategy (``PruningRun(..., rounds=OracleRounds(grid))``): every round grid-searches
+    max_lr with ``seeds`` seeds per value and continues from the grid argmax."""
+
+    def __init__(self, grid: Sequence[float], seeds: int = DEFAULT_SEEDS, executor: Optional[Executor] = None,
+                 max_extend: int = 3, n_boot: int = DEFAULT_BOOT, workers: Optional[int] = None):
+        self.grid = sorted(set(float(v) for v in grid))
+        if len(self.grid) < 3 or min(self.grid) <= 0:
+            raise GradscopeError("the Oracle grid needs at least 3 positive max_lr values")
+        if int(seeds) != seeds or seeds < 1:
+            raise GradscopeError(f"--seeds must be a positive integer, got {seeds}")
+        if int(max_extend) != max_extend or max_extend < 0:
+            raise GradscopeError(f"--max-extend must be >= 0, got {max_extend}")
+        from gradscope.train.distributed import env  # noqa: PLC0415
+
+        if env().active:
+            raise GradscopeError("the Oracle does not run under torchrun: its candidates are separate jobs "
+                                 "(use --ray, --workers N or --workers 0 to spread them)")
+        self.seeds, self.max_extend, self.n_boot = int(seeds), int(max_extend), int(n_boot)
+        self.executor = executor if executor is not None else make_executor(1 if workers is None else workers)
+
+    def _results(self, out: str, k: int, grid: Sequence[float]) -> tuple[list[dict], list[dict], np.ndarray]:
+        cands = [[load_torch(candidate_path(out, k, v, s), what="Oracle candidate result",
+                             required=("result", "model", "epochs", "val_correct"))
+                  for s in range(self.seeds)] for v in grid]
+        results = [c["result"] for row in cands for c in row]
+        correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
+        return results, [row[0] for row in cands], correct
+
+    def analyse(self, out: str, k: int, grid: Sequence[float]) -> tuple[OptimumEstimate, list[dict], list[dict]]:
+        results, seed0, correct = self._results(out, k, grid)
+        return fit_optimum(grid, correct, n_boot=self.n_boot, seed=k), results, seed0
+
+    def train_round(self, run, info: RoundInfo, schedule, callbacks, *, done, opt_state, sched_state) -> RoundResult:
+        k, paths, out = info.round, run.paths, str(run.paths.root)
+        if run.cfg.record.record:
             raise GradscopeError("the Oracle does not record gradients; drop --record")
-        self.grid = [float(v) for v in grid]
-        if not self.grid or min(self.grid) <= 0:
-            raise GradscopeError("the Oracle grid must hold positive max_lr values")
-        self.workers = workers
+        if run.ctx.n_val < 1:
+            raise GradscopeError("the Oracle chooses by validation accuracy: it needs a validation set "
+                                 "(--val-fraction > 0 or --val-size)")
+        state = TrainState(model=run.ctx.net, device=run.ctx.device, round=k, info=info,
+                           steps_per_epoch=run.ctx.steps_per_epoch, epochs=run.cfg.train.epochs,
+                           config=run.cfg.to_dict())
+        call_all(callbacks, "on_round_start", state)
+        if not paths.oracle_start(k).exists():
+            save_torch({"model": run.ctx.model.state_dict(), "info": info.to_dict()}, paths.oracle_start(k))
+            faults.point("oracle-start", k)
+        grid = list(self.grid)
+        user_model = run.cfg.model.model if ":" in run.cfg.model.model else None  # named by this command
+        while True:
+            todo = [CandidateJob(out, k, v, s, user_model) for v in grid for s in range(self.seeds)]
+            todo = [j for j in todo if not j.done]
+            if todo:
+                self.executor.run(todo, run.log)
+            est, results, seed0 = self.analyse(out, k, grid)
+            if est.status not in ("edge-low", "edge-high") or len(grid) - len(self.grid) >= self.max_extend:
+                break
+            step = grid[1] / grid[0] if est.status == "edge-low" else grid[-1] / grid[-2]
+            grid = ([grid[0] / step] + grid) if est.status == "edge-low" else (grid + [grid[-1] * step])
+            run.log(f"  oracle round {k}: best at the {est.status[5:]} edge; extending the grid to "
+                    f"{fmt_lr(grid[0])} .. {fmt_lr(grid[-1])}")
+        best_i = grid.index(est.argmax)
+        chosen = seed0[best_i]
+        run.ctx.model.load_state_dict(chosen["model"])
+        cost = float(sum(r.get("time_s", 0.0) for r in results))
+        device = results[0].get("device", run.ctx.device.type)
+        n_val = run.ctx.n_val
+        p = est.mean_acc[est.argmax]
+        summary = {
+            "round": k, "sparsity": info.sparsity, "grid": grid, "seeds": self.seeds, "n_val": n_val,
+            "val_se_points": 100 * math.sqrt(max(p * (1 - p), 1e-12) / n_val),
+            "candidates": results, "best_max_lr": est.argmax, "optimal_interval": list(est.interval),
+            "within_noise": [v for v in grid if est.interval[0] <= v <= est.interval[1]],
+            "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
+            "cost_s": cost, "device": device}
+        save_json(summary, paths.oracle_choice(k))
+        faults.point("oracle-choice", k)
+        epochs = [EpochMetrics(**e) for e in chosen["epochs"]]
+        extra = {"oracle_status": est.status, "oracle_optimum": est.optimum, "oracle_lo": est.lo,
+                 "oracle_hi": est.hi, "oracle_argmax": est.argmax, "oracle_cost_s": cost}
+        res = RoundResult(info, schedule.with_peak(est.argmax).round_params(info), epochs, extra=extra)
+        if not epochs:
+            raise GradscopeError(f"every seed-0 candidate at max_lr {fmt_lr(est.argmax)} of round {k} diverged; "
+                                 "lower the --grid")
+        run.log(f"  oracle round {k}: {describe(est)}; cost {cost / 3600:.3g} {device.upper()}-hours")
+        state.metrics = epochs[-1].to_dict()
+        call_all(callbacks, "on_round_end", state)
+        return res
 
-    def train_round(self, k, start_epoch, factory, callbacks, opt_state=None, sched_state=None,
-                    checkpoint=True, desc=""):
-        if not checkpoint:  # a candidate: plain training
-            return super().train_round(k, start_epoch, factory, callbacks, opt_state, sched_state, False, desc)
-        rdir = self.out / "oracle" / f"round_{k}"
-        if not (rdir / "start.pt").exists():
-            save_torch({"model": self.model.state_dict(), "results": self.results,
-                        "round_extra": self.round_extra}, rdir / "start.pt")
-        todo = [v for v in self.grid if not candidate_path(self.out, k, v).exists()]
-        if todo and self.workers == 0:
-            cmds = "\n".join(f"  gradscope oracle-candidate --out {self.out} --round {k} --max-lr {_fmt(v)}" for v in todo)
-            raise GradscopeError(f"round {k} waits for {len(todo)} Oracle candidates; run them, then this command "
-                                 f"again:\n{cmds}")
-        if todo and self.workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
-            import multiprocessing as mp
-            with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
-                list(ex.map(run_candidate, [str(self.out)] * len(todo), [k] * len(todo), todo, [threads] * len(todo)))
-        else:
-            for v in todo:
-                self.log(f"  oracle round {k}: max_lr {_fmt(v)}")
-                run_candidate(str(self.out), k, v)
-        cands = [load_torch(candidate_path(self.out, k, v)) for v in self.grid]
-        best, interval, inside = choose_candidate([c["result"] for c in cands], len(self.data.val_y))
-        chosen = next(c for c in cands if c["result"] is best)
-        self.model.load_state_dict(chosen["model"])
-        save_json({"round": k, "candidates": [c["result"] for c in cands], "best_max_lr": best["max_lr"],
-                   "optimal_interval": list(interval), "within_noise": inside},
-                  rdir / "candidates.json")
-        self.round_extra.setdefault(k, {})["oracle"] = {"best_max_lr": best["max_lr"], "interval": list(interval)}
-        metrics = {"round": k, "epoch": self.cfg.train.epochs - 1, **{m: best[m] for m in ("train_loss", "val_acc", "test_acc")},
-                   "lr": best["max_lr"], "time_s": 0.0}
-        self.epochs_log.append(metrics)
-        ri = chosen["ri"]
-        self.state = TrainState(model=self.net, device=self.device, round=k, metrics=metrics,
-                                schedule=ri["schedule"], config=self.cfg.to_dict())
-        return {"ri": ri, "metrics": metrics}
+
+def describe(est: OptimumEstimate) -> str:
+    """One line: what the round's Oracle found (a value with its CI, a bound, or flat)."""
+    if est.status == "interior":
+        return (f"optimum max_lr {fmt_lr(est.optimum)} ({est.level:.0%} CI {fmt_lr(est.lo)} .. {fmt_lr(est.hi)}; "
+                f"grid argmax {fmt_lr(est.argmax)})")
+    if est.status == "flat":
+        return f"flat: no max_lr of the grid beats the others beyond noise (argmax {fmt_lr(est.argmax)})"
+    side = "at most" if est.status == "edge-low" else "at least"
+    return f"best at the grid's edge: optimum {side} {fmt_lr(est.argmax)} (no value reported)"
 
 
-def oracle_table(out: str | Path):
-    """All candidates of all rounds (round, max_lr, val_acc, test_acc, best, in_interval)."""
-    import pandas as pd
+# ----------------------------------------------------------------------------- reading
+def _choices(out) -> list[dict]:
     rows = []
-    for f in sorted(Path(out, "oracle").glob("round_*/candidates.json"), key=lambda p: int(p.parent.name.split("_")[1])):
-        d = json.loads(f.read_text())
+    for f in RunPaths(out).oracle_choices():
+        try:
+            rows.append(json.loads(f.read_text()))
+        except ValueError:
+            raise GradscopeError(f"{f} is not valid JSON") from None
+    return rows
+
+
+def oracle_table(out):
+    """All candidates of all rounds (round, max_lr, seed, val_acc, test_acc, best, in_interval)."""
+    import pandas as pd  # noqa: PLC0415
+
+    rows = []
+    for d in _choices(out):
         for c in d["candidates"]:
-            rows.append({**c, "best": c["max_lr"] == d["best_max_lr"], "in_interval": c["max_lr"] in d["within_noise"]})
+            rows.append({"seed": 0, **c, "best": c["max_lr"] == d["best_max_lr"],
+                         "in_interval": c["max_lr"] in d["within_noise"]})
     return pd.DataFrame(rows)
+
+
+def oracle_summary(out):
+    """Per round: sparsity, status, optimum with CI, grid argmax, SILO interval, seeds, n_val, cost."""
+    import pandas as pd  # noqa: PLC0415
+
+    rows = []
+    for d in _choices(out):
+        o = d.get("optimum") or {}
+        rows.append({"round": d["round"], "sparsity": d.get("sparsity"), "status": o.get("status", "-"),
+                     "optimum": o.get("optimum"), "ci_lo": o.get("lo"), "ci_hi": o.get("hi"),
+                     "argmax": d["best_max_lr"], "interval_lo": d["optimal_interval"][0],
+                     "interval_hi": d["optimal_interval"][1], "seeds": d.get("seeds", 1),
+                     "n_val": d.get("n_val"), "cost_h": d.get("cost_s", float("nan")) / 3600,
+                     "device": d.get("device", "-")})
+    return pd.DataFrame(rows)
+
+
+def oracle_slope(out, x: str = "sparsity"):
+    """The slope test over the rounds whose optimum is interior: does the best max_lr rise?"""
+    ds = [d for d in _choices(out) if (d.get("optimum") or {}).get("status") == "interior"]
+    if len(ds) < 3:
+        raise GradscopeError(f"the slope test needs at least 3 rounds with an interior optimum; {out} has {len(ds)}")
+    xs = [d["sparsity"] if x == "sparsity" else d["round"] for d in ds]
+    return slope_test(xs, [np.asarray(d["boot_log_opt"]) for d in ds], x_name=x,
+                      point_log_opt=[math.log(d["optimum"]["optimum"]) for d in ds])

@@ -1,341 +1,273 @@
-"""The round runner: train, then per round prune -> rewind -> train again, resumably.
+"""``PruningRun``: train, then per round prune -> rewind -> train again; persist every step.
 
-A run directory holds ``config.json``, ``versions.json`` (package versions, git commit), ``checkpoint.pt`` (atomic, written after every epoch
-and at every round boundary), ``round_K.pt`` (masks, metrics, rewind point of round K),
-``rounds.json`` (the per-round table) and, when recording, ``run.h5``. Starting the same
-command again continues from the checkpoint; a finished run is not trained again.
+The run directory (``gradscope.paths``) holds config.json, versions.json, checkpoint.pt
+(atomic; after every epoch and at every round boundary), round_K.pt, rounds.json and, when
+recording, run.h5. Starting the same command again continues from the checkpoint; a finished
+run is not trained again. Training a round is the ``RoundTrainer``'s job (or a round strategy's,
+e.g. the Oracle's); this module only sequences rounds and persists them.
 """
 from __future__ import annotations
 
 import json
-import math
-import random
-import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
-import numpy as np
 import torch
-from torch import nn
 
-from gradscope import GradscopeError
+from gradscope import GradscopeError, faults
+from gradscope import pruning as P
 from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
-from gradscope.train.checkpoint import load_torch, save_json, save_torch
-from gradscope.train.loop import evaluate, train_epoch
-from gradscope import pruning as P
+from gradscope.paths import RunPaths
+from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
+from gradscope.train import distributed as D
+from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
+from gradscope.train.context import TrainContext, build_context
+from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
+from gradscope.train.state import CHECKPOINT_FORMAT, RunState, migrate_v1
+from gradscope.train.table import format_header, format_row
+from gradscope.train.trainer import RoundTrainer
 
-REWIND_MODES = ("init", "early", "lr", "finetune")
-_VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}  # may change on resume
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise GradscopeError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GradscopeError(f"--device {name} asked for, but no CUDA GPU is available")
-    return dev
+_VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def comparable_config(cfg: dict) -> dict:
+    """A saved config normalised to this version's fields, without those that may change on resume."""
+    d = RunConfig.from_dict(cfg).to_dict()
+    return {s: {k: v for k, v in sec.items() if (s, k) not in _VOLATILE}
+            for s, sec in d.items() if isinstance(sec, dict)}
 
 
-def epoch_key(round_: int, epoch: int) -> int:
-    """The data-order key of (round, epoch): the loader's shuffle depends only on it and the seed."""
-    return round_ * 100_003 + epoch
+class RoundStrategy(Protocol):
+    """How one round is trained (the plain trainer, or the Oracle's grid of candidates)."""
+
+    def train_round(self, run: "PruningRun", info: RoundInfo, schedule, callbacks: Sequence, *,
+                    done: Sequence[EpochMetrics], opt_state: Optional[dict],
+                    sched_state: Optional[dict]) -> RoundResult: ...
 
 
-def _comparable(cfg: dict) -> dict:
-    return {s: {k: v for k, v in sec.items() if (s, k) not in _VOLATILE} if isinstance(sec, dict) else sec
-            for s, sec in cfg.items() if s != "out"}
+class PlainRounds:
+    """Each round trained once with the run's schedule."""
+
+    def train_round(self, run, info, schedule, callbacks, *, done, opt_state, sched_state):
+        return run.trainer.train(info, schedule, callbacks, done=done, opt_state=opt_state,
+                                 sched_state=sched_state)
 
 
 class PruningRun:
     """Iterative pruning with rewinding on one dataset and model (see module docstring)."""
 
     def __init__(self, config: RunConfig, callbacks: Sequence = (), schedule=None,
-                 log: Callable[[str], None] = print):
-        self.cfg = config
-        self.out = Path(config.out)
-        self.log = log
+                 log: Callable[[str], None] = print, rounds: Optional[RoundStrategy] = None):
+        self.cfg = config.validate()
+        self.paths = RunPaths(config.out)
+        self.log = log if D.is_main() else (lambda s: None)  # under torchrun rank 0 prints
         self.user_callbacks = list(callbacks)
-        self._schedule = schedule
-        self._check_config()
+        self.rounds = rounds or PlainRounds()
+        self.rewind = rewind_mode(config)  # imports gradscope.calibrate for silo-auto
+        if config.schedule.schedule == "silo-auto":
+            config.record.record = True  # silo-auto calibrates from the recorded gradients
+        from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+
+        self.factory = schedule if schedule is not None else schedule_from_config(config.schedule)
+        P.STRATEGIES.key(config.prune.prune_method)
+        self.ctx: Optional[TrainContext] = None
+        self.trainer: Optional[RoundTrainer] = None
+        self.state: Optional[RunState] = None
+        self.rewind_step = 0
 
     # ------------------------------------------------------------------ set-up
-    def _check_config(self) -> None:
-        c = self.cfg
-        if c.prune.rewind not in REWIND_MODES:
-            raise GradscopeError(f"unknown --rewind {c.prune.rewind!r}; known: {', '.join(REWIND_MODES)}")
-        if c.prune.prune_method not in P.PRUNE_METHODS:
-            raise GradscopeError(f"unknown --prune-method {c.prune.prune_method!r}; known: {', '.join(P.PRUNE_METHODS)}")
-        if c.train.epochs < 1:
-            raise GradscopeError(f"--epochs must be at least 1; got {c.train.epochs}")
-        if c.data.batch_size < 1:
-            raise GradscopeError(f"--batch-size must be at least 1; got {c.data.batch_size}")
-        if not 0.0 <= c.data.val_fraction < 1.0:
-            raise GradscopeError(f"--val-fraction must be in [0, 1); got {c.data.val_fraction}")
-        if c.schedule.schedule == "silo-auto" and not c.record.record:
-            c.record.record = True  # silo-auto calibrates from the recorded gradients
-
-    def schedule_factory(self):
-        if self._schedule is None:
-            if self.cfg.schedule.schedule == "silo-auto":
-                import gradscope.calibrate  # noqa: F401 - registers silo-auto
-            from gradscope.schedules import schedule_from_config
-            self._schedule = schedule_from_config(self.cfg.schedule)
-        return self._schedule
-
-    def _setup(self) -> None:
-        c = self.cfg
-        from gradscope.data import BatchLoader, load_dataset_from_config
-        from gradscope.models import get_model
-
-        if c.train.threads:
-            torch.set_num_threads(c.train.threads)
-        self.device = resolve_device(c.train.device)
-        seed_everything(c.train.seed)
-        self.data = load_dataset_from_config(c.data, c.train.seed)
-        seed_everything(c.train.seed)
-        model = get_model(c.model.model, self.data.input_shape, self.data.num_classes)
-        self.channels_last = bool(c.train.channels_last and len(self.data.input_shape) == 3
-                                  and any(isinstance(m, nn.Conv2d) for m in model.modules()))
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.layers = P.prunable_layers(model, c.prune.prune_first, c.prune.prune_last)
-        P.attach_masks(self.layers)
-        self.total_prunable = sum(m.weight_orig.numel() for m in self.layers.values())
-        P.check_schedule(self.total_prunable, c.prune.rounds, c.prune.prune_rate)
-        self.model = model
-        self.net = torch.compile(model) if c.train.compile else model
-        d = self.data
-        common = dict(mean=d.mean, std=d.std, device=self.device, channels_last=self.channels_last)
-        self.train_loader = BatchLoader(d.train_x, d.train_y, c.data.batch_size, shuffle=True,
-                                        augment=d.augment if c.data.augment else "none",
-                                        seed=c.train.seed, drop_last=len(d.train_y) >= c.data.batch_size,
-                                        **common)  # no tiny last batch: it would skew gradient statistics
-        if len(self.train_loader) == 0:
-            raise GradscopeError("the training set is empty (check --train-subset / --val-fraction)")
-        self.val_loader = BatchLoader(d.val_x, d.val_y, 512, shuffle=False, **common) if len(d.val_y) else None
-        self.test_loader = BatchLoader(d.test_x, d.test_y, 512, shuffle=False, **common)
-        self.steps_per_epoch = len(self.train_loader)
-        if c.prune.rewind == "early":
-            rs = c.prune.rewind_step if c.prune.rewind_step is not None else self.steps_per_epoch
-            if not 0 <= rs <= self.steps_per_epoch * c.train.epochs:
-                raise GradscopeError(f"--rewind-step {rs} is outside round 0 (0..{self.steps_per_epoch * c.train.epochs} steps)")
-            self.rewind_step = rs
-        else:
-            self.rewind_step = 0
-        self.callbacks = list(self.user_callbacks)
-        if c.record.record:
-            from dataclasses import asdict
-            from gradscope.record import GradientRecorder
-            rec = {k: v for k, v in asdict(c.record).items() if k != "record"}
-            example = next(iter(self.val_loader or self.test_loader))[0][:2]
-            self.callbacks.insert(0, GradientRecorder(self.model, str(self.out / "run.h5"), **rec, seed=c.train.seed,
-                                                      config=c.to_dict(), example_input=example))
-
-    def _write_config(self, check_only: bool = False) -> None:
-        """Refuse an --out that holds another run's config; else save ours (after set-up worked)."""
-        path = self.out / "config.json"
-        mine = self.cfg.to_dict()
-        if path.exists():
+    def _check_out(self) -> None:
+        """Refuse an --out that is a file or holds another run's config (nothing written yet)."""
+        root = self.paths.root
+        if root.exists() and not root.is_dir():
+            raise GradscopeError(f"--out {root} is a file; give a directory for the run")
+        if self.paths.config.exists():
             try:
-                theirs = json.loads(path.read_text())
+                theirs = json.loads(self.paths.config.read_text())
             except (OSError, ValueError):
-                raise GradscopeError(f"{path} is unreadable; use another --out or delete it") from None
-            if _comparable(theirs) != _comparable(mine):
-                diff = sorted(f"{s}.{k}" for s, sec in _comparable(mine).items() if isinstance(sec, dict)
-                              for k in sec if theirs.get(s, {}).get(k) != sec[k])
-                raise GradscopeError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
+                raise GradscopeError(f"{self.paths.config} is unreadable; use another --out or delete it") from None
+            mine, theirs = comparable_config(self.cfg.to_dict()), comparable_config(theirs)
+            if theirs != mine:
+                diff = sorted(f"{s}.{k}" for s, sec in mine.items() for k in sec if theirs.get(s, {}).get(k) != sec[k])
+                raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); "
                                      f"use another --out to start a new run")
-        if not check_only:
-            from gradscope.store.writer import git_commit, package_versions
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_json(mine, path)
-            save_json({"versions": package_versions(), "git_commit": git_commit()}, self.out / "versions.json")
 
-    # ------------------------------------------------------------------ state
-    def _checkpoint(self, **pos) -> None:
-        self.pos.update(pos)
-        save_torch({
-            "pos": dict(self.pos), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None and self.pos["epoch"] > 0 else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None and self.pos["epoch"] > 0 else None,
-            "init_state": self.init_state, "early_state": self.early_state, "results": self.results,
-            "epochs_log": self.epochs_log, "round_extra": self.round_extra, "config": self.cfg.to_dict(),
-        }, self.out / "checkpoint.pt")
+    @D.main_only
+    def _write_config(self) -> None:
+        from gradscope.provenance import package_versions, source_commit  # noqa: PLC0415
 
-    def _restore(self, ck: dict) -> None:
-        self.model.load_state_dict(ck["model"])
-        P.refresh_weights(self.layers.values())
-        self.pos = ck["pos"]
-        self.init_state, self.early_state = ck["init_state"], ck["early_state"]
-        self.results, self.epochs_log, self.round_extra = ck["results"], ck["epochs_log"], ck["round_extra"]
-        self._resume_opt = ck["optimizer"], ck["scheduler"]
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
+        save_json(self.cfg.to_dict(), self.paths.config, what="run config")
+        save_json({"versions": package_versions(), "git_commit": source_commit()}, self.paths.versions,
+                  what="versions file")
+
+    def _rewind_step(self) -> int:
+        c = self.cfg
+        if self.rewind != "early":
+            return 0
+        total = self.ctx.steps_per_epoch * c.train.epochs
+        rs = c.prune.rewind_step if c.prune.rewind_step is not None else self.ctx.steps_per_epoch
+        if not 0 <= rs <= total:
+            raise GradscopeError(f"--rewind-step {rs} is outside round 0 (0..{total} steps)")
+        return rs
+
+    def _recorder(self):
+        from dataclasses import asdict  # noqa: PLC0415
+
+        from gradscope.record import GradientRecorder  # noqa: PLC0415
+
+        c = self.cfg
+        opts = {k: v for k, v in asdict(c.record).items() if k != "record"}
+        opts["preset"] = opts.pop("record_preset")
+        if opts["views"] is not None:
+            opts["views"] = [v.strip() for v in opts["views"].split(",") if v.strip()]
+        if "," in opts["layers"]:
+            opts["layers"] = [v.strip() for v in opts["layers"].split(",") if v.strip()]
+        example = next(iter(self.ctx.val_loader or self.ctx.test_loader))[0][:2]
+        mode = "a" if self.paths.config.exists() else "x"  # _check_out vouched that it is this run
+        return GradientRecorder(self.ctx.model, str(self.paths.run_h5), **opts, seed=c.train.seed,
+                                config=c.to_dict(), example_input=example, mode=mode,
+                                prune_rate=c.prune.prune_rate)
+
+    def _callbacks(self, recorder) -> list:
+        cbs = [recorder] if recorder is not None else []
+        cbs += self.user_callbacks
+        make = getattr(self.factory, "callbacks", None)
+        self._learned = list(make(self.paths, self.log)) if make is not None else []
+        if D.is_main():  # schedules that learn from the run (silo-auto); other ranks get their state per round
+            cbs += self._learned
+        if self.rewind == "early" and self.state.early is None:
+            cbs.append(_EarlyCapture(self))
+        cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
+        for cb in cbs + ([] if D.is_main() else self._learned):
+            key = getattr(cb, "state_key", None)
+            if key and key in self.state.callbacks:
+                cb.load_state_dict(self.state.callbacks[key])
+        self._stateful = [cb for cb in cbs if getattr(cb, "state_key", None)]
+        return cbs
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, optimizer=None, scheduler=None) -> None:
+        """Write the run's state (and, mid-round, the optimizer and scheduler) atomically."""
+        if not D.is_main():
+            return
+        st = self.state
+        st.callbacks = {cb.state_key: cb.state_dict() for cb in getattr(self, "_stateful", [])}
+        save_torch({"format": CHECKPOINT_FORMAT, "state": st.to_dict(), "model": self.ctx.model.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "config": self.cfg.to_dict()}, self.paths.checkpoint, what="checkpoint")
+        faults.point("checkpoint", st.round, st.stage, len(st.epochs))
+
+    def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
+        """Restore the checkpoint (returning the optimizer/scheduler states) or start round 0."""
+        fresh = not self.paths.checkpoint.exists()
+        D.barrier()  # every rank has looked before rank 0 writes one
+        if fresh:
+            init = P.plain_state(self.ctx.model)
+            self.state = RunState(init=init, early=init if self.rewind_step == 0 else None)
+            self.save_checkpoint()
+            return None, None
+        hint = "delete it to start the run again"
+        ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",), hint=hint)
+        if ck.get("format") is None and "pos" in ck:  # written by gradscope 0.1
+            ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
+        if "state" not in ck:
+            raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint: it lacks 'state'; {hint}")
+        self.ctx.model.load_state_dict(ck["model"])
+        P.refresh_weights(self.ctx.layers.values())
+        self.state = RunState.from_dict(ck["state"])
+        st = self.state
+        self.log(f"resuming {self.paths.root} at round {st.round} ({st.stage}, {len(st.epochs)} epochs done)")
+        return ck.get("optimizer"), ck.get("scheduler")
 
     # ------------------------------------------------------------------ rounds
     def _prune_and_rewind(self, k: int) -> None:
-        c = self.cfg
+        c, layers, st = self.cfg, self.ctx.layers, self.state
         target = P.target_sparsity(k, c.prune.prune_rate)
-        before = P.effective_weights(self.layers)
-        achieved = P.prune_step(self.layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k)
-        after = P.effective_weights(self.layers)
-        extra = {"norm_drop": P.norm_drop(before, after), "step_pruned": c.prune.prune_rate,
-                 "achieved": achieved}
-        if c.prune.rewind == "init":
-            P.load_plain_state(self.model, self.init_state)
-            extra["rewind_point"] = "init (step 0)"
-        elif c.prune.rewind == "early":
-            P.load_plain_state(self.model, self.early_state)
-            extra["rewind_point"] = f"round 0 step {self.rewind_step}"
-        else:
-            extra["rewind_point"] = f"none (keep trained weights; {c.prune.rewind})"
-        self.round_extra[k] = extra
+        total_sq = P.parameter_norm_sq(self.ctx.model)
+        before = P.effective_weights(layers)
+        achieved = P.prune_step(layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k)
+        rec = {"norm_drop": P.norm_drop(before, P.effective_weights(layers), total_sq),
+               "step_pruned": c.prune.prune_rate, "achieved": achieved}
+        rec["rewind_point"] = REWINDS.get(self.rewind).apply(
+            self.ctx.model, {"init": st.init, "early": st.early, "rewind_step": self.rewind_step})
+        st.prune[k] = rec
 
-    def round_info(self, k: int) -> dict:
+    def round_info(self, k: int) -> RoundInfo:
         """What the schedule and the instruments know of round k before it trains."""
-        from gradscope.schedules import RoundInfo
-        c = self.cfg
-        sp, per = P.sparsity(P.current_masks(self.layers))
-        prev = self.results[-1]["sparsity"] if self.results else 0.0
-        extra = self.round_extra.get(k, {})
-        info = RoundInfo(round=k, sparsity=sp, prev_sparsity=prev, prune_rate=c.prune.prune_rate,
-                         steps_per_epoch=self.steps_per_epoch, epochs=c.train.epochs,
-                         norm_drop=extra.get("norm_drop"), step_pruned=extra.get("step_pruned"),
-                         target_sparsity=P.target_sparsity(k, c.prune.prune_rate), layer_sparsity=per,
-                         rewind_point=extra.get("rewind_point", "-"))
-        return {"info": info, "round": k, "sparsity": sp, "layer_sparsity": per,
-                "target_sparsity": P.target_sparsity(k, c.prune.prune_rate)}
+        c, st = self.cfg, self.state
+        sp, per = P.sparsity(P.current_masks(self.ctx.layers))
+        rec = st.prune.get(k, {})
+        return self.trainer.round_info(
+            k, sparsity=sp, prev_sparsity=st.prev_sparsity, prune_rate=c.prune.prune_rate,
+            norm_drop=rec.get("norm_drop"), step_pruned=rec.get("step_pruned"),
+            target_sparsity=P.target_sparsity(k, c.prune.prune_rate), layer_sparsity=per,
+            rewind_point=rec.get("rewind_point", "-"))
 
     def factory_for_round(self, k: int):
-        f = self.schedule_factory()
-        if self.cfg.prune.rewind == "finetune" and k > 0 and self.cfg.schedule.schedule != "finetune":
-            from gradscope.schedules import get_schedule
-            f = get_schedule("finetune")  # fine-tuning: keep the weights, small constant LR
-        return f
+        """The schedule of round k: the run's, or fine-tuning after round 0 with --rewind finetune."""
+        return round_schedule(self.factory, self.rewind, k)
 
-    def train_round(self, k: int, start_epoch: int, factory, callbacks: Sequence, opt_state=None,
-                    sched_state=None, checkpoint: bool = True, desc: str = "") -> dict:
-        """Train round ``k`` from ``start_epoch`` with ``factory``'s schedule; return its metrics."""
-        c = self.cfg
-        ri = self.round_info(k)
-        info = ri.pop("info")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=factory.peak_lr(info),
-                                         momentum=c.train.momentum, weight_decay=c.train.weight_decay)
-        self.scheduler = factory.build(self.optimizer, info)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-        if sched_state is not None:
-            self.scheduler.load_state_dict(sched_state)
-        ri["schedule"] = factory.round_params(info)
-        ri["max_lr"] = ri["schedule"]["max_lr"]
-        state = TrainState(model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
-                           device=self.device, round=k, epoch=start_epoch,
-                           step=start_epoch * self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-                           epochs=c.train.epochs, info=info, schedule=ri["schedule"], config=c.to_dict(),
-                           resumed=start_epoch > 0 or opt_state is not None)
-        self.state = state
-        call_all(callbacks, "on_round_start", state)
-        amp = c.train.amp
-        metrics: dict = {}
-        for e in range(start_epoch, c.train.epochs):
-            state.epoch = e
-            call_all(callbacks, "on_epoch_start", state)
-            self.train_loader.set_epoch(epoch_key(k, e))
-            t0 = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
-            loss = train_epoch(state, self.train_loader, callbacks, amp=amp, progress=c.train.progress,
-                               desc=f"{desc}round {k} epoch {e + 1}/{c.train.epochs}")
-            if not math.isfinite(loss):
-                raise GradscopeError(f"training diverged in round {k}, epoch {e}: loss is {loss} "
-                                     f"(max_lr {ri['max_lr']:.4g} may be too high)")
-            val = evaluate(self.net, self.val_loader, self.device, amp) if self.val_loader else float("nan")
-            test = evaluate(self.net, self.test_loader, self.device, amp)
-            metrics = {"round": k, "epoch": e, "train_loss": loss, "val_acc": val, "test_acc": test,
-                       "lr": lr, "time_s": time.perf_counter() - t0}
-            state.metrics = metrics
-            call_all(callbacks, "on_epoch_end", state)
-            if checkpoint:
-                self.epochs_log.append(metrics)
-                self._checkpoint(round=k, epoch=e + 1, pruned=True)
-        state.metrics = metrics
-        return {"ri": ri, "metrics": metrics}
-
-    def _finish_round(self, k: int, out: dict) -> None:
-        ri, m = out["ri"], out["metrics"]
-        ep = [e for e in self.epochs_log if e["round"] == k]
-        res = {"round": k, "sparsity": ri["sparsity"], "target_sparsity": ri["target_sparsity"],
-               "max_lr": ri["max_lr"], "train_loss": m.get("train_loss"), "val_acc": m.get("val_acc"),
-               "test_acc": m.get("test_acc"), "time_s": sum(e["time_s"] for e in ep),
-               "rewind_point": self.round_extra.get(k, {}).get("rewind_point", "-"),
-               "norm_drop": self.round_extra.get(k, {}).get("norm_drop")}
-        save_torch({"result": res, "layer_sparsity": ri["layer_sparsity"], "epochs": ep,
-                    "schedule": ri["schedule"], "masks": P.current_masks(self.layers)},
-                   self.out / f"round_{k}.pt")
-        self.results = [r for r in self.results if r["round"] != k] + [res]
-        save_json(self.results, self.out / "rounds.json")
-        self.log(format_row(res))
+    def _persist(self, res: RoundResult) -> None:
+        """round_K.pt and rounds.json for a finished round (idempotent: rewritten in full)."""
+        st = self.state
+        st.results = [r for r in st.results if r.round != res.round] + [res]
+        st.results.sort(key=lambda r: r.round)
+        row = res.row()
+        if not D.is_main():
+            return
+        save_torch({"result": row, "info": res.info.to_dict(), "layer_sparsity": res.info.layer_sparsity,
+                    "epochs": [e.to_dict() for e in res.epochs], "schedule": res.schedule,
+                    "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
+                   self.paths.round_file(res.round), what="round file")
+        faults.point("round-file", res.round)
+        save_json([r.row() for r in st.results], self.paths.rounds, what="round table")
+        faults.point("rounds-json", res.round)
+        self.log(format_row(row))
+        note = res.schedule.get("note")
+        if note:
+            self.log(f"      {note}")
 
     def run(self):
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
-        import pandas as pd
-        c = self.cfg
-        self._write_config(check_only=True)
-        self._setup()
-        self._write_config()
-        self.optimizer = self.scheduler = None
-        self._resume_opt = (None, None)
-        ck_path = self.out / "checkpoint.pt"
-        if ck_path.exists():
-            self._restore(load_torch(ck_path))
-            self.log(f"resuming {self.out} at round {self.pos['round']}, epoch {self.pos['epoch']}")
-        else:
-            self.init_state = P.plain_state(self.model)
-            self.early_state = self.init_state if self.rewind_step == 0 else None
-            self.results, self.epochs_log, self.round_extra = [], [], {}
-            self.pos = {"round": 0, "epoch": 0, "pruned": True}
-            self._checkpoint()
-        callbacks = list(self.callbacks)
-        if c.prune.rewind == "early" and self.early_state is None:
-            callbacks.append(_EarlyCapture(self))
-        state = TrainState(model=self.net, device=self.device, config=c.to_dict(), resumed=ck_path.exists())
-        call_all(callbacks, "on_run_start", state)
-        self.log(format_header())
-        for r in self.results:
-            self.log(format_row(r))
-        while self.pos["round"] < c.prune.rounds:
-            k = self.pos["round"]
-            if not self.pos["pruned"]:
-                self._prune_and_rewind(k)
-                self._checkpoint(round=k, epoch=0, pruned=True)
-            opt_s, sch_s = self._resume_opt
-            self._resume_opt = (None, None)
-            out = self.train_round(k, self.pos["epoch"], self.factory_for_round(k), callbacks,
-                                   opt_state=opt_s if self.pos["epoch"] > 0 else None,
-                                   sched_state=sch_s if self.pos["epoch"] > 0 else None)
-            self._finish_round(k, out)
-            call_all(callbacks, "on_round_end", self.state)
-            self._after_round(k)
-            self._checkpoint(round=k + 1, epoch=0, pruned=False)
-        call_all(callbacks, "on_run_end", self.state if hasattr(self, "state") else state)
-        return pd.DataFrame(self.results)
+        import pandas as pd  # noqa: PLC0415
 
-    def _after_round(self, k: int) -> None:
-        """Closed-loop schedules (silo-auto) learn from the rounds recorded so far."""
-        f = self.schedule_factory()
-        if hasattr(f, "observe") and (self.out / "run.h5").exists():
-            from gradscope.store import open_run
-            with open_run(self.out / "run.h5") as reader:
-                f.observe(reader)
+        c = self.cfg
+        self._check_out()
+        self.ctx = build_context(c)
+        self.trainer = RoundTrainer(self.ctx, c.train, c.to_dict())
+        self.rewind_step = self._rewind_step()
+        # rank 0 records (the all-reduced gradients); bad recorder options fail here, before the
+        # run directory is claimed by its config
+        recorder = self._recorder() if c.record.record and D.is_main() else None
+        self._write_config()
+        opt_state, sched_state = self._load_or_start()
+        st = self.state
+        resumed = st.round > 0 or bool(st.epochs)
+        callbacks = self._callbacks(recorder)
+        call_all(callbacks, "on_run_start", TrainState(model=self.ctx.net, device=self.ctx.device,
+                                                       config=c.to_dict(), resumed=resumed))
+        self.log(format_header())
+        for r in st.results:
+            self.log(format_row(r.row()))
+        while st.round < c.prune.rounds:
+            k = st.round
+            if st.stage == "prune":
+                self._prune_and_rewind(k)
+                D.broadcast_module(self.ctx.model)  # rank 0's masks and weights on every rank
+                st.stage, st.epochs = "train", []
+                self.save_checkpoint()
+            res = self.rounds.train_round(self, self.round_info(k), self.factory_for_round(k), callbacks,
+                                          done=list(st.epochs), opt_state=opt_state, sched_state=sched_state)
+            opt_state = sched_state = None
+            self._persist(res)
+            D.sync_states(self._learned)
+            st.round, st.stage, st.epochs = k + 1, "prune", []
+            self.save_checkpoint()
+        call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
+        return pd.DataFrame([r.row() for r in st.results])
 
 
 class _EarlyCapture:
@@ -345,25 +277,16 @@ class _EarlyCapture:
         self.run = run
 
     def on_step_end(self, state: TrainState) -> None:
-        if state.round == 0 and state.step == self.run.rewind_step and self.run.early_state is None:
-            self.run.early_state = P.plain_state(self.run.model)
+        if state.round == 0 and state.step == self.run.rewind_step and self.run.state.early is None:
+            self.run.state.early = P.plain_state(self.run.ctx.model)
 
 
-_COLS = [("round", "{:>5}", "{:>5d}"), ("sparsity", "{:>9}", "{:>8.1%} "), ("target_sparsity", "{:>8}", "{:>7.1%} "),
-         ("max_lr", "{:>8}", "{:>8.4f}"), ("train_loss", "{:>10}", "{:>10.4f}"), ("val_acc", "{:>8}", "{:>7.2%} "),
-         ("test_acc", "{:>9}", "{:>8.2%} "), ("time_s", "{:>7}", "{:>6.1f}s")]
+class _EpochCheckpoint:
+    """After every epoch: the epoch's metrics into the run state, then an atomic checkpoint."""
 
+    def __init__(self, run: PruningRun):
+        self.run = run
 
-def format_header() -> str:
-    names = {"target_sparsity": "target", "train_loss": "loss", "time_s": "time"}
-    return " ".join(h.format(names.get(n, n)) for n, h, _ in _COLS)
-
-
-def format_row(r: dict) -> str:
-    def cell(n, f):
-        v = r.get(n)
-        try:
-            return f.format(v)
-        except (TypeError, ValueError):
-            return f.format(float("nan")) if isinstance(v, float) else str(v)
-    return " ".join(cell(n, f) for n, _, f in _COLS)
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.run.state.epochs.append(EpochMetrics(**state.metrics))
+        self.run.save_checkpoint(state.optimizer, state.scheduler)

@@ -1,0 +1,58 @@
+"""Reading a schedule from a ``ScheduleConfig``: a JSON/YAML file, then the flags set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gradscope import GradscopeError
+from gradscope.schedules import params as V
+from gradscope.schedules.factories import ScheduleFactory
+from gradscope.schedules.registry import SCHEDULES, get_schedule
+
+# ScheduleConfig fields that are schedule parameters of the same name (None = not set).
+FLAG_PARAMS = ("max_lr", "lo", "hi", "beta", "midpoint", "lag", "shape", "preset", "p", "x", "orig_epochs")
+# What `gradscope calibrate` writes beside the parameters (read, not used as parameters).
+FILE_NOTES = ("uncertainty", "source", "prediction", "points", "notes", "status", "warnings")
+
+
+def read_schedule_file(path: str) -> dict:
+    """The mapping in a JSON or YAML (by extension) schedule file; never evaluates code."""
+    p = Path(path)
+    if not p.is_file():
+        raise GradscopeError(f"schedule file {path} does not exist")
+    yaml_ = p.suffix.lower() in (".yaml", ".yml")
+    try:
+        text = p.read_text()
+        if yaml_:
+            import yaml  # noqa: PLC0415
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any read/parse error becomes one clear message
+        raise GradscopeError(f"schedule file {path} is not valid {'YAML' if yaml_ else 'JSON'}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GradscopeError(f"schedule file {path} must hold a mapping of parameter names to values")
+    return data
+
+
+def schedule_from_config(cfg) -> ScheduleFactory:
+    """The factory for a ``ScheduleConfig``: parameters from ``cfg.schedule_file`` (JSON/YAML),
+    then the flags that are not None. A file made from ``factory.params()`` works as is."""
+    name = SCHEDULES.key(cfg.schedule)  # unknown name: one error listing the known ones
+    params: dict[str, Any] = {}
+    if getattr(cfg, "schedule_file", None):
+        params.update(read_schedule_file(cfg.schedule_file))
+        fname = params.pop("name", params.pop("schedule", name))
+        for key in FILE_NOTES:
+            params.pop(key, None)
+        if fname != name and not (fname == "silo" and name == "silo-auto"):
+            raise GradscopeError(f"schedule file {cfg.schedule_file} is for schedule {fname!r} "
+                                 f"but the schedule is {name!r}; pass --schedule {fname}")
+    flags = {k: getattr(cfg, k) for k in FLAG_PARAMS if getattr(cfg, k, None) is not None}
+    entry = SCHEDULES.get(name)
+    return get_schedule(name, **V.layer(params, flags, entry.cls.PEAK_PARAMS))

@@ -1,0 +1,59 @@
+"""Weight rewinding after pruning, one registry entry per mode.
+
+A mode rewinds the model in place (or keeps the trained weights) and says what it did;
+``finetune`` also replaces the schedule of rounds after the first with ``finetune``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import nn
+
+from gradscope import GradscopeError
+from gradscope import pruning as P
+from gradscope.registry import Registry
+
+
+@dataclass(frozen=True)
+class Rewind:
+    apply: Callable[[nn.Module, dict], str]  # (model, saved states) -> rewind point, for the record
+    schedule: Optional[str] = None  # schedule forced on rounds after the first, if any
+    needs: Optional[str] = None  # the saved state it loads ("init" or "early")
+
+
+def _load(which: str, label: Callable[[dict], str]):
+    def apply(model: nn.Module, states: dict) -> str:
+        if states.get(which) is None:
+            raise GradscopeError(f"no {which} weights were saved to rewind to")
+        P.load_plain_state(model, states[which])
+        return label(states)
+    return apply
+
+
+REWINDS: Registry[Rewind] = Registry("rewind mode", "--rewind")
+REWINDS.register("init", Rewind(_load("init", lambda s: "init (step 0)"), needs="init"))
+REWINDS.register("early", Rewind(_load("early", lambda s: f"round 0 step {s['rewind_step']}"), needs="early"))
+REWINDS.register("lr", Rewind(lambda m, s: "none (keep trained weights; lr)"))
+REWINDS.register("finetune", Rewind(lambda m, s: "none (keep trained weights; finetune)", schedule="finetune"))
+
+REWIND_MODES = tuple(REWINDS.names())  # older name
+
+
+def rewind_mode(cfg) -> str:
+    """The run's rewinding: ``--rewind``, else what its schedule's recipe implies."""
+    from gradscope.schedules import implied_rewind  # noqa: PLC0415
+
+    if cfg.schedule.schedule == "silo-auto":
+        import gradscope.calibrate  # noqa: F401, PLC0415 - registers silo-auto
+    return REWINDS.key(cfg.prune.rewind or implied_rewind(cfg.schedule.schedule))
+
+
+def round_schedule(factory, mode: str, k: int):
+    """The schedule of round k: ``factory``, or the mode's forced schedule after round 0."""
+    forced = REWINDS.get(mode).schedule
+    if forced and k > 0 and factory.name != forced:
+        from gradscope.schedules import get_schedule  # noqa: PLC0415
+
+        return get_schedule(forced)
+    return factory

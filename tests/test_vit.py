@@ -1,0 +1,208 @@
+"""Tests of the Vision Transformers (vit_tiny, deit_tiny): shapes, init, size, pruning, learning, CLI."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import truncnorm
+from torch import nn
+
+from gradscope import GradscopeError
+from gradscope.cli import main
+from gradscope.models import get_model, list_models
+from gradscope.models.vit import VisionTransformer
+from gradscope.pruning import attach_masks, prunable_layers, prune_step, weight_mask
+
+SIZES = {"vit_tiny": dict(depth=6, width=192, mlp_ratio=2), "deit_tiny": dict(depth=12, width=192, mlp_ratio=4)}
+
+
+def block_linears(depth: int) -> list[str]:
+    return [f"blocks.{i}.{n}" for i in range(depth) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+
+
+def vit_param_count(c: int, h: int, w: int, patch: int, width: int, depth: int, mlp_ratio: float, classes: int) -> int:
+    """Parameters of a class-token ViT, from the architecture (weights + biases of every layer)."""
+    tokens = (h // patch) * (w // patch) + 1
+    hidden = int(width * mlp_ratio)
+    embed = c * patch * patch * width + width + width + tokens * width  # conv, its bias, cls token, positions
+    block = (2 * 2 * width  # two LayerNorms
+             + width * 3 * width + 3 * width + width * width + width  # qkv, proj
+             + width * hidden + hidden + hidden * width + width)  # fc1, fc2
+    return embed + depth * block + 2 * width + width * classes + classes  # final LayerNorm, head
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread (CI and dev machines are 2 shared cores); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vit8():
+    """vit_tiny on 8x8 inputs: the same layers as at 32x32, a fraction of the compute. Read-only."""
+    torch.manual_seed(0)
+    return get_model("vit_tiny", (1, 8, 8), 10)
+
+
+def test_registered():
+    assert {"vit_tiny", "deit_tiny"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name,shape", [("vit_tiny", (3, 32, 32)), ("vit_tiny", (3, 64, 64)), ("vit_tiny", (1, 8, 8)),
+                                        ("vit_tiny", (3, 32, 64)), ("deit_tiny", (3, 32, 32))])
+def test_forward_shape_and_tokens(name, shape):
+    torch.manual_seed(0)
+    m = get_model(name, shape, 7).eval()
+    c, h, w = shape
+    assert m.pos_embed.shape == (1, (h // 4) * (w // 4) + 1, 192)  # patch 4, plus the class token
+    assert len(m.blocks) == SIZES[name]["depth"]
+    with torch.no_grad():
+        out = m(torch.randn(2, *shape))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    assert sum(isinstance(x, nn.GELU) for x in m.modules()) == SIZES[name]["depth"]
+    assert not any(isinstance(x, (nn.ReLU, nn.MultiheadAttention)) for x in m.modules())
+
+
+def test_channels_last_input_gives_same_output():
+    torch.manual_seed(0)
+    m = get_model("vit_tiny", (3, 32, 32), 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = m(x)
+        b = m.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b)
+
+
+def test_bad_sides_give_clear_errors():
+    with pytest.raises(GradscopeError, match="divisible by 4, got 30x30"):
+        get_model("vit_tiny", (3, 30, 30), 10)
+    with pytest.raises(GradscopeError, match="divisible by 4, got 32x30"):
+        get_model("deit_tiny", (3, 32, 30), 10)
+    with pytest.raises(GradscopeError, match="at least 4x4, got 2x2"):
+        get_model("vit_tiny", (1, 2, 2), 10)
+    m = get_model("vit_tiny", (3, 32, 32), 10)
+    with pytest.raises(GradscopeError, match="built for 32x32 images.*got 64x64"):
+        m(torch.randn(1, 3, 64, 64))
+
+
+def test_vit_init_not_kaiming_and_seeded():
+    torch.manual_seed(5)
+    m = get_model("vit_tiny", (3, 32, 32), 10)
+    weights = torch.cat([x.weight.flatten() for x in m.modules() if isinstance(x, (nn.Linear, nn.Conv2d))])
+    assert weights.abs().max().item() <= 0.04  # truncated at two std
+    assert weights.std().item() == pytest.approx(0.02 * truncnorm(-2, 2).std(), rel=0.01)  # 1.8 M samples
+    assert abs(weights.mean().item()) < 1e-4
+    fc2 = m.blocks[0].mlp.fc2.weight  # Kaiming would give std sqrt(2 / 384) = 0.072
+    assert fc2.std().item() < 0.025
+    for x in m.modules():
+        if isinstance(x, (nn.Linear, nn.Conv2d)):
+            assert torch.count_nonzero(x.bias) == 0
+        elif isinstance(x, nn.LayerNorm):
+            assert torch.all(x.weight == 1) and torch.count_nonzero(x.bias) == 0
+    for p in (m.pos_embed, m.cls_token):
+        assert p.abs().max().item() <= 0.04 and p.std().item() > 0.01
+    assert m.pos_embed.std().item() == pytest.approx(0.02 * truncnorm(-2, 2).std(), rel=0.05)  # 12 480 samples
+    torch.manual_seed(5)
+    again = get_model("vit_tiny", (3, 32, 32), 10)
+    torch.manual_seed(6)
+    other = get_model("vit_tiny", (3, 32, 32), 10)
+    for a, b in zip(m.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(m.head.weight, other.head.weight)
+
+
+@pytest.mark.parametrize("name,shape,classes", [("vit_tiny", (3, 32, 32), 10), ("vit_tiny", (3, 64, 64), 200),
+                                                ("vit_tiny", (1, 8, 8), 10), ("deit_tiny", (3, 32, 32), 100)])
+def test_parameter_count_matches_architecture(name, shape, classes):
+    s = SIZES[name]
+    expected = vit_param_count(*shape, 4, s["width"], s["depth"], s["mlp_ratio"], classes)
+    assert n_params(get_model(name, shape, classes)) == expected
+
+
+def test_deit_tiny_body_matches_reference_size():
+    """With DeiT-Tiny's own input (224x224, patch 16, 1000 classes) it has timm's deit_tiny_patch16_224 count."""
+    m = VisionTransformer((3, 224, 224), 1000, patch=16, width=192, depth=12, heads=3, mlp_ratio=4)
+    assert n_params(m) == vit_param_count(3, 224, 224, 16, 192, 12, 4, 1000) == 5_717_416
+
+
+@pytest.mark.parametrize("first,last", [(True, True), (False, False), (True, False), (False, True)])
+def test_prunable_layers_are_embed_blocks_head(vit8, first, last):
+    names = list(prunable_layers(vit8, prune_first=first, prune_last=last))
+    assert names == ["patch_embed"] * first + block_linears(6) + ["head"] * last
+
+
+@pytest.mark.parametrize("first,last", [(False, False), (True, True)])
+def test_pruned_vit_has_zero_grads_at_pruned_weights(first, last):
+    torch.manual_seed(0)
+    m = get_model("vit_tiny", (1, 8, 8), 10)  # 5 tokens: the same layers as at 32x32
+    layers = prunable_layers(m, prune_first=first, prune_last=last)
+    attach_masks(layers)
+    assert prune_step(layers, "global", 0.5) == pytest.approx(0.5, abs=1e-5)
+    masked = {n for n, x in m.named_modules() if weight_mask(x) is not None}
+    assert masked == set(layers)
+    assert ("patch_embed" in masked) == first and ("head" in masked) == last
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        for n, layer in layers.items():
+            mask = weight_mask(layer)
+            g = layer.weight_orig.grad
+            assert 0 < int((~mask).sum()) < mask.numel(), n
+            assert torch.count_nonzero(g[~mask]) == 0, n  # exactly zero, not just small
+            assert torch.count_nonzero(g[mask]) > 0.9 * int(mask.sum()), n
+        opt.step()
+    m(x)  # prune's pre-hook recomputes weight = weight_orig * mask
+    for n, layer in layers.items():
+        assert torch.count_nonzero(layer.weight[~weight_mask(layer)]) == 0, n
+
+
+def test_small_vit_learns_digits():
+    """8x8 digits in 4x4 patches (4 tokens plus the class token); a narrow, shallow ViT of the same
+    class (vit_tiny itself runs on digits in the CLI test below), AdamW, a few epochs."""
+    from gradscope.data import BatchLoader, load_dataset
+
+    b = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    m = VisionTransformer(b.input_shape, b.num_classes, patch=4, width=48, depth=2, heads=3, mlp_ratio=2)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.05)
+    train = BatchLoader(b.train_x, b.train_y, 64, shuffle=True, mean=b.mean, std=b.std, seed=0)
+    losses = []
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        m.train()
+        for x, y in train:
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    k = len(train)
+    assert sum(losses[-k:]) / k < 0.5 * sum(losses[:3]) / 3
+    m.eval()
+    val = BatchLoader(b.val_x, b.val_y, 512, shuffle=False, mean=b.mean, std=b.std)
+    with torch.no_grad():
+        correct = sum((m(x).argmax(1) == y).sum().item() for x, y in val)
+    assert correct / len(b.val_y) > 0.6  # chance is 0.1
+
+
+def test_cli_prune_vit_on_digits_keeps_embed_and_head(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["prune", "--dataset", "digits", "--model", "vit_tiny", "--epochs", "1", "--rounds", "2",
+               "--threads", "1", "--no-progress", "--batch-size", "64", "--train-subset", "256",
+               "--no-prune-first", "--no-prune-last",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[1]["sparsity"] == pytest.approx(0.2, abs=1e-4)
+    masks = torch.load(out / "round_1.pt", weights_only=False)["masks"]
+    assert sorted(masks) == sorted(block_linears(6))
