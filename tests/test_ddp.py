@@ -57,9 +57,9 @@ def _same_rounds(a, b):
             assert abs(x[key] - y[key]) <= 1.5 / 300, (key, x, y)
         assert math.isclose(x["train_loss"], y["train_loss"], rel_tol=1e-4), (x, y)
     for k in range(3):
-        ma, mb = load_torch(a / f"round_{k}.pt")["masks"], load_torch(b / f"round_{k}.pt")["masks"]
+        ma, mb = (load_torch(d / f"round_{k}.pt", what="round file")["masks"] for d in (a, b))
         assert ma.keys() == mb.keys() and all(torch.equal(ma[n], mb[n]) for n in ma), k
-    wa, wb = load_torch(a / "checkpoint.pt")["model"], load_torch(b / "checkpoint.pt")["model"]
+    wa, wb = (load_torch(d / "checkpoint.pt", what="checkpoint")["model"] for d in (a, b))
     assert wa.keys() == wb.keys()  # a DDP checkpoint resumes in one process and vice versa
     for n in wa:
         assert torch.allclose(wa[n].float(), wb[n].float(), atol=1e-4), n
