@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gradscope.models import get_model  # noqa: E402
 from gradscope.record import GradientRecorder, log_edges  # noqa: E402
-from gradscope.record.recorder import weight_and_mask  # noqa: E402
+from gradscope.pruning import weight_param  # noqa: E402
+from gradscope.record.recorder import RecorderWarning  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -138,7 +140,7 @@ def bench_row(name: str, res: int, batch: int, args, device: torch.device) -> di
     y = torch.randint(0, 10, (batch,), device=device)
     tmp = tempfile.mkdtemp()
     rec = GradientRecorder(model, os.path.join(tmp, "bench.h5"), example_input=x[:2])
-    params = [weight_and_mask(i.module)[0] for i in rec.recorded]
+    params = [weight_param(i.module) for i in rec.recorded]
     nw = sum(p.numel() for p in params)
     amp = args.amp == "bf16"
     run = timer(device)
@@ -165,7 +167,9 @@ def bench_row(name: str, res: int, batch: int, args, device: torch.device) -> di
         for mode in ("none", "rec"):
             t[mode].append(run(lambda: [train_step(mode == "rec") for _ in range(steps)]) / steps)
     # step() alone, the old implementation and the one-pass floor, on the last gradients
-    mask, mask_i64 = rec._masks(params)
+    rec._masks()
+    mask = rec._mask
+    mask_i64 = mask.to(torch.int64)
     old = OldAccumulator([p.numel() for p in params], log_edges(201), device) if not args.no_old else None
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     dst = torch.empty_like(flat)
@@ -207,10 +211,12 @@ def table(rows: list[dict]) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18", "resnet50"])
+    ap.add_argument("--models", nargs="+", default=None, help="default resnet20 resnet18 resnet50 "
+                    "(--quick: resnet20 resnet18)")
     ap.add_argument("--res", nargs="+", type=int, default=None, help="input sizes (default 32 64)")
     ap.add_argument("--batch", nargs="+", type=int, default=[16, 128])
-    ap.add_argument("--quick", action="store_true", help="ResNet-20 and ResNet-18 at 32x32 only")
+    ap.add_argument("--quick", action="store_true", help="fewer rows: unless --models / --res are given, "
+                    "ResNet-20 and ResNet-18 at 32x32")
     ap.add_argument("--full", action="store_true", help="on CPU also the slow rows (64x64 at batch 128, "
                                                         "ResNet-50 at batch 128): tens of minutes")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default by model/device)")
@@ -224,12 +230,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = ap.parse_args(argv)
     if args.compile is not None:
         os.environ["GRADSCOPE_COMPILE"] = args.compile
+    # step() alone is timed by calling it repeatedly without an optimizer step, which the recorder
+    # (rightly) reports as gradient accumulation
+    warnings.simplefilter("ignore", RecorderWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    models = ["resnet20", "resnet18"] if args.quick else args.models
+    models = args.models or (["resnet20", "resnet18"] if args.quick else ["resnet20", "resnet18", "resnet50"])
     res_list = args.res or ([32] if args.quick else [32, 64])
     rows = []
     for name in models:
