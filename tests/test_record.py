@@ -118,7 +118,7 @@ def test_binner_matches_numpy_including_edges_and_nonfinite(kind):
     ref = np.searchsorted(edges, x.astype(np.float64), side="right")  # number of edges <= x
     x = np.concatenate([x, np.array([np.nan, np.inf, -np.inf], dtype=np.float32)])
     ref = np.concatenate([ref, [len(edges) + 1] * 3])  # non-finite slot
-    k = Binner(edges, kind, "cpu")(torch.from_numpy(x)).numpy()
+    k = Binner(edges, "cpu")(torch.from_numpy(x)).numpy()
     assert np.array_equal(k, ref)
     inner = (ref >= 1) & (ref <= len(edges) - 1) & (x < edges[-1])
     h = np.bincount(k[inner] - 1, minlength=len(edges) - 1)

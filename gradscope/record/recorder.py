@@ -203,7 +203,6 @@ class GradientRecorder:
         # masks, gradient accumulation, AMP, population
         self._mask_key: Any = None
         self._mask: Optional[torch.Tensor] = None
-        self._mask_i64: Optional[torch.Tensor] = None
         self._marker: Any = None
         self._opt_steps = 0
         self._opt_hook = None
@@ -271,9 +270,9 @@ class GradientRecorder:
         self.infos = self._disc.freeze(on_late=self._late_layer)
         dev = weight_param(self.recorded[0].module).device
         sizes = [i.numel for i in self.recorded]
-        self.acc = WindowAccumulator(sizes, self.edges, self.edge_kind, dev, self.sample_k, self.seed)
+        self.acc = WindowAccumulator(sizes, self.edges, dev, sample_k=self.sample_k, seed=self.seed)
         if "relative" in self.views:
-            self.racc = WindowAccumulator(sizes, self.edges, self.edge_kind, dev, self.sample_k, self.seed)
+            self.racc = WindowAccumulator(sizes, self.edges, dev, sample_k=self.sample_k, seed=self.seed)
         self._offsets = np.cumsum([0] + sizes)
         me = weakref.ref(self)
 
@@ -345,7 +344,7 @@ class GradientRecorder:
         return True
 
     def _set_mask(self, mask: torch.Tensor, key) -> None:
-        self._mask, self._mask_i64, self._mask_key = mask, mask.to(torch.int64), key
+        self._mask, self._mask_key = mask, key
 
     def check_masks(self, where: str = "") -> bool:
         """Compare the masks in use with the modules' masks now (one host sync); True if they
@@ -380,16 +379,6 @@ class GradientRecorder:
         if self.window is not None and self._step % self.window == 0:
             self.flush()
 
-    def _flat(self, params: list) -> tuple[torch.Tensor, list[int]]:
-        parts, missing = [], []
-        for j, p in enumerate(params):
-            g = p.grad
-            if g is None:
-                missing.append(j)
-                g = torch.zeros_like(p)
-            parts.append(g.reshape(-1) if g.dtype == torch.float32 else g.reshape(-1).float())
-        return torch.cat(parts), missing
-
     def _record(self, scaler, s: int) -> None:
         self._round_open = True
         if self._need_layer_rounds:
@@ -399,30 +388,31 @@ class GradientRecorder:
         if self._win_start is None:
             self.check_masks(f"found at the start of window {self._win} of round {self.round}")
             self._win_start = s
-        g, missing = self._flat(params)
         self._masks()
-        mask, mask_i64 = self._mask, self._mask_i64
-        if missing:  # a layer got no gradient this step: leave it out of this step
-            mask = mask.clone()
-            for j in missing:
-                mask[self._offsets[j]: self._offsets[j + 1]] = False
-            mask_i64 = mask.to(torch.int64)
         inv = inverse_scale(scaler)
-        if inv is not None:
-            g = g * inv
-        elif scaler is None and self._fp16_autocast:
+        if inv is None and scaler is None and self._fp16_autocast:
             self._warn("amp", "the model ran under float16 autocast but step() got no GradScaler: if the loss is "
                        "scaled, gradients are recorded multiplied by the loss scale. Pass the scaler, "
                        "rec.step(scaler): it divides by the scale, or does nothing once scaler.unscale_(optimizer) ran")
-        self.acc.add(g, mask, mask_i64)
+        grads = [None if p.grad is None else p.grad.detach() for p in params]  # None: no gradient, left out
+        # the accumulator copies the survivors (the flat mask, unchanged object while the masks are)
+        # straight from each .grad into its buffer: no concatenated copy of all gradients per step
+        self.acc.add(grads, self._mask, scale=inv)
+        if self.racc is not None or self.population:
+            scaled = [None if g is None else (g.float() * inv if inv is not None else g.float()) for g in grads]
         if self.racc is not None:
-            w = torch.cat([p.detach().reshape(-1) for p in params]).float()
-            self.racc.add(g.abs() / (w.abs() + self.relative_eps), mask, mask_i64)
+            self.racc.add([None if g is None else g.abs() / (p.detach().float().abs() + self.relative_eps)
+                           for g, p in zip(scaled, params)], self._mask)
         if self.population:
             if self._pop is None:
-                self._pop = torch.zeros_like(g)
-            gz = torch.where(mask & torch.isfinite(g), g, 0.0)
-            self._pop.addcmul_(gz, gz)
+                self._pop = torch.zeros(int(self._offsets[-1]), dtype=torch.float32, device=self._mask.device)
+            for j, g in enumerate(scaled):
+                if g is None:
+                    continue
+                a, b = int(self._offsets[j]), int(self._offsets[j + 1])
+                g = g.reshape(-1)
+                gz = torch.where(self._mask[a:b] & torch.isfinite(g), g, 0.0)
+                self._pop[a:b].addcmul_(gz, gz)
             self._pop_steps += 1
         self._win_last = s
 
