@@ -149,13 +149,17 @@ class Binner:
 def bin_rows(xi: torch.Tensor, x: torch.Tensor, lut: torch.Tensor, thr: torch.Tensor, bits: int,
              dtype: torch.dtype = torch.int16) -> torch.Tensor:
     """Slots of float32 ``x`` (``xi`` = ``x.view(torch.int32)``) as ``dtype``; ``lut`` int32
-    and ``thr`` tables of ``bin_tables(edges, bits)``.
+    and ``thr`` tables of ``bin_tables(edges, bits)``."""
+    return _bin(xi, x, lut, thr, 32 - bits, (1 << bits) - 1, dtype)
 
-    (The clamp is a no-op that tells the compiler the index is in range; int32 arithmetic and
-    an int16 result vectorise well under Inductor, uint8 does not.)
-    """
-    m = (1 << bits) - 1
-    q = torch.clamp(torch.bitwise_and(torch.bitwise_right_shift(xi, 32 - bits), m), 0, m)
+
+def _bin(xi: torch.Tensor, x: torch.Tensor, lut: torch.Tensor, thr: torch.Tensor, shift: int, m: int,
+         dtype: torch.dtype) -> torch.Tensor:
+    """``bin_rows`` with the shift and the bucket mask precomputed (no ``<<`` inside a compiled
+    graph: torch 2.11 cannot evaluate it on a symbolic int). The clamp is a no-op that tells the
+    compiler the index is in range; int32 arithmetic and an int16 result vectorise well under
+    Inductor, uint8 does not."""
+    q = torch.clamp(torch.bitwise_and(torch.bitwise_right_shift(xi, shift), m), 0, m)
     return (lut[q] + torch.ge(x, thr[q]).to(torch.int32)).to(dtype)
 
 
@@ -177,6 +181,21 @@ def _compiled(fn):
     if c is None:
         c = _COMPILED[fn] = torch.compile(fn, dynamic=True, fullgraph=True,
                                           options={"assert_indirect_indexing": False})
+    return c
+
+
+def _compiled_bin(bits: int, dtype: torch.dtype):
+    """``bin_rows`` compiled for one ``bits``/``dtype`` (torch 2.11 failed on ``1 << bits`` with
+    ``bits`` a symbolic int under ``dynamic=True``; the shift and mask now come in ready-made)."""
+    key = ("bin_rows", bits, dtype)
+    c = _COMPILED.get(key)
+    if c is None:
+        shift, m = 32 - bits, (1 << bits) - 1  # computed here, outside the traced code
+
+        def kernel(xi, x, lut, thr):
+            return _bin(xi, x, lut, thr, shift, m, dtype)
+        c = _COMPILED[key] = torch.compile(kernel, dynamic=True, fullgraph=True,
+                                           options={"assert_indirect_indexing": False})
     return c
 
 
@@ -448,8 +467,8 @@ class WindowAccumulator:
         x2 = self.x.view(-1, lay.B)
         if self._use_compile:
             try:
-                k = _compiled(bin_rows)(x2.view(torch.int32), x2, self.binner.lut32, self.binner.thr,
-                                        self.binner.bits, torch.int16 if self.nb + 2 <= 32767 else torch.int32)
+                k = _compiled_bin(self.binner.bits, torch.int16 if self.nb + 2 <= 32767 else torch.int32)(
+                    x2.view(torch.int32), x2, self.binner.lut32, self.binner.thr)
                 return k, _compiled(moment_rows)(x2)
             except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, ...: eager is exact too
                 warnings.warn(f"gradscope: torch.compile of the recorder kernels failed, using eager ops "
