@@ -107,6 +107,17 @@ def score(pred: pd.DataFrame, orc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def spreads(name: str, meas: pd.DataFrame) -> pd.DataFrame:
+    """Per round: each statistic as a ratio to round 0 (< 1 = narrower), beside sqrt(density),
+    the factor by which counting pruned weights as zeros shrinks an RMS."""
+    m = meas.set_index("round")
+    out = pd.DataFrame({"config": name, "sparsity": m["sparsity"], "sqrt_density": np.sqrt(1 - m["sparsity"])})
+    for stat in STATISTICS:
+        if stat in m:
+            out[stat] = m[stat] if stat == "fixed-population rms" else m[stat] / m[stat].loc[0]
+    return out.reset_index()
+
+
 def fit_gamma(pairs: list[tuple[float, float]]) -> float:
     """Least squares gamma through the origin: log(opt_k/opt_0) = gamma * log(s_0/s_k)."""
     x = np.array([a for a, _ in pairs])
@@ -140,6 +151,7 @@ def analyse(names: list[str], runs: Path, results: Path) -> None:
                 x = math.log(s0 / row[stat])
                 pairs[stat][name].append((x, math.log(row["optimum"] / opt0)))
     all_scores, all_rounds, slopes = [], [], []
+    pd.concat([spreads(n, d[0]) for n, d in data.items()], ignore_index=True).to_csv(results / "spreads.csv", index=False)
     for name, (meas, orc, opt0) in data.items():
         loo = {stat: fit_gamma([p for other, ps in by.items() if other != name for p in ps])
                for stat, by in pairs.items()}
