@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from gradscope import GradscopeError
-from gradscope.calibrate.core import MIN_POINTS, calibrate_run
+from gradscope.calibrate.core import MIN_POINTS, calibrate_run, default_view
 from gradscope.schedules.factories import SiloSchedule
 from gradscope.schedules.registry import SCHEDULES, register_schedule
 
@@ -46,16 +46,18 @@ class SiloAuto(SiloSchedule):
 
         try:
             binned_or_exact = self.statistic in (*MOMENT_STATS, *BINNED_STATS)
-            fit = fit_run(reader, per="round", models=(), bootstrap=0, store=False) if binned_or_exact else \
-                fit_run(reader, per="round", models=(self.statistic,), bootstrap=100, store=False)
+            view = default_view(reader)
+            fit = fit_run(reader, per="round", models=(), bootstrap=0, store=False, view=view) \
+                if binned_or_exact else fit_run(reader, per="round", models=(self.statistic,), bootstrap=100,
+                                                store=False, view=view)
             tr = fit.trend
             tr = tr[(tr["layer"] == "pooled") & (tr["statistic"] == self.statistic)]
             if tr.empty or not bool(tr["narrows"].iloc[0]):
-                self.reason = f"pooled {self.statistic} does not narrow (trend CI not above 0)"
+                self.reason = f"pooled {self.statistic} (view {view}) does not narrow (trend CI not above 0)"
                 return False
             cal = calibrate_run(reader, gamma=self.gamma, statistic=self.statistic, lo=None,
                                 p=self.p, lag=self.lag, shape=self.shape, fix_lo=True, fit=fit,
-                                min_points=self.min_points, x=self.x)
+                                min_points=self.min_points, x=self.x, view=view)
         except GradscopeError as e:
             self.reason = str(e)
             return False
