@@ -1,6 +1,8 @@
 """Tests of the Vision Transformers (vit_tiny, deit_tiny): shapes, init, size, pruning, learning, CLI."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,3 +208,46 @@ def test_cli_prune_vit_on_digits_keeps_embed_and_head(tmp_path):
     assert rounds[1]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     masks = torch.load(out / "round_1.pt", weights_only=False)["masks"]
     assert sorted(masks) == sorted(block_linears(6))
+
+
+# ------------------------------------------------------------- profile -> fit -> calibrate
+GELU_FED = [f"blocks.{i}.mlp.fc1" for i in range(6)]  # fc1 -> GELU; qkv/proj/fc2 feed no activation
+
+
+def check_gelu_layers(run) -> None:
+    """The recorded layers are exactly the GELU-fed ones, each chosen by the rule "gelu"."""
+    lay = run.layers().set_index("layer")
+    assert sorted(lay.index[lay["recorded"]]) == GELU_FED
+    assert (lay.loc[GELU_FED, "rule"] == "gelu").all() and (lay.loc[GELU_FED, "activation"] == "gelu").all()
+    others = lay.drop(index=GELU_FED)
+    assert (others["rule"] == "").all() and not others["relu_fed"].any()
+    assert run.pooled_layers() == GELU_FED
+
+
+def test_profile_fit_gelu_vit_on_digits(tmp_path, capsys):
+    """A GELU-only model's run fits: its pooled numbers pool the GELU-fed layers (fit raised
+    KeyError 'under' and profile printed an empty table when "pooled" meant ReLU-fed only)."""
+    from gradscope.fit import fit_run
+    from gradscope.store import open_run
+
+    out = tmp_path / "run"
+    rc = main(["profile", "--dataset", "digits", "--model", "vit_tiny", "--epochs", "1", "--rounds", "2",
+               "--threads", "1", "--no-progress", "--batch-size", "64", "--train-subset", "128",
+               "--optimizer", "adamw", "--max-lr", "1e-3", "--layers", "gelu",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "unpruned GELU-fed layers' weights" in printed
+    with open_run(out / "run.h5") as run:
+        check_gelu_layers(run)
+        summ = run.round_summary()
+        m = run.moments()
+    assert summ["round"].tolist() == [0, 1] and summ["std"].gt(0).all()
+    gelu = m[m["layer"].isin(GELU_FED) & (m["round"] == 0)]
+    expected = np.sqrt((gelu["sumsq"].sum() - gelu["sum"].sum() ** 2 / gelu["count"].sum()) / gelu["count"].sum())
+    assert summ["std"].iloc[0] == pytest.approx(expected, rel=1e-9)
+    res = fit_run(out / "run.h5", models=(), bootstrap=0, store=False)
+    n = res.narrowing[(res.narrowing["layer"] == "pooled") & (res.narrowing["statistic"] == "std")]
+    assert n["round"].tolist() == [0, 1]
+    assert n["scale"].to_numpy() == pytest.approx(summ["std"].to_numpy(), rel=1e-6)
+    assert res.meta["pooled_activations"] == ["gelu"]
