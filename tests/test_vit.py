@@ -14,6 +14,7 @@ from gradscope.cli import main
 from gradscope.models import get_model, list_models
 from gradscope.models.vit import VisionTransformer
 from gradscope.pruning import attach_masks, prunable_layers, prune_step, weight_mask
+from conftest import CIFAR_ARCHIVE
 
 SIZES = {"vit_tiny": dict(depth=6, width=192, mlp_ratio=2), "deit_tiny": dict(depth=12, width=192, mlp_ratio=4)}
 
@@ -251,3 +252,57 @@ def test_profile_fit_gelu_vit_on_digits(tmp_path, capsys):
     assert n["round"].tolist() == [0, 1]
     assert n["scale"].to_numpy() == pytest.approx(summ["std"].to_numpy(), rel=1e-6)
     assert res.meta["pooled_activations"] == ["gelu"]
+
+
+@pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
+def test_profile_fit_calibrate_vit_tiny_cifar10_adamw(tmp_path, capsys, real_cache):
+    """Issue 14's end-to-end path on real CIFAR-10 in CI size: vit_tiny with AdamW records the
+    GELU-fed layers every round, fit pools them, calibrate warns that the run used AdamW and
+    writes its file only if the data support a rising S-curve (else its one-line refusal)."""
+    from gradscope.store import open_run
+
+    out = tmp_path / "run"
+    rc = main(["profile", "--dataset", "cifar10", "--data-root", str(CIFAR_ARCHIVE), "--cache-dir", real_cache,
+               "--model", "vit_tiny", "--optimizer", "adamw", "--max-lr", "1e-3", "--weight-decay", "0.05",
+               "--layers", "gelu", "--train-subset", "96", "--val-size", "50", "--test-subset", "50",
+               "--batch-size", "32", "--rounds", "5", "--epochs", "1", "--threads", "1", "--no-progress",
+               "--out", str(out)])
+    assert rc == 0
+    capsys.readouterr()
+    h5 = out / "run.h5"
+    with open_run(h5) as run:
+        check_gelu_layers(run)
+        assert run.config["train"]["optimizer"] == "adamw"
+        m = run.moments()
+        steps = 3  # 96 images in batches of 32: one window of 3 steps per round
+        assert sorted(m["round"].unique()) == [0, 1, 2, 3, 4]
+        for r, g in m.groupby("round"):
+            assert sorted(g["layer"]) == GELU_FED
+            assert (g["steps"] == steps).all() and (g["sumsq"] > 0).all()
+        r0 = m[m["round"] == 0]
+        assert (r0["count"] == 384 * 192 * steps).all()  # dense: every fc1 weight, every step
+        r4 = m[m["round"] == 4]
+        assert (r4["count"] < r0["count"].to_numpy()).all()  # pruned: survivors only
+        summ = run.round_summary()
+
+    assert main(["fit", str(h5), "--models", "", "--bootstrap", "0"]) == 0
+    fit_out = capsys.readouterr().out
+    assert "Pooled narrowing of GELU-fed layers: std" in fit_out
+    table = fit_out.split(":\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert table[0].split()[:4] == ["round", "sparsity", "scale", "ratio"]
+    rows = [line.split() for line in table[1:]]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [float(r[2]) for r in rows] == pytest.approx(summ["std"].to_numpy(), rel=1e-3)  # printed to 4 digits
+
+    cal = tmp_path / "silo.json"
+    rc = main(["calibrate", str(h5), "-o", str(cal)])
+    printed = capsys.readouterr()
+    assert "warning: the run trained with AdamW" in printed.out
+    if rc == 0:
+        notes = json.loads(cal.read_text())["notes"]
+        assert notes["status"] == "supported" and notes["flags"][0].startswith("the run trained with AdamW")
+    else:
+        assert rc == 2 and not cal.exists()
+        (line,) = printed.err.strip().splitlines()
+        assert line.startswith(f"gradscope: error: not writing {cal}: calibration status is ")
+        assert "'flat'" in line or "'falling'" in line
