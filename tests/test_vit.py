@@ -252,6 +252,14 @@ def test_profile_fit_gelu_vit_on_digits(tmp_path, capsys):
     assert n["round"].tolist() == [0, 1]
     assert n["scale"].to_numpy() == pytest.approx(summ["std"].to_numpy(), rel=1e-6)
     assert res.meta["pooled_activations"] == ["gelu"]
+    from gradscope.plot.runs import plot_histograms  # noqa: PLC0415
+    ax = plot_histograms(out / "run.h5")
+    assert "pooled GELU-fed layers" in ax.get_title()
+    ridges = ax.patches[::2]  # filled stairs per round (each followed by its outline)
+    assert len(ridges) == 2
+    for p in ridges:  # a ridge of zero mass (nothing pooled) would be flat
+        y = p.get_path().vertices[:, 1]
+        assert y.max() - y.min() > 0.01
 
 
 @pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
