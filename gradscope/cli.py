@@ -47,6 +47,7 @@ def _cmd_prune(ns) -> int:
 
 
 def _cmd_profile(ns) -> int:
+    from gradscope.fit.run import fed_words, pooled_activations
     from gradscope.store import open_run
     from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
@@ -58,9 +59,10 @@ def _cmd_profile(ns) -> int:
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
         table = r.round_summary(relu_only=True)
+        fed = fed_words(pooled_activations(r))
     table = table.rename(columns={"std": "grad_std"})
     cols = [c for c in ("round", "sparsity", "val_acc", "test_acc", "grad_std", "std_ratio") if c in table]
-    print("\nGradient spread of unpruned ReLU-layer weights per round (view: survivors; all windows pooled):")
+    print(f"\nGradient spread of unpruned {fed} layers' weights per round (view: survivors; all windows pooled):")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nrecorded to {path}  (next: gradscope fit {path})")
     return 0

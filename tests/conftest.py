@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+CIFAR_ARCHIVE = SHARED / "cifar10-jpeg.tar.xz"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -26,6 +28,15 @@ def tiny_config(tmp_path):
     cfg.schedule.max_lr = 0.05
     cfg.out = str(tmp_path / "run")
     return cfg
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory):
+    """One decoded-dataset cache for every test that reads the real archives in a session
+    (decoding CIFAR-10's 60 000 JPEGs takes ~20-30 s on a 2-core box; do it once)."""
+    d = tmp_path_factory.mktemp("cache")
+    yield str(d)
+    shutil.rmtree(d, ignore_errors=True)  # ~0.2 GB per dataset of decoded tensors: do not keep them around
 
 
 def cli_env():

@@ -259,3 +259,24 @@ def test_predict_band_of_an_undetermined_fit_stays_within_the_bounds():
     assert (pr["max_lr_lo"] >= 1e-4).all() and (pr["max_lr_hi"] <= 10.0).all()
     with pytest.raises(GradscopeError, match="whole number"):
         calibrate_points(_points(x, y), p=0.2).predict(-2)
+
+
+def test_adamw_run_calibrates_with_one_warning(tmp_path):
+    """An AdamW run's calibration says, in one labelled warning line, that the max_lr * scale
+    principle is an SGD argument (Adam normalises the update); SGD runs get no such line."""
+    from gradscope.calibrate import ADAMW_WARNING, describe_calibration
+
+    sgd = calibrate_run(_narrowing_run(K=10))
+    assert sgd.source["optimizer"] == "sgd" and ADAMW_WARNING not in sgd.flags
+    assert not any("AdamW" in line for line in describe_calibration(sgd))
+    run = _narrowing_run(K=10)
+    run.config = {**run.config, "train": {"optimizer": "adamw"}}
+    cal = calibrate_run(run)
+    assert cal.source["optimizer"] == "adamw" and cal.flags[0] == ADAMW_WARNING
+    assert cal.params == sgd.params and cal.status == sgd.status == "supported"  # same numbers, one more flag
+    warned = [line for line in describe_calibration(cal) if "AdamW" in line]
+    assert warned == [f"warning: {ADAMW_WARNING}"] and "\n" not in ADAMW_WARNING
+    f = tmp_path / "silo.json"
+    cal.to_file(f)
+    d = json.loads(f.read_text())
+    assert d["notes"]["flags"][0] == ADAMW_WARNING and d["source"]["optimizer"] == "adamw"

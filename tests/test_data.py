@@ -1,6 +1,5 @@
 """Tests of gradscope.data: registry, splits, caches, real archives, and BatchLoader."""
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -196,11 +195,7 @@ def test_wrong_folder_layout(tmp_path):
 
 
 # ---------------------------------------------------------------------- real archives
-@pytest.fixture(scope="module")
-def real_cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cache")
-    yield str(d)
-    shutil.rmtree(d, ignore_errors=True)  # ~0.5 GB of decoded tensors: do not keep them around
+# real_cache: the session's decoded-dataset cache (tests/conftest.py), shared with test_vit.py
 
 
 @pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")

@@ -1,6 +1,8 @@
 """Tests of the Vision Transformers (vit_tiny, deit_tiny): shapes, init, size, pruning, learning, CLI."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from gradscope.cli import main
 from gradscope.models import get_model, list_models
 from gradscope.models.vit import VisionTransformer
 from gradscope.pruning import attach_masks, prunable_layers, prune_step, weight_mask
+from conftest import CIFAR_ARCHIVE
 
 SIZES = {"vit_tiny": dict(depth=6, width=192, mlp_ratio=2), "deit_tiny": dict(depth=12, width=192, mlp_ratio=4)}
 
@@ -206,3 +209,108 @@ def test_cli_prune_vit_on_digits_keeps_embed_and_head(tmp_path):
     assert rounds[1]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     masks = torch.load(out / "round_1.pt", weights_only=False)["masks"]
     assert sorted(masks) == sorted(block_linears(6))
+
+
+# ------------------------------------------------------------- profile -> fit -> calibrate
+GELU_FED = [f"blocks.{i}.mlp.fc1" for i in range(6)]  # fc1 -> GELU; qkv/proj/fc2 feed no activation
+
+
+def check_gelu_layers(run) -> None:
+    """The recorded layers are exactly the GELU-fed ones, each chosen by the rule "gelu"."""
+    lay = run.layers().set_index("layer")
+    assert sorted(lay.index[lay["recorded"]]) == GELU_FED
+    assert (lay.loc[GELU_FED, "rule"] == "gelu").all() and (lay.loc[GELU_FED, "activation"] == "gelu").all()
+    others = lay.drop(index=GELU_FED)
+    assert (others["rule"] == "").all() and not others["relu_fed"].any()
+    assert run.pooled_layers() == GELU_FED
+
+
+def test_profile_fit_gelu_vit_on_digits(tmp_path, capsys):
+    """A GELU-only model's run fits: its pooled numbers pool the GELU-fed layers (fit raised
+    KeyError 'under' and profile printed an empty table when "pooled" meant ReLU-fed only)."""
+    from gradscope.fit import fit_run
+    from gradscope.store import open_run
+
+    out = tmp_path / "run"
+    rc = main(["profile", "--dataset", "digits", "--model", "vit_tiny", "--epochs", "1", "--rounds", "2",
+               "--threads", "1", "--no-progress", "--batch-size", "64", "--train-subset", "128",
+               "--optimizer", "adamw", "--max-lr", "1e-3", "--layers", "gelu",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "unpruned GELU-fed layers' weights" in printed
+    with open_run(out / "run.h5") as run:
+        check_gelu_layers(run)
+        summ = run.round_summary()
+        m = run.moments()
+    assert summ["round"].tolist() == [0, 1] and summ["std"].gt(0).all()
+    gelu = m[m["layer"].isin(GELU_FED) & (m["round"] == 0)]
+    expected = np.sqrt((gelu["sumsq"].sum() - gelu["sum"].sum() ** 2 / gelu["count"].sum()) / gelu["count"].sum())
+    assert summ["std"].iloc[0] == pytest.approx(expected, rel=1e-9)
+    res = fit_run(out / "run.h5", models=(), bootstrap=0, store=False)
+    n = res.narrowing[(res.narrowing["layer"] == "pooled") & (res.narrowing["statistic"] == "std")]
+    assert n["round"].tolist() == [0, 1]
+    assert n["scale"].to_numpy() == pytest.approx(summ["std"].to_numpy(), rel=1e-6)
+    assert res.meta["pooled_activations"] == ["gelu"]
+    from gradscope.plot.runs import plot_histograms  # noqa: PLC0415
+    ax = plot_histograms(out / "run.h5")
+    assert "pooled GELU-fed layers" in ax.get_title()
+    ridges = ax.patches[::2]  # filled stairs per round (each followed by its outline)
+    assert len(ridges) == 2
+    for p in ridges:  # a ridge of zero mass (nothing pooled) would be flat
+        y = p.get_path().vertices[:, 1]
+        assert y.max() - y.min() > 0.01
+
+
+@pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
+def test_profile_fit_calibrate_vit_tiny_cifar10_adamw(tmp_path, capsys, real_cache):
+    """Issue 14's end-to-end path on real CIFAR-10 in CI size: vit_tiny with AdamW records the
+    GELU-fed layers every round, fit pools them, calibrate warns that the run used AdamW and
+    writes its file only if the data support a rising S-curve (else its one-line refusal)."""
+    from gradscope.store import open_run
+
+    out = tmp_path / "run"
+    rc = main(["profile", "--dataset", "cifar10", "--data-root", str(CIFAR_ARCHIVE), "--cache-dir", real_cache,
+               "--model", "vit_tiny", "--optimizer", "adamw", "--max-lr", "1e-3", "--weight-decay", "0.05",
+               "--layers", "gelu", "--train-subset", "96", "--val-size", "50", "--test-subset", "50",
+               "--batch-size", "32", "--rounds", "5", "--epochs", "1", "--threads", "1", "--no-progress",
+               "--out", str(out)])
+    assert rc == 0
+    capsys.readouterr()
+    h5 = out / "run.h5"
+    with open_run(h5) as run:
+        check_gelu_layers(run)
+        assert run.config["train"]["optimizer"] == "adamw"
+        m = run.moments()
+        steps = 3  # 96 images in batches of 32: one window of 3 steps per round
+        assert sorted(m["round"].unique()) == [0, 1, 2, 3, 4]
+        for r, g in m.groupby("round"):
+            assert sorted(g["layer"]) == GELU_FED
+            assert (g["steps"] == steps).all() and (g["sumsq"] > 0).all()
+        r0 = m[m["round"] == 0]
+        assert (r0["count"] == 384 * 192 * steps).all()  # dense: every fc1 weight, every step
+        r4 = m[m["round"] == 4]
+        assert (r4["count"] < r0["count"].to_numpy()).all()  # pruned: survivors only
+        summ = run.round_summary()
+
+    assert main(["fit", str(h5), "--models", "", "--bootstrap", "0"]) == 0
+    fit_out = capsys.readouterr().out
+    assert "Pooled narrowing of GELU-fed layers: std" in fit_out
+    table = fit_out.split(":\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert table[0].split()[:4] == ["round", "sparsity", "scale", "ratio"]
+    rows = [line.split() for line in table[1:]]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [float(r[2]) for r in rows] == pytest.approx(summ["std"].to_numpy(), rel=1e-3)  # printed to 4 digits
+
+    cal = tmp_path / "silo.json"
+    rc = main(["calibrate", str(h5), "-o", str(cal)])
+    printed = capsys.readouterr()
+    assert "warning: the run trained with AdamW" in printed.out
+    if rc == 0:
+        notes = json.loads(cal.read_text())["notes"]
+        assert notes["status"] == "supported" and notes["flags"][0].startswith("the run trained with AdamW")
+    else:
+        assert rc == 2 and not cal.exists()
+        (line,) = printed.err.strip().splitlines()
+        assert line.startswith(f"gradscope: error: not writing {cal}: calibration status is ")
+        assert "'flat'" in line or "'falling'" in line

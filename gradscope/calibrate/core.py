@@ -232,13 +232,20 @@ STATUS_WORDS = {
 }
 
 
+ADAMW_WARNING = ("the run trained with AdamW: Adam divides each update by the running RMS of the gradient, so a "
+                 "uniformly narrower gradient gives the same update and the max_lr * scale principle (an SGD "
+                 "argument) does not say how AdamW's max_lr should change; treat these points as a hypothesis "
+                 "and check them with `gradscope oracle` (docs/method.md, 'max_lr under AdamW')")
+
+
 @dataclass
 class Calibration:
     """SILO parameters calibrated from a run's narrowing, with uncertainty and provenance.
 
     ``status``: "supported" (the implied max_lr rises with x), "flat" or "falling" (it does
     not: ``to_file`` refuses unless forced). ``flags``: sentences about parameters pinned at a
-    bound or not determined by the data (relative SE above 1).
+    bound or not determined by the data (relative SE above 1), and ``ADAMW_WARNING`` when the
+    run trained with AdamW.
     """
 
     params: dict
@@ -508,17 +515,21 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
     n = n[(n["layer"] == "pooled") & (n["statistic"] == statistic)]
     if n.empty:
         raise GradscopeError(f"no pooled narrowing of {statistic!r} in this run (is round 0 recorded, "
-                             "with ReLU-fed layers?)")
+                             "with activation-fed layers, e.g. --layers relu or gelu?)")
     rounds = np.sort(n["round"].to_numpy(int))
     xs = pruned_fraction(rounds, p=p, lag=lag, measured=measured)
     pts = narrowing_points(fit.narrowing, statistic=statistic, max_lr0=lo, gamma=gamma, x=xs, rounds=rounds)
+    optimizer = _config_get(reader, "train", "optimizer") or "sgd"
     src = {"run": os.fspath(path) if isinstance(path, (str, os.PathLike)) else type(reader).__name__,
            "statistic": statistic, "view": view, "window": window, "describe": describe_view(view, window),
-           "gamma": gamma, "x": x, "max_lr0": lo, "p_source": p_source,
+           "gamma": gamma, "x": x, "max_lr0": lo, "p_source": p_source, "optimizer": optimizer,
            "rounds_used": [int(r) for r in rounds], "rounds_planned": rounds_planned}
-    return calibrate_points(pts, p=float(p), lag=lag, shape=shape, bounds=bounds,
-                            fix_lo=lo if fix_lo else None, source=src, min_points=min_points,
-                            use_measured=(x == "measured" and lag <= 1))
+    cal = calibrate_points(pts, p=float(p), lag=lag, shape=shape, bounds=bounds,
+                           fix_lo=lo if fix_lo else None, source=src, min_points=min_points,
+                           use_measured=(x == "measured" and lag <= 1))
+    if optimizer == "adamw":
+        cal.flags.insert(0, ADAMW_WARNING)
+    return cal
 
 
 def format_calibration(cal: Calibration) -> pd.DataFrame:

@@ -87,6 +87,17 @@ def _relu_flags(reader, idx: pd.DataFrame) -> pd.Series:
     return idx["layer"].map(flags).fillna(False).astype(bool)
 
 
+def _pooled_flags(reader, idx: pd.DataFrame) -> pd.Series:
+    """Which rows enter "pooled": the recorded activation-fed layers (``store.pooled_flags``),
+    i.e. ReLU-fed ones under the default rule and GELU-fed ones under ``layers="gelu"``."""
+    from gradscope.store import pooled_flags  # noqa: PLC0415
+
+    lay = reader.layers() if hasattr(reader, "layers") else None
+    if lay is None or "layer" not in lay:
+        return _relu_flags(reader, idx)
+    return idx["layer"].map(pooled_flags(lay)).fillna(False).astype(bool)
+
+
 def _accepts_view(method) -> bool:
     try:
         return "view" in inspect.signature(method).parameters
@@ -127,6 +138,7 @@ def load_windows(reader, view: str = "survivors", window: str = "all"):
     if len(idx) != counts.shape[0]:
         raise GradscopeError("run file is inconsistent: histogram index and counts differ in length")
     idx["relu_fed"] = _relu_flags(reader, idx).to_numpy()
+    idx["pooled"] = _pooled_flags(reader, idx).to_numpy()
     mom = read_view(reader, "moments", view)
     keys = [k for k in ("round", "epoch", "window", "layer") if k in idx and k in mom]
     cols = [c for c in _SUMS if c in mom] + [c for c in ("under", "over", "nonfinite")
@@ -170,6 +182,32 @@ def _fit_table(counts, edges, idx, models, bootstrap, seed, resample):
     return pd.concat([key, idx[["count", "under", "over", "nonfinite"]].reset_index(drop=True), res], axis=1)
 
 
+_ACT_WORDS = {"relu": "ReLU", "relu6": "ReLU6", "gelu": "GELU", "silu": "SiLU", "elu": "ELU"}
+
+
+def pooled_activations(reader) -> list[str]:
+    """The activations the pooled layers feed (e.g. ["gelu"]); ["relu"] for a reader that
+    does not say (schema 1, synthetic)."""
+    from gradscope.store import pooled_flags  # noqa: PLC0415
+
+    lay = reader.layers() if hasattr(reader, "layers") else None
+    if lay is None or "activation" not in lay:
+        return ["relu"]
+    flags = pooled_flags(lay)
+    return sorted({str(a) for n, a in zip(lay["layer"], lay["activation"]) if flags.get(n)})
+
+
+def fed_words(activations) -> str:
+    """"ReLU-fed", "GELU-fed", "ReLU/GELU-fed": words for the pooled layers in labels."""
+    acts = [_ACT_WORDS.get(a, a) for a in activations] or ["activation"]
+    return "/".join(acts) + "-fed"
+
+
+def _pooled_column(idx: pd.DataFrame) -> np.ndarray:
+    """The rows that enter "pooled" (column ``pooled`` from ``load_windows``; ReLU-fed otherwise)."""
+    return idx["pooled" if "pooled" in idx else "relu_fed"].to_numpy(bool)
+
+
 SPREAD_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -177,7 +215,8 @@ def spread_table(path, *, layer: Optional[str] = None, view: str = "survivors", 
                  quantiles: Sequence[float] = SPREAD_QUANTILES) -> pd.DataFrame:
     """Per round: quantiles of |g| from the histograms (``q05`` ... ``q95``), their binning
     resolution (``res_q50``: bin width / value), the exact std and mean |g|, and sparsity, of
-    one layer or of the ReLU-fed layers pooled (``layer`` None or "pooled")."""
+    one layer or of the pooled layers (``layer`` None or "pooled": the recorded activation-fed
+    layers, e.g. ReLU-fed or GELU-fed)."""
     from gradscope.fit.binned import abs_quantiles  # noqa: PLC0415
     from gradscope.fit.core import moment_spreads  # noqa: PLC0415
 
@@ -188,9 +227,9 @@ def spread_table(path, *, layer: Optional[str] = None, view: str = "survivors", 
     if len(idx) == 0:
         raise GradscopeError("the run file holds no histograms yet (record a round first)")
     if layer is None or layer == "pooled":
-        keep = idx["relu_fed"].to_numpy(bool)
+        keep = _pooled_column(idx)
         if not keep.any():
-            raise GradscopeError("no ReLU-fed layers are recorded in this run; give a layer")
+            raise GradscopeError("no activation-fed (e.g. ReLU-fed) layers are recorded in this run; give a layer")
     else:
         keep = (idx["layer"] == layer).to_numpy()
         if not keep.any():
@@ -227,13 +266,17 @@ def sparsity_by_round(reader) -> dict:
 
 def fit_tables(counts, edges, idx, *, per="round", models=MODELS, bootstrap=200, seed=0,
                resample="auto"):
-    """Per-layer and pooled (sum over ReLU-fed layers) fit tables at ``per`` granularity."""
+    """Per-layer and pooled (sum over the recorded activation-fed layers: ReLU-fed, or GELU-fed,
+    ... as the recorder's rule chose) fit tables at ``per`` granularity."""
     if per not in _KEYS:
         raise GradscopeError(f"per must be 'round' or 'window', got {per!r}")
     keys = [k for k in _KEYS[per] if k in idx]
     c_l, i_l = aggregate(counts, idx, keys + ["layer", "relu_fed"])
-    relu = idx["relu_fed"].to_numpy(bool)
-    c_p, i_p = aggregate(counts[relu], idx[relu], keys)
+    pooled = _pooled_column(idx)
+    if not pooled.any():
+        raise GradscopeError("no recorded layer feeds an elementwise activation, so there is nothing to pool "
+                             "(record with --layers relu, gelu, ...)")
+    c_p, i_p = aggregate(counts[pooled], idx[pooled], keys)
     i_p.insert(len(keys), "layer", "pooled")
     per_layer = _fit_table(c_l, edges, i_l, models, bootstrap, seed, resample)
     pooled = _fit_table(c_p, edges, i_p, models, bootstrap, seed + 1, resample)
@@ -290,7 +333,7 @@ def fit_run(path, *, per: str = "round", models: Sequence[str] = MODELS, bootstr
     exact = _exact(reader, per, models, window) if view == "survivors" else None
     res = FitResult(per_layer, pooled, narrowing, trend, exact, per,
                     {"models": list(models), "bootstrap": bootstrap, "seed": seed, "view": view,
-                     "window": window})
+                     "window": window, "pooled_activations": pooled_activations(reader)})
     if store:
         _store(path, reader, res)
     return res
@@ -387,5 +430,6 @@ def narrowing_heading(res: FitResult, statistic: str = "std") -> str:
            "iqr": "IQR from the binned cdf, 95 % asymptotic CI; resolution = bin width / value",
            "mad": "MAD from the binned cdf, 95 % asymptotic CI; resolution = bin width / value"}
     what = how.get(statistic, f"fitted {statistic} scale, 95 % bootstrap CI")
-    return (f"Pooled narrowing of ReLU-fed layers: {statistic} ({what}); ratio = scale(round k) / scale(round 0); "
+    fed = fed_words(res.meta.get("pooled_activations", ["relu"]))
+    return (f"Pooled narrowing of {fed} layers: {statistic} ({what}); ratio = scale(round k) / scale(round 0); "
             f"{describe_view(res.meta.get('view', 'survivors'), res.meta.get('window', 'all'))}")

@@ -84,8 +84,8 @@ def _same(a, b) -> bool:
 
 # ----------------------------------------------------------------------------- histograms
 def round_histograms(counts, edges, index: pd.DataFrame, layer: Optional[str] = None):
-    """Per-round probability mass per bin of one layer, or of all ReLU-fed layers pooled
-    (``layer`` None or "pooled"). Returns (rounds [R], mass [R, nbins]), each row summing to 1
+    """Per-round probability mass per bin of one layer, or of the pooled layers (``layer`` None
+    or "pooled": rows flagged in the index's ``pooled`` column, else its ReLU-fed ones). Returns (rounds [R], mass [R, nbins]), each row summing to 1
     (0 where a round has no counts)."""
     counts = np.asarray(counts, float)
     edges = np.asarray(edges, float)
@@ -94,7 +94,8 @@ def round_histograms(counts, edges, index: pd.DataFrame, layer: Optional[str] = 
         raise GradscopeError(f"histogram shapes disagree: counts {counts.shape}, edges {edges.shape}, "
                              f"index {len(index)} rows")
     if layer is None or layer == "pooled":
-        keep = index["relu_fed"].to_numpy(bool) if "relu_fed" in index else np.ones(len(index), bool)
+        col = "pooled" if "pooled" in index else "relu_fed" if "relu_fed" in index else None
+        keep = index[col].to_numpy(bool) if col else np.ones(len(index), bool)
     else:
         keep = (index["layer"] == layer).to_numpy()
         if not keep.any():

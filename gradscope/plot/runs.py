@@ -184,13 +184,15 @@ def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets
 
 # ----------------------------------------------------------------------------- plot_* wrappers
 def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = "survivors", window: str = "all"):
-    """Gradient distributions per round (ridgeline), one layer or pooled ReLU-fed layers."""
-    from gradscope.fit.run import check_view, read_view, select_window  # noqa: PLC0415
+    """Gradient distributions per round (ridgeline), one layer or the pooled (activation-fed) layers."""
+    from gradscope.fit.run import (_pooled_flags, check_view, fed_words, pooled_activations, read_view,  # noqa: PLC0415
+                                   select_window)
 
     check_view(view)
     src = run if isinstance(run, RunSource) else resolve_run(run)
     reader = _reader(src)
     counts, edges, idx = read_view(reader, "histograms", view)
+    idx["pooled"] = _pooled_flags(reader, idx).to_numpy()
     keep = select_window(idx, window)
     counts, idx = np.asarray(counts)[keep], idx[keep].reset_index(drop=True)
     if len(idx) == 0:
@@ -198,7 +200,7 @@ def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = "surv
     rounds, mass = round_histograms(counts, edges, idx, layer)
     t = run_rounds(src)
     sp = dict(zip(t["round"].astype(int), t["sparsity"].astype(float))) if "sparsity" in t else None
-    name = "pooled ReLU-fed layers" if layer in (None, "pooled") else f"layer {layer}"
+    name = f"pooled {fed_words(pooled_activations(reader))} layers" if layer in (None, "pooled") else f"layer {layer}"
     what = {"survivors": "weight gradient of unpruned weights", "all": "weight gradient, pruned weights as 0",
             "relative": "|g|/(|w|+eps) of unpruned weights"}.get(view, "weight gradient")
     return draw_histograms(rounds, mass, edges, sp, ax=ax, quantity=what,
@@ -209,11 +211,12 @@ def plot_spread(run, layer: Optional[str] = None, relative: bool = True, ax=None
                 window: str = "all"):
     """Spread of |g| per round (quantile bands from the histograms and the exact std), one
     layer or pooled ReLU-fed layers; ``relative``: as ratios to round 0 on a linear axis."""
-    from gradscope.fit.run import spread_table  # noqa: PLC0415
+    from gradscope.fit.run import fed_words, pooled_activations, spread_table  # noqa: PLC0415
 
     src = run if isinstance(run, RunSource) else resolve_run(run)
-    t = spread_table(_reader(src), layer=layer, view=view, window=window)
-    name = "pooled ReLU-fed layers" if layer in (None, "pooled") else f"layer {layer}"
+    reader = _reader(src)
+    t = spread_table(reader, layer=layer, view=view, window=window)
+    name = f"pooled {fed_words(pooled_activations(reader))} layers" if layer in (None, "pooled") else f"layer {layer}"
     kind = "relative to round 0" if relative else "per round"
     return draw_spread(t, relative=relative, ax=ax,
                        title=f"{src.label}: spread of |gradient| {kind}, {name}\n{view_label(view, window)}")

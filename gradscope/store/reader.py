@@ -47,6 +47,18 @@ def pooled_std(count: np.ndarray, s: np.ndarray, sumsq: np.ndarray) -> float:
     return float(np.sqrt(max(float(np.sum(sumsq)) / n - mean * mean, 0.0)))
 
 
+def pooled_flags(layers: pd.DataFrame) -> dict:
+    """{layer: True if it is pooled}: the recorded layers that feed an elementwise activation
+    (ReLU-fed under the default ``layers="relu"``, GELU-fed under ``"gelu"``; under ``"all"``,
+    those feeding any). Every "pooled" number pools these. A table without ``activation``
+    (schema 1, synthetic readers) pools its ReLU-fed layers, as before."""
+    if "activation" not in layers:
+        return dict(zip(layers["layer"], layers["relu_fed"].astype(bool)))
+    fed = layers["activation"].astype(str).str.len().to_numpy() > 0
+    rec = layers["recorded"].astype(bool).to_numpy() if "recorded" in layers else np.ones(len(layers), bool)
+    return dict(zip(layers["layer"], fed & rec))
+
+
 def _ident(path: str) -> tuple:
     st = os.stat(path)
     return st.st_dev, st.st_ino
@@ -145,6 +157,10 @@ class RunReader:
         """One row per conv/linear layer: layer, index, kind, shape, numel, relu_fed, relu_path,
         recorded, activation (the elementwise activation it feeds, "" none), rule (what chose it)."""
         return self._layers.copy()
+
+    def pooled_layers(self) -> list[str]:
+        """The layers every pooled number pools (``pooled_flags``): recorded and activation-fed."""
+        return [n for n, f in pooled_flags(self._layers).items() if f]
 
     def rounds(self) -> pd.DataFrame:
         return self._table("rounds")
@@ -260,15 +276,17 @@ class RunReader:
 
     def round_summary(self, relu_only: bool = True, view: str = "survivors", window: str = "all") -> pd.DataFrame:
         """Per round: sparsity, accuracies, pooled std (and mean |g|) of one view's gradients over
-        all (ReLU-fed) layers and the round's windows (``window="all"``) or its last window
-        (``"last"``), and ``std_ratio`` = std / std of the first round."""
+        the pooled layers (``pooled_layers()``: ReLU-fed, or GELU-fed, ... as the recorder's rule
+        chose; ``relu_only=False``: every recorded layer) and the round's windows
+        (``window="all"``) or its last window (``"last"``), and ``std_ratio`` = std / std of
+        the first round."""
         if window not in ("all", "last"):
             raise GradscopeError(f"window must be 'all' or 'last', got {window!r}")
         with self.snapshot():
             m = self.moments(view=view)
             rounds = self.rounds()
         if relu_only:
-            m = m[m["relu_fed"]]
+            m = m[m["layer"].isin(self.pooled_layers())]
         if window == "last" and len(m):
             last = m.groupby("round")["window"].transform("max")
             m = m[m["window"] == last]
