@@ -51,6 +51,70 @@ def make_config(out, schedule="lth", record=True, max_lr=0.05):
     return cfg'''
 
 
+# Notebook 01: the papers' view ("all") beside the survivors' view, and the sqrt(density) decomposition.
+VIEWS_MD = """## The papers' measurement beside the survivors'
+
+The papers measured each layer's whole gradient histogram, in which a pruned weight counts as a zero
+gradient: gradscope's view `all`. gradscope records the surviving (unpruned) weights, view
+`survivors`, and derives `all` exactly from them. For a layer keeping a fraction d of its weights,
+E_all[g^2] = d x E_s[g^2], so with gradients centred near 0, **std_all ~ sqrt(d) x std_s**: the
+whole-layer histogram narrows by sqrt(density) even when nothing about the surviving gradients changes.
+
+What gradscope's predictor study found (docs/findings.md; CIFAR-10 ResNet-20 and VGG-11, 5,000-image
+subset, 4 epochs per round, 2 seeds each, to 74 % sparsity): the survivors' gradient std **widens**,
+1.7-1.9x round 0 (a conv followed by BatchNorm has weight gradients that scale as 1/|w|, and pruning
+plus rewinding shrinks |w| by about sqrt(density)); the papers' view is about sqrt(density) x the
+survivors' and so stays within 0.89-0.97 of round 0. The narrowing the papers report is, on these
+networks, the zeros of the pruned weights. On the digits models the survivors' whole-round pool narrows
+(0.64-0.89x at 79 % sparsity) while their last epoch widens (about 1.5x).
+
+The default run of this notebook (built-in digits, `small_cnn`, a few short rounds) is a small example
+of the arithmetic, not evidence either way; set `data_root` to a CIFAR-10 folder (ResNet-20) for the
+real case. Both views are shown explicitly below, whatever the `view` parameter says; `window` applies."""
+
+DECOMPOSE = r"""import numpy as np
+import pandas as pd
+from gradscope.store import open_run
+
+with open_run(str(run)) as reader:
+    surv = reader.round_summary(view="survivors", window=window).set_index("round")
+    allw = reader.round_summary(view="all", window=window).set_index("round")
+    lay = reader.layers()
+    lr = reader.layer_rounds()
+# density of the layers the pooled std is over: recorded and ReLU-fed (round_summary's relu_only)
+pooled = set(lay.loc[lay["recorded"] & lay["relu_fed"], "layer"])
+lr = lr[lr["layer"].isin(pooled)].groupby("round")[["kept", "numel"]].sum()
+density = (lr["kept"] / lr["numel"]).reindex(surv.index)
+decomp = pd.DataFrame({
+    "sparsity (global)": surv["sparsity"],
+    "density (recorded layers)": density,
+    "survivors std / round 0": surv["std_ratio"],
+    "all std / round 0 (papers' view)": allw["std_ratio"],
+    "survivors x sqrt(density)": surv["std_ratio"] * np.sqrt(density / density.iloc[0]),
+})
+decomp["all / (survivors x sqrt(density))"] = (decomp["all std / round 0 (papers' view)"]
+                                               / decomp["survivors x sqrt(density)"])
+print(f"pooled std of the weight gradients over {len(pooled)} recorded ReLU-fed layers, "
+      f"{'all epochs of each round' if window == 'all' else 'last epoch of each round'}, as a ratio to round 0")
+decomp.round(4)"""
+
+DECOMPOSE_PLOT = r"""import matplotlib.pyplot as plt
+
+x = decomp["sparsity (global)"]
+fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+ax.plot(x, decomp["survivors std / round 0"], "o-", label="survivors (unpruned weights)")
+ax.plot(x, decomp["all std / round 0 (papers' view)"], "s-", label="all weights, pruned as zeros (papers' view)")
+ax.plot(x, decomp["survivors x sqrt(density)"], "k--", label="survivors x sqrt(density of recorded layers)")
+ax.plot(x, np.sqrt(decomp["density (recorded layers)"]), ":", color="grey", label="sqrt(density) alone")
+ax.axhline(1, color="grey", lw=0.5)
+ax.set_xlabel("sparsity (fraction of weights pruned, whole network)")
+ax.set_ylabel("pooled gradient std / round 0")
+ax.set_title(f"{Path(cfg.out).name}: survivors vs the papers' view\n"
+             f"(recorded ReLU-fed layers, {'all epochs' if window == 'all' else 'last epoch'} of each round)")
+ax.legend()
+plt.show()"""
+
+
 def _nb(cells):
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -70,8 +134,10 @@ def narrowing():
                           "Iterative magnitude pruning with rewinding, recording per-layer histograms and exact "
                           "moments of the gradients of the **unpruned** weights of every ReLU-fed layer "
                           "(`gradscope profile`). Built-in digits data by default; set `data_root` to a CIFAR-10 "
-                          "folder for the real thing. `view` and `window` choose which gradients every number "
-                          "below describes (docs/method.md, \"Views\")."),
+                          "folder for the real thing. `view` and `window` choose which gradients the first cells "
+                          "describe (docs/method.md, \"Views\"); the last section shows the survivors' view and "
+                          "the papers' view (pruned weights as zeros) side by side, and why they differ by "
+                          "sqrt(density)."),
         _params(VIEW_PARAMS),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('cfg = make_config("narrowing")\nPruningRun(cfg, log=lambda s: None).run()\n'
@@ -96,6 +162,14 @@ def narrowing():
                       'fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), layout="constrained")\n'
                       'plot_histograms(run, view=view, window=window, ax=axes[0])\n'
                       'plot_narrowing(run, fit=fit, view=view, window=window, ax=axes[1])\nplt.show()'),
+        new_markdown_cell(VIEWS_MD),
+        new_code_cell(DECOMPOSE),
+        new_code_cell(DECOMPOSE_PLOT),
+        new_markdown_cell("Reading it: where the `all` column equals `survivors x sqrt(density)` (last column near "
+                          "1), the papers' narrowing is the zeros of the pruned weights, not a change in the "
+                          "surviving gradients. The identity is exact for the second moment (E_all[g^2] = "
+                          "density x E_s[g^2] over the recorded layers); the std differs from it only through "
+                          "the gradients' mean."),
     ])
 
 
