@@ -96,6 +96,8 @@ decomp["all / (survivors x sqrt(density))"] = (decomp["all std / round 0 (papers
                                                / decomp["survivors x sqrt(density)"])
 print(f"pooled std of the weight gradients over {len(pooled)} recorded ReLU-fed layers, "
       f"{'all epochs of each round' if window == 'all' else 'last epoch of each round'}, as a ratio to round 0")
+gap = (decomp["all / (survivors x sqrt(density))"] - 1).abs().max()
+print(f"largest |all / (survivors x sqrt(density)) - 1| over rounds: {gap:.4f}")
 decomp.round(4)"""
 
 DECOMPOSE_PLOT = r"""import matplotlib.pyplot as plt
@@ -113,6 +115,94 @@ ax.set_title(f"{Path(cfg.out).name}: survivors vs the papers' view\n"
              f"(recorded ReLU-fed layers, {'all epochs' if window == 'all' else 'last epoch'} of each round)")
 ax.legend()
 plt.show()"""
+
+
+# Notebook 02: calibrate's default view and the Oracle's measured optima.
+CAL_VIEW_PARAMS = '''
+view = "all"                 # gradients of: all (pruned as zeros; calibrate's default view), survivors, relative
+window = "all"               # all epochs of each round, or "last" epoch only'''
+
+ORACLE_PARAMS = '''
+oracle_rounds_csv = "analysis/results/cifar10_h200_seed0/rounds.csv"  # predictor-study rounds table (a relative path is looked up from the working directory and the repository root); None: skip
+oracle_config = "cifar10-resnet20"  # the table's config whose Oracle optima are drawn
+oracle_label = "CIFAR-10 ResNet-20, 5,000-image subset, 4 epochs/round, seed 0, H200"  # what that run was'''
+
+ORACLE_MD = """## The Oracle's best max_lr beside the calibrated curve
+
+The ground truth a calibration should match: per round, the powered Oracle's best `max_lr` (vertex of a
+quadratic in log `max_lr` over 7 grid values x 3 seeds) with its 95 % bootstrap CI, from the committed
+predictor-study results (`oracle_rounds_csv`; default: CIFAR-10 ResNet-20, 5,000-image subset, 4 epochs
+per round, seed 0, on an H200). Those points come from **that** run, not from this notebook's profile:
+with the default digits profile the two differ in data, model and recipe, so compare shapes, not
+levels. The dashed curve rescales the calibrated curve to the Oracle's round-0 optimum, which is how the
+study scored every statistic (implied max_lr(k) = opt(0) x (s_0 / s_k)^gamma). Both are drawn against
+the sparsity of each round (the calibration's rounds at the planned sparsity 1 - (1 - p)^k)."""
+
+ORACLE_READ = r"""import gradscope
+
+
+def find_file(name):
+    # a path as given, else relative to the working directory, its parent (when run from notebooks/)
+    # or the repository root this gradscope was imported from; None when nowhere
+    if name is None:
+        return None
+    p = Path(name).expanduser()
+    bases = [Path.cwd(), Path.cwd().parent, Path(gradscope.__file__).resolve().parents[1]]
+    for cand in [p] if p.is_absolute() else [b / p for b in bases]:
+        if cand.is_file():
+            return cand
+    return None
+
+
+oracle_csv = find_file(oracle_rounds_csv)
+oracle = None
+if oracle_csv is None:
+    print(f"no Oracle rounds table at {oracle_rounds_csv!r} (looked in the working directory, its parent "
+          "and the repository root): the Oracle plot is skipped")
+else:
+    table = pd.read_csv(oracle_csv)
+    oracle = table.loc[table["config"] == oracle_config,
+                       ["round", "sparsity", "status", "optimum", "ci_lo", "ci_hi", "argmax"]].reset_index(drop=True)
+    if oracle.empty:
+        print(f"{oracle_csv} has no rows for config {oracle_config!r} "
+              f"(it has {', '.join(sorted(table['config'].unique()))}): the Oracle plot is skipped")
+        oracle = None
+    else:
+        print(f"Oracle: best max_lr per round with 95 % bootstrap CI, {oracle_label} ({oracle_csv})")
+if oracle is not None:
+    display(oracle)"""
+
+ORACLE_PLOT = r"""import numpy as np
+
+if oracle is not None:
+    p = cal.params
+    pred = cal.predict()
+    pred["sparsity (planned)"] = 1 - (1 - p["p"]) ** pred["round"]
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    ax.plot(pred["sparsity (planned)"], pred["max_lr"], "o-", color="C0",
+            label=f"calibrated S-curve, this notebook's profile ({Path(profile).parent.name}; {cal.status})")
+    if np.isfinite(pred["max_lr_lo"]).any():
+        ax.fill_between(pred["sparsity (planned)"], pred["max_lr_lo"], pred["max_lr_hi"], color="C0", alpha=0.15,
+                        label="calibrated: 95 % band")
+    scale = oracle["optimum"].iloc[0] / pred["max_lr"].iloc[0]
+    ax.plot(pred["sparsity (planned)"], pred["max_lr"] * scale, "--", color="C0",
+            label="calibrated, rescaled to the Oracle's round-0 optimum")
+    inner = oracle["status"] == "interior"
+    o = oracle[inner]
+    ax.errorbar(o["sparsity"], o["optimum"], yerr=[o["optimum"] - o["ci_lo"], o["ci_hi"] - o["optimum"]],
+                fmt="s", color="C3", capsize=4, label=f"Oracle best max_lr, 95 % CI ({oracle_label})")
+    if (~inner).any():
+        e = oracle[~inner]
+        ax.plot(e["sparsity"], e["argmax"], "x", color="C3", label="Oracle grid argmax, optimum not interior")
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
+    ax.set_ylabel("max_lr")
+    ax.set_title(f"Calibrated ({cal.source.get('statistic')}, view {cal.source.get('view')}, gamma {gamma:g}) "
+                 f"vs the Oracle's measured optimum\nOracle: {oracle_label}")
+    ax.legend(fontsize=8)
+    plt.show()
+    print(f"drawn: Oracle {int(inner.sum())} rounds with an interior optimum (95 % CI), {int((~inner).sum())} "
+          f"not interior (grid argmax); calibrated curve {len(pred)} rounds, view {cal.source.get('view')}")"""
 
 
 def _nb(cells):
@@ -179,9 +269,16 @@ def calibrate():
                           "The measured narrowing implies `max_lr(k) = max_lr(0) * (scale(0)/scale(k))^gamma`; "
                           "SILO's S-curve (lo, hi, beta, midpoint) is fitted to those points and compared with "
                           "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5; docs/references.md). "
-                          "`status` says whether the data support a rising curve at all."),
-        _params(VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
-                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'),
+                          "`status` says whether the data support a rising curve at all.\n\n"
+                          "The spread is measured, by default, under view `all` (pruned weights as zero "
+                          "gradients): `calibrate`'s default, the statistic that came closest to the Oracle's "
+                          "best `max_lr` in gradscope's predictor study. Closest is not good: no measured "
+                          "statistic beat a constant `max_lr` beyond noise (docs/findings.md), and the "
+                          "calibration prints that evidence. The last plot draws the Oracle's measured optima "
+                          "beside the calibrated curve."),
+        _params(CAL_VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
+                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'
+                + ORACLE_PARAMS),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('if profile is None:\n    cfg = make_config("calibrate-profile")\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    profile = str(Path(cfg.out) / "run.h5")\n'
@@ -209,6 +306,9 @@ def calibrate():
                       'plot_peaks({f"calibrated ({cal.status})": silo_cal,\n'
                       '            "released resnet20": get_schedule("silo", preset="resnet20")},\n'
                       '           rounds=25, prune_rate=p["p"], ax=axes[1])\nplt.show()'),
+        new_markdown_cell(ORACLE_MD),
+        new_code_cell(ORACLE_READ),
+        new_code_cell(ORACLE_PLOT),
     ])
 
 
