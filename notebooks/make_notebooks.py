@@ -206,6 +206,8 @@ if oracle is not None:
 
 
 def _nb(cells):
+    for i, c in enumerate(cells):  # fixed ids: regenerating an unchanged notebook changes nothing
+        c.id = f"cell-{i:02d}"
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
