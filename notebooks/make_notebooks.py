@@ -51,7 +51,167 @@ def make_config(out, schedule="lth", record=True, max_lr=0.05):
     return cfg'''
 
 
+# Notebook 01: the papers' view ("all") beside the survivors' view, and the sqrt(density) decomposition.
+VIEWS_MD = """## The papers' measurement beside the survivors'
+
+The papers measured each layer's whole gradient histogram, in which a pruned weight counts as a zero
+gradient: gradscope's view `all`. gradscope records the surviving (unpruned) weights, view
+`survivors`, and derives `all` exactly from them. For a layer keeping a fraction d of its weights,
+E_all[g^2] = d x E_s[g^2], so with gradients centred near 0, **std_all ~ sqrt(d) x std_s**: the
+whole-layer histogram narrows by sqrt(density) even when nothing about the surviving gradients changes.
+
+What gradscope's predictor study found (docs/findings.md; CIFAR-10 ResNet-20 and VGG-11, 5,000-image
+subset, 4 epochs per round, 2 seeds each, to 74 % sparsity): the survivors' gradient std **widens**,
+1.7-1.9x round 0 (a conv followed by BatchNorm has weight gradients that scale as 1/|w|, and pruning
+plus rewinding shrinks |w| by about sqrt(density)); the papers' view is about sqrt(density) x the
+survivors' and so stays within 0.89-0.97 of round 0. The narrowing the papers report is, on these
+networks, the zeros of the pruned weights. On the digits models the survivors' whole-round pool narrows
+(0.64-0.89x at 79 % sparsity) while their last epoch widens (about 1.5x).
+
+The default run of this notebook (built-in digits, `small_cnn`, a few short rounds) is a small example
+of the arithmetic, not evidence either way; set `data_root` to a CIFAR-10 folder (ResNet-20) for the
+real case. Both views are shown explicitly below, whatever the `view` parameter says; `window` applies."""
+
+DECOMPOSE = r"""import numpy as np
+import pandas as pd
+from gradscope.store import open_run
+
+with open_run(str(run)) as reader:
+    surv = reader.round_summary(view="survivors", window=window).set_index("round")
+    allw = reader.round_summary(view="all", window=window).set_index("round")
+    lay = reader.layers()
+    lr = reader.layer_rounds()
+# density of the layers the pooled std is over: recorded and ReLU-fed (round_summary's relu_only)
+pooled = set(lay.loc[lay["recorded"] & lay["relu_fed"], "layer"])
+lr = lr[lr["layer"].isin(pooled)].groupby("round")[["kept", "numel"]].sum()
+density = (lr["kept"] / lr["numel"]).reindex(surv.index)
+decomp = pd.DataFrame({
+    "sparsity (global)": surv["sparsity"],
+    "density (recorded layers)": density,
+    "survivors std / round 0": surv["std_ratio"],
+    "all std / round 0 (papers' view)": allw["std_ratio"],
+    "survivors x sqrt(density)": surv["std_ratio"] * np.sqrt(density / density.iloc[0]),
+})
+decomp["all / (survivors x sqrt(density))"] = (decomp["all std / round 0 (papers' view)"]
+                                               / decomp["survivors x sqrt(density)"])
+print(f"pooled std of the weight gradients over {len(pooled)} recorded ReLU-fed layers, "
+      f"{'all epochs of each round' if window == 'all' else 'last epoch of each round'}, as a ratio to round 0")
+gap = (decomp["all / (survivors x sqrt(density))"] - 1).abs().max()
+print(f"largest |all / (survivors x sqrt(density)) - 1| over rounds: {gap:.4f}")
+decomp.round(4)"""
+
+DECOMPOSE_PLOT = r"""import matplotlib.pyplot as plt
+
+x = decomp["sparsity (global)"]
+fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+ax.plot(x, decomp["survivors std / round 0"], "o-", label="survivors (unpruned weights)")
+ax.plot(x, decomp["all std / round 0 (papers' view)"], "s-", label="all weights, pruned as zeros (papers' view)")
+ax.plot(x, decomp["survivors x sqrt(density)"], "k--", label="survivors x sqrt(density of recorded layers)")
+ax.plot(x, np.sqrt(decomp["density (recorded layers)"]), ":", color="grey", label="sqrt(density) alone")
+ax.axhline(1, color="grey", lw=0.5)
+ax.set_xlabel("sparsity (fraction of weights pruned, whole network)")
+ax.set_ylabel("pooled gradient std / round 0")
+ax.set_title(f"{Path(cfg.out).name}: survivors vs the papers' view\n"
+             f"(recorded ReLU-fed layers, {'all epochs' if window == 'all' else 'last epoch'} of each round)")
+ax.legend()
+plt.show()"""
+
+
+# Notebook 02: calibrate's default view and the Oracle's measured optima.
+CAL_VIEW_PARAMS = '''
+view = "all"                 # gradients of: all (pruned as zeros; calibrate's default view), survivors, relative
+window = "all"               # all epochs of each round, or "last" epoch only'''
+
+ORACLE_PARAMS = '''
+oracle_rounds_csv = "analysis/results/cifar10_h200_seed0/rounds.csv"  # predictor-study rounds table (a relative path is looked up from the working directory and the repository root); None: skip
+oracle_config = "cifar10-resnet20"  # the table's config whose Oracle optima are drawn
+oracle_label = "CIFAR-10 ResNet-20, 5,000-image subset, 4 epochs/round, seed 0, H200"  # what that run was'''
+
+ORACLE_MD = """## The Oracle's best max_lr beside the calibrated curve
+
+The ground truth a calibration should match: per round, the powered Oracle's best `max_lr` (7 grid
+values x 3 seeds; the vertex of a quadratic in log `max_lr` through the best grid value and its
+neighbours) with its 95 % bootstrap CI, from the committed predictor-study results (`oracle_rounds_csv`;
+default: CIFAR-10 ResNet-20, 5,000-image subset, 4 epochs per round, seed 0, on an H200). That seed's
+optima rise (x3.3 per unit of sparsity, 95 % CI x1.4-x6.9); the second seed's
+(`analysis/results/cifar10_h200_seed1`) are flat within their CIs (docs/findings.md, section 1).
+
+Those points come from **that** run, not from this notebook's profile: with the default digits profile
+the two differ in data, model and recipe, so compare shapes, not levels. The dashed curve moves the
+calibrated curve so that its round 0 sits at the Oracle's round-0 optimum, as the study anchored every
+statistic (implied max_lr(k) = opt(0) x (s_0 / s_k)^gamma). Both are drawn against the sparsity of each
+round (the calibration's rounds at the planned sparsity 1 - (1 - p)^k)."""
+
+ORACLE_READ = r"""import gradscope
+
+
+def find_file(name):
+    # a path as given, else relative to the working directory, its parent (when run from notebooks/)
+    # or the repository root this gradscope was imported from; None when nowhere
+    if name is None:
+        return None
+    p = Path(name).expanduser()
+    bases = [Path.cwd(), Path.cwd().parent, Path(gradscope.__file__).resolve().parents[1]]
+    for cand in [p] if p.is_absolute() else [b / p for b in bases]:
+        if cand.is_file():
+            return cand
+    return None
+
+
+oracle_csv = find_file(oracle_rounds_csv)
+oracle = None
+if oracle_csv is None:
+    print(f"no Oracle rounds table at {oracle_rounds_csv!r} (looked in the working directory, its parent "
+          "and the repository root): the Oracle plot is skipped")
+else:
+    table = pd.read_csv(oracle_csv)
+    oracle = table.loc[table["config"] == oracle_config,
+                       ["round", "sparsity", "status", "optimum", "ci_lo", "ci_hi", "argmax"]].reset_index(drop=True)
+    if oracle.empty:
+        print(f"{oracle_csv} has no rows for config {oracle_config!r} "
+              f"(it has {', '.join(sorted(table['config'].unique()))}): the Oracle plot is skipped")
+        oracle = None
+    else:
+        print(f"Oracle: best max_lr per round with 95 % bootstrap CI, {oracle_label} ({oracle_csv})")
+if oracle is not None:
+    display(oracle)"""
+
+ORACLE_PLOT = r"""import numpy as np
+
+if oracle is not None:
+    p = cal.params
+    pred = cal.predict()
+    pred["sparsity (planned)"] = 1 - (1 - p["p"]) ** pred["round"]
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    ax.plot(pred["sparsity (planned)"], pred["max_lr"], "o-", color="C0",
+            label=f"calibrated S-curve, this notebook's profile ({Path(profile).parent.name}; {cal.status})")
+    if np.isfinite(pred["max_lr_lo"]).any():
+        ax.fill_between(pred["sparsity (planned)"], pred["max_lr_lo"], pred["max_lr_hi"], color="C0", alpha=0.15,
+                        label="calibrated: 95 % band")
+    scale = oracle["optimum"].iloc[0] / pred["max_lr"].iloc[0]
+    ax.plot(pred["sparsity (planned)"], pred["max_lr"] * scale, "--", color="C0",
+            label="calibrated, rescaled to the Oracle's round-0 optimum")
+    inner = oracle["status"] == "interior"
+    o = oracle[inner]
+    ax.errorbar(o["sparsity"], o["optimum"], yerr=[o["optimum"] - o["ci_lo"], o["ci_hi"] - o["optimum"]],
+                fmt="s", color="C3", capsize=4, label=f"Oracle best max_lr, 95 % CI ({oracle_label})")
+    if (~inner).any():
+        e = oracle[~inner]
+        ax.plot(e["sparsity"], e["argmax"], "x", color="C3", label="Oracle grid argmax, optimum not interior")
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
+    ax.set_ylabel("max_lr")
+    ax.set_title(f"Calibrated ({cal.source.get('statistic')}, view {cal.source.get('view')}, gamma {gamma:g}) "
+                 f"vs the Oracle's measured optimum\nOracle: {oracle_label}")
+    ax.legend(fontsize=8)
+    plt.show()
+    print(f"drawn: Oracle {int(inner.sum())} rounds with an interior optimum (95 % CI), {int((~inner).sum())} "
+          f"not interior (grid argmax); calibrated curve {len(pred)} rounds, view {cal.source.get('view')}")"""
+
+
 def _nb(cells):
+    for i, c in enumerate(cells):  # fixed ids: regenerating an unchanged notebook changes nothing
+        c.id = f"cell-{i:02d}"
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -70,8 +230,10 @@ def narrowing():
                           "Iterative magnitude pruning with rewinding, recording per-layer histograms and exact "
                           "moments of the gradients of the **unpruned** weights of every ReLU-fed layer "
                           "(`gradscope profile`). Built-in digits data by default; set `data_root` to a CIFAR-10 "
-                          "folder for the real thing. `view` and `window` choose which gradients every number "
-                          "below describes (docs/method.md, \"Views\")."),
+                          "folder for the real thing. `view` and `window` choose which gradients the first cells "
+                          "describe (docs/method.md, \"Views\"); the last section shows the survivors' view and "
+                          "the papers' view (pruned weights as zeros) side by side, and why they differ by "
+                          "sqrt(density)."),
         _params(VIEW_PARAMS),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('cfg = make_config("narrowing")\nPruningRun(cfg, log=lambda s: None).run()\n'
@@ -96,6 +258,14 @@ def narrowing():
                       'fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), layout="constrained")\n'
                       'plot_histograms(run, view=view, window=window, ax=axes[0])\n'
                       'plot_narrowing(run, fit=fit, view=view, window=window, ax=axes[1])\nplt.show()'),
+        new_markdown_cell(VIEWS_MD),
+        new_code_cell(DECOMPOSE),
+        new_code_cell(DECOMPOSE_PLOT),
+        new_markdown_cell("Reading it: where the `all` column equals `survivors x sqrt(density)` (last column near "
+                          "1), the papers' narrowing is the zeros of the pruned weights, not a change in the "
+                          "surviving gradients. The identity is exact for the second moment (E_all[g^2] = "
+                          "density x E_s[g^2] over the recorded layers); the std differs from it only through "
+                          "the gradients' mean."),
     ])
 
 
@@ -105,9 +275,16 @@ def calibrate():
                           "The measured narrowing implies `max_lr(k) = max_lr(0) * (scale(0)/scale(k))^gamma`; "
                           "SILO's S-curve (lo, hi, beta, midpoint) is fitted to those points and compared with "
                           "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5; docs/references.md). "
-                          "`status` says whether the data support a rising curve at all."),
-        _params(VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
-                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'),
+                          "`status` says whether the data support a rising curve at all.\n\n"
+                          "The spread is measured, by default, under view `all` (pruned weights as zero "
+                          "gradients): `calibrate`'s default, the statistic that came closest to the Oracle's "
+                          "best `max_lr` in gradscope's predictor study. That is a weak claim: no measured "
+                          "statistic beat a constant `max_lr` beyond noise (docs/findings.md), and the "
+                          "calibration prints that evidence. The last plot draws the Oracle's measured optima "
+                          "beside the calibrated curve."),
+        _params(CAL_VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
+                'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'
+                + ORACLE_PARAMS),
         new_code_cell(MAKE_CONFIG),
         new_code_cell('if profile is None:\n    cfg = make_config("calibrate-profile")\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    profile = str(Path(cfg.out) / "run.h5")\n'
@@ -135,6 +312,9 @@ def calibrate():
                       'plot_peaks({f"calibrated ({cal.status})": silo_cal,\n'
                       '            "released resnet20": get_schedule("silo", preset="resnet20")},\n'
                       '           rounds=25, prune_rate=p["p"], ax=axes[1])\nplt.show()'),
+        new_markdown_cell(ORACLE_MD),
+        new_code_cell(ORACLE_READ),
+        new_code_cell(ORACLE_PLOT),
     ])
 
 
