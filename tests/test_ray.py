@@ -65,7 +65,7 @@ def _candidates(out: Path) -> dict:
     """Candidate file name -> (val_acc, test_acc, per-example val correctness)."""
     res = {}
     for f in sorted((out / "oracle").glob("round_*/lr_*.pt")):
-        d = load_torch(f, what="Oracle candidate result")
+        d = load_torch(f)
         res[f"{f.parent.name}/{f.name}"] = (d["result"]["val_acc"], d["result"]["test_acc"], d["val_correct"])
     return res
 
