@@ -305,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a fitted family's scale (default: std)")
     s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
-    s.add_argument("--view", default="all",
-                   help="survivors, all or relative (see docs/method.md); 'all' (pruned weights as zero "
-                        "gradients) predicted the Oracle best in docs/findings.md (default: all)")
+    s.add_argument("--view", default="survivors", help="survivors, all or relative (see docs/method.md) (default: survivors)")
     s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
     s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
     s.set_defaults(func=_cmd_fit)
