@@ -91,3 +91,15 @@ def _text(cell) -> str:
 def _next_code(nb, cell):
     cells = [c for c in nb.cells if c.cell_type == "code"]
     return cells[cells.index(cell) + 1]
+
+
+def test_notebook_02_defaults_follow_calibrate_and_the_committed_study():
+    """Notebook 02 calibrates with calibrate's default view and reads an Oracle table that exists."""
+    import ast
+
+    from gradscope.calibrate.core import DEFAULT_VIEW
+
+    params = papermill.inspect_notebook(str(ROOT / "notebooks" / "02-calibrate-silo.ipynb"))
+    assert ast.literal_eval(params["view"]["default"]) == DEFAULT_VIEW
+    csv = ast.literal_eval(params["oracle_rounds_csv"]["default"])
+    assert (ROOT / csv).is_file(), csv
