@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import subprocess
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -573,36 +573,48 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
     """Append row blocks (dataset name -> rows) in one commit: reserve space, write, flush,
     then move the commit point. Any failure -> one GradscopeError; earlier commits intact."""
     need = int(sum(_nbytes(b) for b in blocks.values()) * 1.5)  # generous: HDF5 must never run out
+
+    def append(f: h5py.File, held: dict) -> None:
+        meta = _file_meta(f, path)
+        c = V.committed(f, meta)
+        new = dict(c)
+        for name, rows in blocks.items():
+            cnt = _BLOCK_COUNT[name]
+            held[name] = f[name]  # held until the file is closed: a failed dataset must not flush on its own
+            end = _append(held[name], c[cnt], rows)
+            if name in _LEADERS:
+                new[cnt] = end
+        f.flush()  # data and metadata on disk before the commit point moves
+        f.attrs.modify("committed", committed_array(new))
+
+    _write_in_place(path, need, what, append)
+
+
+def _write_in_place(path: str, need: int, what: str, body: Callable[[h5py.File, dict], None]) -> None:
+    """The one way an existing run file is changed: exclusive lock, ``need`` bytes reserved,
+    ``body(f, held)`` (``held``: HDF5 objects it opened, kept alive if the file must be
+    abandoned), close. A failed write -> one GradscopeError naming ``what``; the file keeps its
+    earlier commits and stays openable."""
     with file_lock(path, exclusive=True):
         check_path(path)
         try:
             with reserved_space(path, need):
                 f = open_rw(path)
                 err = None
-                dsets: dict = {}  # held until the file is closed: a failed dataset must not flush on its own
+                held: dict = {}
                 try:
-                    meta = _file_meta(f, path)
-                    c = V.committed(f, meta)
-                    new = dict(c)
-                    for name, rows in blocks.items():
-                        cnt = _BLOCK_COUNT[name]
-                        dsets[name] = f[name]
-                        end = _append(dsets[name], c[cnt], rows)
-                        if name in _LEADERS:
-                            new[cnt] = end
-                    f.flush()  # data and metadata on disk before the commit point moves
-                    f.attrs.modify("committed", committed_array(new))
+                    body(f, held)
                 except GradscopeError:
                     _close(f)
                     raise
                 except V.H5_ERRORS as e:
                     err = e
-                    _abandon(f, e, dsets)
+                    _abandon(f, e, held)
                 else:
                     err = _close(f)
                     if err is not None:
-                        _abandon(f, err, dsets)
-                dsets = {}
+                        _abandon(f, err, held)
+                held = {}
                 if err is not None:
                     raise err
         except GradscopeError:
@@ -659,32 +671,12 @@ def write_derived(path: str, name: str, df) -> None:
     if cols is None:
         raise GradscopeError(f"derived table {name!r} has duplicate column names")
     need = int(sum(_nbytes(d) for d, _ in cols) * 1.05) + 4096
-    with file_lock(path, exclusive=True):
-        check_path(path)
-        try:
-            with reserved_space(path, need):
-                f = open_rw(path)
-                err = None
-                try:
-                    V.read_meta(f, path)
-                    _write_derived(f, name, df, cols)
-                except GradscopeError:
-                    _close(f)
-                    raise
-                except V.H5_ERRORS as e:
-                    err = e
-                    _abandon(f, e)
-                else:
-                    err = _close(f)
-                    if err is not None:
-                        _abandon(f, err)
-                if err is not None:
-                    raise err
-        except GradscopeError:
-            raise
-        except V.H5_ERRORS as e:
-            _after_failed_write(path)
-            raise write_error(path, f"derived table {name!r}", e) from None
+
+    def write(f: h5py.File, held: dict) -> None:
+        V.read_meta(f, path)
+        _write_derived(f, name, df, cols)
+
+    _write_in_place(path, need, f"derived table {name!r}", write)
 
 
 def _write_derived(f: h5py.File, name: str, df, cols: list) -> None:
