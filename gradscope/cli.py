@@ -205,26 +205,24 @@ def _pos_int(s: str) -> int:
     return v
 
 
-def _pos_float(s: str) -> float:
+def _finite_float(s: str, positive: bool) -> float:
     import math
     try:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}" if positive
+                                         else f"must be a number >= 0, got {s}")
     return v
+
+
+def _pos_float(s: str) -> float:
+    return _finite_float(s, positive=True)
 
 
 def _nonneg_float(s: str) -> float:
-    import math
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
-    return v
+    return _finite_float(s, positive=False)
 
 
 def _fraction(s: str) -> float:
