@@ -46,3 +46,15 @@ def cli_env():
 
 
 PY = sys.executable
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test (tiny tensors: more threads only contend on a shared CI
+    machine); restored afterwards. Modules opt in with pytest.mark.usefixtures("one_thread")."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

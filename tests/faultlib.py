@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from gradscope.store import RunWriter, window_rows
+from gradscope.store import checksum as C
 from gradscope.store import schema as S
 
 EDGES = np.linspace(-1, 1, 9)
@@ -160,6 +161,18 @@ def pd_frame(n: int = 2):
     import pandas as pd
 
     return pd.DataFrame({"round": np.arange(n), "scale": np.arange(n) * 0.5, "model": ["t"] * n})
+
+
+def forge_attrs(path, **attrs) -> None:
+    """Rewrite root attributes and their checksums (a consistent forgery: validation, not the
+    checksum, must catch the impossible value)."""
+    with h5py.File(path, "r+") as f:
+        for k, v in attrs.items():
+            if k == "committed":
+                v = np.array(list(v) + [C.counts_crc(v)], dtype=np.int64)
+            f.attrs[k] = v
+        crcs = json.loads(f.attrs["attr_crc32"])
+        f.attrs["attr_crc32"] = json.dumps({k: C.value_crc(f.attrs[k]) for k in crcs})
 
 
 def flip_bit(path, offset: int, bit: int = 0) -> None:

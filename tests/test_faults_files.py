@@ -35,7 +35,6 @@ import pandas as pd
 import pytest
 
 from gradscope import GradscopeError
-from gradscope.store import checksum as C
 from gradscope.store import open_run
 from gradscope.store import schema as S
 from tests.conftest import ROOT, cli_env
@@ -201,16 +200,6 @@ def _find(data: bytes, needle: bytes) -> list[int]:
     return out
 
 
-def _forge_attrs(path, **attrs):
-    with h5py.File(path, "r+") as f:
-        for k, v in attrs.items():
-            if k == "committed":
-                v = np.array(list(v) + [C.counts_crc(v)], dtype=np.int64)
-            f.attrs[k] = v
-        crcs = json.loads(f.attrs["attr_crc32"])
-        f.attrs["attr_crc32"] = json.dumps({k: C.value_crc(f.attrs[k]) for k in crcs})
-
-
 def _edit(path, name, fn, sel=slice(None)):
     with h5py.File(path, "r+") as f:
         a = f[name][sel]
@@ -307,18 +296,18 @@ def damaged_files(base: Path, work: Path) -> list[tuple[str, str, Path]]:
 
     with h5py.File(base, "r") as f:
         committed = [int(x) for x in f.attrs["committed"][:-1]]
-    crafted("schema_version 'abc'", lambda q: _forge_attrs(q, schema_version="abc"))
-    crafted("schema_version 99", lambda q: _forge_attrs(q, schema_version=99))
-    crafted("committed > stored rows", lambda q: _forge_attrs(q, committed=committed[:4] + [committed[4] + 40, 0]))
-    crafted("committed negative", lambda q: _forge_attrs(q, committed=committed[:1] + [-1] + committed[2:]))
-    crafted("committed wrong length", lambda q: _forge_attrs(q, committed=committed[:3]))
-    crafted("committed not whole windows", lambda q: _forge_attrs(q, committed=committed[:4] + [committed[4] - 1, 0]))
+    crafted("schema_version 'abc'", lambda q: F.forge_attrs(q, schema_version="abc"))
+    crafted("schema_version 99", lambda q: F.forge_attrs(q, schema_version=99))
+    crafted("committed > stored rows", lambda q: F.forge_attrs(q, committed=committed[:4] + [committed[4] + 40, 0]))
+    crafted("committed negative", lambda q: F.forge_attrs(q, committed=committed[:1] + [-1] + committed[2:]))
+    crafted("committed wrong length", lambda q: F.forge_attrs(q, committed=committed[:3]))
+    crafted("committed not whole windows", lambda q: F.forge_attrs(q, committed=committed[:4] + [committed[4] - 1, 0]))
     crafted("committed without its checksum", lambda q: h5py.File(q, "r+").attrs.__setitem__(
         "committed", np.array(committed[:4] + [committed[4] - 2, 0, 0], dtype=np.int64)))
-    crafted("rows_per_window wrong", lambda q: _forge_attrs(q, rows_per_window=3))
-    crafted("sample_k wrong", lambda q: _forge_attrs(q, sample_k=4))
-    crafted("views unknown", lambda q: _forge_attrs(q, views=json.dumps({"survivors": 0, "sideways": 7})))
-    crafted("config not JSON", lambda q: _forge_attrs(q, config="{oops"))
+    crafted("rows_per_window wrong", lambda q: F.forge_attrs(q, rows_per_window=3))
+    crafted("sample_k wrong", lambda q: F.forge_attrs(q, sample_k=4))
+    crafted("views unknown", lambda q: F.forge_attrs(q, views=json.dumps({"survivors": 0, "sideways": 7})))
+    crafted("config not JSON", lambda q: F.forge_attrs(q, config="{oops"))
     crafted("config changed, checksum not", lambda q: h5py.File(q, "r+").attrs.__setitem__("config", "{}"))
     crafted("edges NaN", lambda q: _edit(q, "edges", lambda a: a.__setitem__(5, np.nan)))
     crafted("edges decreasing", lambda q: _edit(q, "edges", lambda a: a.__setitem__(5, 1e9)))
@@ -449,7 +438,7 @@ def test_damaged_files_from_the_shell(real_run, tmp_path):
             o, s = F.chunk_offset(p, ds, (0,) if ds == "rounds" else (0, 0))
             F.flip_bit(p, o + (F.field_offset(S.SMALL_TABLES["rounds"], "max_lr") + 7 if ds == "rounds" else s // 2), 4)
         else:
-            _forge_attrs(p, schema_version="abc")
+            F.forge_attrs(p, schema_version="abc")
         extra = ["-o", str(tmp_path / "r.html")] if name == "report" else []
         r = subprocess.run([sys.executable, "-m", "gradscope", name, str(p), *extra], capture_output=True, text=True,
                            env=cli_env(), cwd=ROOT, timeout=300)

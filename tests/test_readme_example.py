@@ -14,12 +14,7 @@ from gradscope.store import open_run
 from conftest import PY, ROOT, cli_env
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared CI machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per test
 
 
 def _env():

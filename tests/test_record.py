@@ -14,6 +14,8 @@ from gradscope.rounds import RoundInfo
 from gradscope.record import Binner, GradientRecorder, find_layers, linear_edges, log_edges, select_layers
 from gradscope.store import open_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per test
+
 
 class Block(nn.Module):
     def __init__(self, c):
@@ -279,14 +281,6 @@ from gradscope import InternalError  # noqa: E402,F401
 from gradscope.callbacks import TrainState, call_all  # noqa: E402
 from gradscope.pruning import weight_mask, weight_param  # noqa: E402
 from gradscope.record import PRESETS, RecorderWarning, weight_and_mask  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared CI machine
-    yield
-    torch.set_num_threads(n)
 
 
 def _mlp(seed=0, act=None):

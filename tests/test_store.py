@@ -16,7 +16,6 @@ import pytest
 from gradscope import GradscopeError, InternalError
 from gradscope.cli import main
 from gradscope.store import SCHEMA_VERSION, RunWriter, open_run, pooled_std, repair, window_rows, write_derived
-from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from tests import faultlib as F
 
@@ -258,20 +257,6 @@ def test_attribute_and_committed_checksums(tmp_path):
         open_run(p)
 
 
-def _forge(path, **attrs):
-    """Rewrite root attributes and their checksums (a consistent forgery: validation, not the
-    checksum, must catch the impossible value)."""
-    with h5py.File(path, "r+") as f:
-        for k, v in attrs.items():
-            if k == "committed":
-                v = np.array(list(v) + [C.counts_crc(v)], dtype=np.int64)
-            f.attrs[k] = v
-        crcs = json.loads(f.attrs["attr_crc32"])
-        for k in crcs:
-            crcs[k] = C.value_crc(f.attrs[k])
-        f.attrs["attr_crc32"] = json.dumps(crcs)
-
-
 @pytest.mark.parametrize("attrs, words", [
     ({"schema_version": "abc"}, "schema_version is 'abc', not an integer"),
     ({"schema_version": 99}, "schema version 99"),
@@ -285,7 +270,7 @@ def _forge(path, **attrs):
 def test_impossible_root_values_are_one_clear_error(tmp_path, attrs, words):
     p = tmp_path / "r.h5"
     F.write_run(p, rounds=2, windows=1)
-    _forge(p, **attrs)
+    F.forge_attrs(p, **attrs)
     with pytest.raises(GradscopeError, match=words):
         open_run(p).moments()
 
