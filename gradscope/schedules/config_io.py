@@ -40,16 +40,23 @@ def read_schedule_file(path: str) -> dict:
     return data
 
 
+def _file_params(path: str) -> tuple[Any, dict]:
+    """(the schedule a file names, or None; its parameters without calibrate's notes)."""
+    params = read_schedule_file(path)
+    name = params.pop("name", params.pop("schedule", None))
+    for key in FILE_NOTES:
+        params.pop(key, None)
+    return name, params
+
+
 def schedule_from_config(cfg) -> ScheduleFactory:
     """The factory for a ``ScheduleConfig``: parameters from ``cfg.schedule_file`` (JSON/YAML),
     then the flags that are not None. A file made from ``factory.params()`` works as is."""
     name = SCHEDULES.key(cfg.schedule)  # unknown name: one error listing the known ones
     params: dict[str, Any] = {}
     if getattr(cfg, "schedule_file", None):
-        params.update(read_schedule_file(cfg.schedule_file))
-        fname = params.pop("name", params.pop("schedule", name))
-        for key in FILE_NOTES:
-            params.pop(key, None)
+        fname, params = _file_params(cfg.schedule_file)
+        fname = name if fname is None else fname
         if fname != name and not (fname == "silo" and name == "silo-auto"):
             raise GradscopeError(f"schedule file {cfg.schedule_file} is for schedule {fname!r} "
                                  f"but the schedule is {name!r}; pass --schedule {fname}")
@@ -61,11 +68,9 @@ def schedule_from_config(cfg) -> ScheduleFactory:
 def load_schedule(path: str, **overrides: Any) -> ScheduleFactory:
     """The factory a schedule file describes (e.g. ``gradscope calibrate``'s silo.json, or a
     saved ``factory.params()`` with a ``schedule`` key), for a plain training loop."""
-    params = read_schedule_file(path)
-    name = params.pop("name", params.pop("schedule", None))
+    name, params = _file_params(path)
     if name is None:
         raise GradscopeError(f"schedule file {path} does not say which schedule it is for: add "
                              f"\"schedule\": NAME (one of {', '.join(SCHEDULES.names())})")
-    for key in FILE_NOTES:
-        params.pop(key, None)
-    return get_schedule(SCHEDULES.key(name), **{**params, **overrides})
+    name = SCHEDULES.key(name)
+    return get_schedule(name, **V.layer(params, overrides, SCHEDULES.get(name).cls.PEAK_PARAMS))
