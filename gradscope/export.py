@@ -83,9 +83,9 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
             per_view.append((v, counts, edges, r.moments(view=v)))
     n_hist = n_scalar = 0
     writer = _summary_writer(os.fspath(logdir))
+    offsets = step_offsets(per_view[0][3]) if per_view else {}  # every view has the same windows
     try:
         for v, counts, edges, m in per_view:
-            offsets = step_offsets(m)
             for i, row in enumerate(m.itertuples(index=False)):
                 if not row.count:
                     continue

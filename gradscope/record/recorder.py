@@ -301,7 +301,7 @@ class GradientRecorder:
     def _open_for_queued(self) -> None:
         """Open the file for rows queued before any step (a run resumed after its round's last
         epoch writes the round's row without training): possible once the layers are known."""
-        if (self.writer is None and self._early and self._failed is None and self.path is not None
+        if (self.writer is None and self._early and self._failed is None
                 and (self.layers_opt == "all" or any(i.seen for i in self._disc.infos))):
             self._setup()
 
