@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from gradscope import GradscopeError, JobsPending, __version__
 from gradscope.config import add_run_arguments, run_config_from_args
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 
 DESCRIPTION = ("gradscope: record per-layer weight-gradient statistics across iterative pruning "
                "rounds, fit how they change, calibrate SILO's max_lr S-curve from them, and compare "
@@ -47,7 +48,7 @@ def _cmd_prune(ns) -> int:
 
 
 def _cmd_profile(ns) -> int:
-    from gradscope.fit.run import fed_words, pooled_activations
+    from gradscope.fit.run import describe_view, fed_words, pooled_activations
     from gradscope.store import open_run
     from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
@@ -58,11 +59,12 @@ def _cmd_profile(ns) -> int:
         return 0
     path = f"{cfg.out}/run.h5"
     with open_run(path) as r:
-        table = r.round_summary(relu_only=True)
+        table = r.round_summary(relu_only=True, view=DEFAULT_VIEW, window=DEFAULT_WINDOW)
         fed = fed_words(pooled_activations(r))
     table = table.rename(columns={"std": "grad_std"})
     cols = [c for c in ("round", "sparsity", "val_acc", "test_acc", "grad_std", "std_ratio") if c in table]
-    print(f"\nGradient spread of unpruned {fed} layers' weights per round (view: survivors; all windows pooled):")
+    print(f"\nGradient spread of unpruned {fed} layers' weights per round "
+          f"({describe_view(DEFAULT_VIEW, DEFAULT_WINDOW)}; exact std from the moments):")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nrecorded to {path}  (next: gradscope fit {path})")
     return 0
@@ -303,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a fitted family's scale (default: std)")
     s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
-    s.add_argument("--view", default="survivors", help="survivors, all or relative (see docs/method.md) (default: survivors)")
-    s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
+    s.add_argument("--view", default=DEFAULT_VIEW,
+                   help=f"survivors, all or relative (see docs/method.md) (default: {DEFAULT_VIEW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW,
+                   help=f"all epochs of a round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
     s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
     s.set_defaults(func=_cmd_fit)
 
@@ -318,10 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--statistic", default="std",
                    help="spread statistic: std, meanabs, iqr, mad, or a fitted family (normal, laplace, t, gennorm) "
                         "(default: std)")
-    s.add_argument("--view", default="all",
-                   help="survivors, all or relative (see docs/method.md); 'all' (pruned weights as zero "
-                        "gradients) predicted the Oracle best in docs/findings.md (default: all)")
-    s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
+    s.add_argument("--view", default=DEFAULT_VIEW,
+                   help="survivors, all or relative (see docs/method.md); under 'all' (pruned weights as zero "
+                        "gradients) the sqrt(density) part of the rise is split off and not counted as evidence "
+                        f"(default: {DEFAULT_VIEW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW,
+                   help=f"all epochs of a round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
     s.add_argument("--force", action="store_true",
                    help="write -o even when the data do not support a rising S-curve (status flat/falling)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",

@@ -19,20 +19,24 @@ from scipy import optimize, stats
 from scipy.special import expit, logit
 
 from gradscope import GradscopeError
+from gradscope.calibrate.evidence import evidence_lines
+from gradscope.calibrate.gate import MIN_DOF, MIN_RISE, density_part, gate_lines, gate_sentence, null_gate, rounds_needed  # noqa: F401
 from gradscope.schedules.curves import planned_pruned_fraction, s_curve
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 
 # Safe ranges (documented in docs/method.md). hi is fitted as ratio = hi / lo.
 DEFAULT_BOUNDS = {"lo": (1e-4, 1.0), "ratio": (1.0, 10.0), "beta": (0.5, 20.0),
                   "midpoint": (0.05, 0.95)}
 _ORDER = ("lo", "ratio", "beta", "midpoint")
-DEFAULT_VIEW = "all"  # the predictor study's best statistic (docs/findings.md)
 
 
 def default_view(reader) -> str:
-    """DEFAULT_VIEW where the source can give it (every run file can: it is derived), else
-    "survivors" (a synthetic source without layer sizes); the choice is printed with the result."""
+    """The one default view (gradscope.views.DEFAULT_VIEW) where the source holds it, else
+    "survivors"; the choice is printed with the result."""
     views = reader.views() if hasattr(reader, "views") else ["survivors"]
     return DEFAULT_VIEW if DEFAULT_VIEW in views else "survivors"
+
+
 MIN_POINTS = 3  # rounds with x > 0 needed (besides round 0) before a fit is attempted
 
 
@@ -224,11 +228,15 @@ def rise_test(x, implied, level: float = 0.95) -> dict:
 
 
 STATUS_WORDS = {
-    "supported": "the implied max_lr rises with the pruned fraction: the data support a rising S-curve",
-    "flat": "the implied max_lr does not rise measurably with the pruned fraction: the data do not support "
-            "a rising S-curve (keep a fixed max_lr, or check `gradscope fit`'s trend)",
-    "falling": "the implied max_lr falls as the network is pruned (the gradients widen): the data do not "
-               "support a rising S-curve (a fixed max_lr, or a falling one, fits them better)",
+    "supported": "the measured gradients (beyond what density alone gives) imply a max_lr that rises with the "
+                 "pruned fraction: the data support a rising S-curve",
+    "flat": "the measured gradients add no rise we can tell from none (beyond what density alone gives): the "
+            "data do not support a rising S-curve (keep a fixed max_lr, or check `gradscope fit`'s trend); "
+            "'flat' means 'not detected' at this run's noise, not 'shown constant'",
+    "falling": "the measured gradients imply a max_lr that falls as the network is pruned (they widen): the "
+               "data do not support a rising S-curve (a fixed max_lr, or a falling one, fits them better)",
+    "underdetermined": "too few rounds for a verdict: the slope test needs more residual degrees of freedom "
+                       "(run more rounds); no S-curve is supported or refuted",
 }
 
 
@@ -315,9 +323,8 @@ class Calibration:
         if self.status != "supported" and not force:
             r = self.rise
             raise GradscopeError(
-                f"not writing {os.fspath(path)}: calibration status is {self.status!r} ({STATUS_WORDS[self.status]}; "
-                f"slope of log max_lr on x {r.get('slope', float('nan')):.3g}, 95 % CI "
-                f"{r.get('slope_lo', float('nan')):.3g} to {r.get('slope_hi', float('nan')):.3g}). "
+                f"not writing {os.fspath(path)}: calibration status is {self.status!r} "
+                f"({STATUS_WORDS.get(self.status, self.status)}; {gate_sentence(r)}). "
                 "Pass --force (force=True) to write the fitted curve anyway, with this status inside")
         path = os.fspath(path)
         d = _jsonable(self.to_dict())
@@ -367,9 +374,13 @@ def _flags(fit: dict, fix_lo) -> list:
 def calibrate_points(points: pd.DataFrame, *, p: float, lag: int = 1, shape: str = "warmup-step",
                      bounds: Optional[dict] = None, fix_lo: Optional[float] = None,
                      source: Optional[dict] = None, min_points: int = MIN_POINTS,
-                     use_measured: bool = False, level: float = 0.95) -> Calibration:
-    """Fit SILO to points (round, x, implied_max_lr) and package the result, with its status
-    (does the implied max_lr rise with x?) and flags (bounds, undetermined parameters)."""
+                     use_measured: bool = False, level: float = 0.95, min_dof: int = MIN_DOF) -> Calibration:
+    """Fit SILO to points (round, x, implied_max_lr[, density_part]) and package the result,
+    with its status from the pruning-only null gate (``gate.null_gate``: does the part of the
+    implied rise that density alone does not give rise with x, with at least ``min_dof``
+    residual dof?) and flags (bounds, undetermined parameters). ``density_part``: the implied
+    log max_lr that pruning alone gives per round (0, or absent, when the view counts no
+    pruned zeros)."""
     pts = points[np.isfinite(points["implied_max_lr"]) & (points["implied_max_lr"] > 0)]
     n_pos = int((pts["x"] > 0).sum())
     if n_pos < min_points or len(pts) < (4 if fix_lo is None else 3) + 1:
@@ -384,7 +395,8 @@ def calibrate_points(points: pd.DataFrame, *, p: float, lag: int = 1, shape: str
            "n_points": fit["n_points"], "at_bound": fit["at_bound"], "bound_side": fit["bound_side"],
            "poorly_determined": fit["poorly_determined"],
            "method": "least_squares on log max_lr; cov = s^2 (J^T J)^-1; intervals value +- t_dof * SE"}
-    rise = rise_test(pts["x"], pts["implied_max_lr"], level)
+    dens = pts["density_part"].to_numpy(float) if "density_part" in pts else np.zeros(len(pts))
+    rise = null_gate(pts["x"], np.log(pts["implied_max_lr"].to_numpy(float)), dens, level=level, min_dof=min_dof)
     return Calibration(params, unc, points.reset_index(drop=True), dict(source or {}), fit,
                        status=rise["status"], flags=_flags(fit, fix_lo), rise=rise)
 
@@ -466,7 +478,7 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
                   x: str = "planned", bounds: Optional[dict] = None, rounds_planned: Optional[int] = None,
                   p: Optional[float] = None, lag: Optional[int] = None, shape: Optional[str] = None,
                   fix_lo: bool = False, fit=None, min_points: int = MIN_POINTS, view: Optional[str] = None,
-                  window: str = "all") -> Calibration:
+                  window: str = DEFAULT_WINDOW, min_dof: int = MIN_DOF) -> Calibration:
     """Calibrate SILO from a run file (or RunReader): pooled narrowing of ``statistic`` ->
     implied max_lr per round -> fitted (lo, hi, beta, midpoint).
 
@@ -475,9 +487,9 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
     estimated from the measured sparsities when neither given nor in the config, and the
     file asks the schedule to use measured sparsity). p, lag, shape default to the run's
     config (prune_rate, schedule lag or 1, schedule shape or warmup-step). fix_lo pins lo to
-    the round-0 max_lr. view/window: which gradients (see gradscope.fit.VIEWS / WINDOWS); the
-    default view "all" (pruned weights as zeros) is the predictor study's best statistic, though
-    not better than a constant max_lr beyond noise (docs/findings.md; EVIDENCE is printed).
+    the round-0 max_lr. view/window: which gradients (see gradscope.views; defaults: the one
+    default of every verb). The status comes from the pruning-only null gate (gate.py): under
+    view "all" the sqrt(density) part of the rise is computed and not counted as evidence.
     ``fit``: a FitResult to reuse (its view and window must match).
     """
     from gradscope.fit.core import MOMENT_STATS, BINNED_STATS  # noqa: PLC0415
@@ -519,14 +531,23 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
     rounds = np.sort(n["round"].to_numpy(int))
     xs = pruned_fraction(rounds, p=p, lag=lag, measured=measured)
     pts = narrowing_points(fit.narrowing, statistic=statistic, max_lr0=lo, gamma=gamma, x=xs, rounds=rounds)
+    null = density_part(reader, view=view, window=window, statistic=statistic, gamma=gamma, rounds=rounds)
+    pts["null_ratio"] = null["null_ratio"].to_numpy(float)
+    pts["density_part"] = null["density_part"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pts["measured_part"] = np.log(pts["implied_max_lr"].to_numpy(float) / lo) - pts["density_part"].to_numpy(float)
     optimizer = _config_get(reader, "train", "optimizer") or "sgd"
     src = {"run": os.fspath(path) if isinstance(path, (str, os.PathLike)) else type(reader).__name__,
            "statistic": statistic, "view": view, "window": window, "describe": describe_view(view, window),
+           "model": _config_get(reader, "model", "model"), "dataset": _config_get(reader, "data", "dataset"),
            "gamma": gamma, "x": x, "max_lr0": lo, "p_source": p_source, "optimizer": optimizer,
            "rounds_used": [int(r) for r in rounds], "rounds_planned": rounds_planned}
     cal = calibrate_points(pts, p=float(p), lag=lag, shape=shape, bounds=bounds,
                            fix_lo=lo if fix_lo else None, source=src, min_points=min_points,
-                           use_measured=(x == "measured" and lag <= 1))
+                           use_measured=(x == "measured" and lag <= 1), min_dof=min_dof)
+    if view == "relative":
+        cal.flags.append("view relative: |g|/|w| also shrinks because pruning keeps the large weights; the gate "
+                         "splits off no such selection effect (use --view survivors for the gate's verdict)")
     if optimizer == "adamw":
         cal.flags.insert(0, ADAMW_WARNING)
     return cal
@@ -550,13 +571,6 @@ def format_calibration(cal: Calibration) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# printed with every calibration: what the predictor study measured about this default (docs/findings.md)
-EVIDENCE = ("evidence (docs/findings.md, predictor study: CIFAR-10 ResNet-20 and VGG-11 x 2 seeds, digits x 2): "
-            "no measured statistic predicted the Oracle's best max_lr better than a constant max_lr beyond noise; "
-            "the all-weights std (view all, the default) came closest (mean |log error| 0.22 vs 0.26 for a "
-            "constant, CIFAR-10 rounds). Check a calibrated schedule with `gradscope oracle`.")
-
-
 def describe_calibration(cal: Calibration) -> list:
     """Lines to print above/below the parameter table: what was measured (statistic, view,
     window, x, gamma), the status in words, the interval method, and every flag."""
@@ -565,12 +579,10 @@ def describe_calibration(cal: Calibration) -> list:
              f"x {src.get('x', 'planned')} (p {cal.params.get('p', float('nan')):.3g}, "
              f"{src.get('p_source', 'given')}; lag {cal.params.get('lag')}); gamma {src.get('gamma', 1.0):g}",
              f"status: {cal.status}: {STATUS_WORDS.get(cal.status, '')}"]
-    r = cal.rise
-    if r and np.isfinite(r.get("slope", np.nan)):
-        lines.append(f"  slope of log implied max_lr on x: {r['slope']:.3g} "
-                     f"({100 * r['level']:.0f} % CI {r['slope_lo']:.3g} to {r['slope_hi']:.3g}, {r['n']} points)")
+    lines += gate_lines(cal.rise)
     lines.append(f"intervals: {100 * u.get('level', 0.95):.0f} % = value +- t({u.get('dof')} dof) = "
                  f"{u.get('t_quantile', float('nan')):.3g} x SE")
     lines += [f"warning: {f}" for f in cal.flags]
-    lines.append(EVIDENCE)
+    lines += evidence_lines(src.get("model"), src.get("dataset"), src.get("view", DEFAULT_VIEW),
+                            src.get("window", DEFAULT_WINDOW), src.get("statistic", "std"))
     return lines

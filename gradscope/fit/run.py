@@ -21,10 +21,7 @@ from gradscope.fit.families import get_family
 _SUMS = ["count", "sum", "sumsq", "sumabs", "sum3", "sum4"]
 _KEYS = {"window": ["round", "epoch", "window"], "round": ["round"]}
 
-# What population of gradient values a number describes (docs/method.md, "Views").
-VIEWS = ("survivors", "all", "relative")
-# Which of a round's windows enter it: every window, or those of the round's last epoch.
-WINDOWS = ("all", "last")
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW, VIEWS, WINDOWS  # noqa: F401 - re-exported
 _VIEW_WORDS = {"survivors": "unpruned weights", "all": "all weights, pruned ones as exact zeros",
                "relative": "|g|/(|w|+eps) of unpruned weights"}
 _WINDOW_WORDS = {"all": "all epochs of each round", "last": "last epoch of each round"}
@@ -47,7 +44,7 @@ def check_window(window: str) -> str:
     return window
 
 
-def describe_view(view: str = "survivors", window: str = "all") -> str:
+def describe_view(view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> str:
     """Words for a label: 'view survivors (unpruned weights), all epochs of each round'."""
     return f"view {view} ({_VIEW_WORDS.get(view, view)}), {_WINDOW_WORDS.get(window, window)}"
 
@@ -105,7 +102,7 @@ def _accepts_view(method) -> bool:
         return False
 
 
-def read_view(reader, what: str, view: str = "survivors", **kw):
+def read_view(reader, what: str, view: str = DEFAULT_VIEW, **kw):
     """``reader.<what>(view=view, **kw)``; a reader without views (schema v1) serves only
     "survivors", and asking it for another view is one clear error."""
     method = getattr(reader, what)
@@ -117,7 +114,7 @@ def read_view(reader, what: str, view: str = "survivors", **kw):
     return method(**kw)
 
 
-def select_window(idx: pd.DataFrame, window: str = "all") -> np.ndarray:
+def select_window(idx: pd.DataFrame, window: str = DEFAULT_WINDOW) -> np.ndarray:
     """Boolean mask of the rows of ``idx`` in ``window``: "all", or "last" = rows of each
     round's last recorded epoch (needs the epoch column)."""
     check_window(window)
@@ -129,7 +126,7 @@ def select_window(idx: pd.DataFrame, window: str = "all") -> np.ndarray:
     return (idx["epoch"] == last).to_numpy()
 
 
-def load_windows(reader, view: str = "survivors", window: str = "all"):
+def load_windows(reader, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW):
     """Histogram counts, edges and one index row per histogram with its exact moments
     (only the rows of ``window``)."""
     counts, edges, idx = read_view(reader, "histograms", view)
@@ -211,7 +208,7 @@ def _pooled_column(idx: pd.DataFrame) -> np.ndarray:
 SPREAD_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def spread_table(path, *, layer: Optional[str] = None, view: str = "survivors", window: str = "all",
+def spread_table(path, *, layer: Optional[str] = None, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW,
                  quantiles: Sequence[float] = SPREAD_QUANTILES) -> pd.DataFrame:
     """Per round: quantiles of |g| from the histograms (``q05`` ... ``q95``), their binning
     resolution (``res_q50``: bin width / value), the exact std and mean |g|, and sparsity, of
@@ -284,7 +281,7 @@ def fit_tables(counts, edges, idx, *, per="round", models=MODELS, bootstrap=200,
 
 
 def check_fit_options(*, per: str = "round", models: Sequence[str] = MODELS, bootstrap: int = 200,
-                      seed: int = 0, view: str = "survivors", window: str = "all",
+                      seed: int = 0, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW,
                       statistic: Optional[str] = None) -> None:
     """Validate fit options (the CLI's flags) with one clear GradscopeError each; ``statistic``
     (what will be printed) must be available with ``models``."""
@@ -302,8 +299,8 @@ def check_fit_options(*, per: str = "round", models: Sequence[str] = MODELS, boo
 
 
 def fit_run(path, *, per: str = "round", models: Sequence[str] = MODELS, bootstrap: int = 200,
-            seed: int = 0, store: bool = True, resample: str = "auto", view: str = "survivors",
-            window: str = "all") -> FitResult:
+            seed: int = 0, store: bool = True, resample: str = "auto", view: str = DEFAULT_VIEW,
+            window: str = DEFAULT_WINDOW) -> FitResult:
     """Fit every histogram of a run (per layer and pooled), then narrowing and trends.
 
     ``path``: a run file or a RunReader-like object. ``per``: "round" sums each round's

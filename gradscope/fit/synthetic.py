@@ -131,16 +131,35 @@ class SyntheticRun:
         return sorted(self.derived_tables)
 
 
+def _all_view_row(r: dict, zeros: int, edges: np.ndarray) -> dict:
+    """The "all" view of one survivors row: ``zeros`` pruned positions added as exact zeros."""
+    from gradscope.store.views import zero_slot  # noqa: PLC0415
+
+    out = dict(r, view="all", counts=np.array(r["counts"], copy=True), count=r["count"] + zeros)
+    slot, i = zero_slot(edges)
+    if slot == "bin":
+        out["counts"][i] += zeros
+    else:
+        out[slot] += zeros
+    if zeros:
+        out["min"], out["max"] = min(r["min"], 0.0), max(r["max"], 0.0)
+    return out
+
+
 def make_synthetic_run(scales: dict, *, family: str = "laplace", shape: Optional[float] = None,
                        n: int = 100_000, windows: int = 1, epochs: int = 1,
                        epoch_factor: Optional[list] = None, prune_rate: float = 0.2, max_lr0: float = 0.03,
                        edges: Optional[np.ndarray] = None, sample_k: int = 0, relu_fed: Optional[dict] = None,
-                       views: Optional[dict] = None, seed: int = 0) -> SyntheticRun:
+                       views: Optional[dict] = None, density: Optional[dict] = None,
+                       seed: int = 0) -> SyntheticRun:
     """A run whose layer L in round k, epoch e has values ~ family(scale=scales[L][k] * epoch_factor[e]).
 
     Round k has planned sparsity 1-(1-prune_rate)^k; each of ``epochs`` epochs has
     ``windows`` windows, each drawing ``n`` values. ``views``: extra views {name: scales}
-    stored beside "survivors" (rows tagged with their view).
+    stored beside "survivors" (rows tagged with their view). ``density``: {layer: per-round
+    kept fraction}; then round k draws round(n * density) survivors per window and the "all"
+    view is derived exactly as the run-file reader derives it (the pruned positions as exact
+    zeros: gradscope.store.views.derive_all), so pruning-only nulls can be simulated.
     """
     rng = np.random.default_rng(seed)
     names = list(scales)
@@ -158,15 +177,20 @@ def make_synthetic_run(scales: dict, *, family: str = "laplace", shape: Optional
                 win = e * windows + w
                 for vname, sc in all_views.items():
                     for name in names:
-                        x = draw(rng, family, float(sc[name][k]) * ef[e], n, shape)
+                        kept = n if density is None else int(round(n * float(density[name][k])))
+                        x = draw(rng, family, float(sc[name][k]) * ef[e], kept, shape)
                         r = summarize(x, edges)
                         r.update(round=k, epoch=e, window=win, step_start=win * 10, step_end=win * 10 + 10,
                                  layer=name, view=vname)
                         rows.append(r)
+                        if density is not None and vname == "survivors":
+                            rows.append(_all_view_row(r, n - kept, edges))
                         if sample_k and vname == "survivors":
                             samples.append({"round": k, "epoch": e, "window": win, "layer": name,
                                             "values": x[:sample_k]})
     sp = 1 - (1 - prune_rate) ** np.arange(K)
+    if density is not None:  # measured: the kept fraction over all layers (each drawing n per window)
+        sp = 1 - np.mean([np.asarray(density[name], float) for name in names], axis=0)
     rounds = pd.DataFrame({"round": np.arange(K), "sparsity": sp, "target_sparsity": sp,
                            "max_lr": np.full(K, max_lr0)})
     relu_fed = relu_fed or {}

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from gradscope import GradscopeError
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 
 KINDS = ("histograms", "spread", "narrowing", "calibration", "schedule", "accuracy")
 
@@ -81,9 +82,11 @@ def register(subparsers) -> None:
     s.add_argument("runs", nargs="*", metavar="RUN", help="RUN.h5 or RUN_DIR (accuracy: several)")
     s.add_argument("-o", "--out", required=True, help="output file (.png, .pdf or .svg)")
     s.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
-    s.add_argument("--view", default="survivors",
-                   help="gradients of: survivors (unpruned weights, default), all (pruned as zeros), relative (|g|/|w|)")
-    s.add_argument("--window", default="all", help="all epochs of each round (default) or only the last")
+    s.add_argument("--view", default=DEFAULT_VIEW,
+                   help="gradients of: survivors (unpruned weights), all (pruned as zeros), relative (|g|/|w|) "
+                        f"(default: {DEFAULT_VIEW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW,
+                   help=f"all epochs of each round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
     s.add_argument("--layer", default=None, help="histograms/spread: one layer (default: pooled ReLU-fed layers)")
     s.add_argument("--absolute", action="store_true",
                    help="spread: quantile bands of |g| per round on a log axis instead of ratios to round 0")
@@ -108,7 +111,9 @@ def register(subparsers) -> None:
     s.add_argument("-o", "--out", default="report.html", help="output HTML file (default report.html)")
     s.add_argument("--title", default=None)
     s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the confidence bands")
-    s.add_argument("--view", default="survivors",
-                   help="gradients of: survivors (unpruned weights, default), all (pruned as zeros), relative (|g|/|w|)")
-    s.add_argument("--window", default="all", help="all epochs of each round (default) or only the last")
+    s.add_argument("--view", default=DEFAULT_VIEW,
+                   help="gradients of: survivors (unpruned weights), all (pruned as zeros), relative (|g|/|w|) "
+                        f"(default: {DEFAULT_VIEW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW,
+                   help=f"all epochs of each round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
     s.set_defaults(func=_cmd_report)

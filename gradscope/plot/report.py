@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 
 from gradscope import GradscopeError, __version__
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 from gradscope.plot.figures import new_axes
 from gradscope.plot.runs import (RunSource, _reader, plot_accuracy, plot_calibration, plot_histograms, plot_narrowing,
                                  plot_spread, resolve_run, run_config, run_fit, run_rounds, view_label)
@@ -106,7 +107,7 @@ def check_run_readable(src: RunSource) -> None:
         raise GradscopeError(f"{src.h5} is damaged: {str(e).splitlines()[0]}") from None
 
 
-def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: str = "all") -> str:
+def _run_html(src: RunSource, bootstrap: int, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> str:
     from gradscope.fit import TREND_WORDING  # noqa: PLC0415
 
     vw = {"view": view, "window": window}
@@ -197,8 +198,8 @@ def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: s
     return "\n".join(parts)
 
 
-def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int = 200, view: str = "survivors",
-                 window: str = "all") -> str:
+def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int = 200, view: str = DEFAULT_VIEW,
+                 window: str = DEFAULT_WINDOW) -> str:
     """The HTML text of a report on one or more runs (RUN.h5 or RUN_DIR each). Bad options and
     unreadable run files raise GradscopeError before any figure is drawn."""
     from gradscope.fit import check_bootstrap, check_view, check_window  # noqa: PLC0415
@@ -256,8 +257,8 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap: int = 200, view: str = "survivors",
-                 window: str = "all") -> Path:
+def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap: int = 200, view: str = DEFAULT_VIEW,
+                 window: str = DEFAULT_WINDOW) -> Path:
     """Write ``build_report`` to ``out`` atomically (an existing file is replaced only on success)."""
     out = Path(os.fspath(out))
     if out.is_dir():

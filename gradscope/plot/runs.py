@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 
 from gradscope import GradscopeError
+from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 from gradscope.plot.figures import (draw_accuracy, draw_calibration, draw_histograms, draw_narrowing,
                                     draw_spread, new_axes, round_histograms)
 
 
-def view_label(view: str = "survivors", window: str = "all") -> str:
+def view_label(view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> str:
     """The view/window words every figure title carries."""
     from gradscope.fit.run import describe_view  # noqa: PLC0415
 
@@ -87,7 +88,7 @@ def run_rounds(run) -> pd.DataFrame:
     return t.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
 
 
-def run_fit(run, *, bootstrap: int = 200, seed: int = 0, view: str = "survivors", window: str = "all"):
+def run_fit(run, *, bootstrap: int = 200, seed: int = 0, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW):
     """The run's fit tables (a ``FitResult``): computed with ``fit_run`` (not stored), except
     that a narrowing table already stored in the file (``gradscope fit``) for the same view
     and window is reused, so figures show the numbers ``gradscope fit`` printed."""
@@ -141,7 +142,7 @@ def _preset_peaks(name: str, rounds: int) -> np.ndarray:
 
 
 def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets: Sequence[str] = ("resnet20",),
-                     fit=None, view: str = "survivors", window: str = "all") -> dict:
+                     fit=None, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> dict:
     """Everything the calibration figure shows: points, curve (None when the fit is not
     possible), the Calibration (or None), the fit's failure message or the status note,
     presets, Oracle, used."""
@@ -183,7 +184,7 @@ def calibration_data(run, *, statistic: str = "std", gamma: float = 1.0, presets
 
 
 # ----------------------------------------------------------------------------- plot_* wrappers
-def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = "survivors", window: str = "all"):
+def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW):
     """Gradient distributions per round (ridgeline), one layer or the pooled (activation-fed) layers."""
     from gradscope.fit.run import (_pooled_flags, check_view, fed_words, pooled_activations, read_view,  # noqa: PLC0415
                                    select_window)
@@ -207,8 +208,8 @@ def plot_histograms(run, layer: Optional[str] = None, ax=None, view: str = "surv
                            title=f"{src.label}: gradient distributions, {name}\n{view_label(view, window)}")
 
 
-def plot_spread(run, layer: Optional[str] = None, relative: bool = True, ax=None, view: str = "survivors",
-                window: str = "all"):
+def plot_spread(run, layer: Optional[str] = None, relative: bool = True, ax=None, view: str = DEFAULT_VIEW,
+                window: str = DEFAULT_WINDOW):
     """Spread of |g| per round (quantile bands from the histograms and the exact std), one
     layer or pooled ReLU-fed layers; ``relative``: as ratios to round 0 on a linear axis."""
     from gradscope.fit.run import fed_words, pooled_activations, spread_table  # noqa: PLC0415
@@ -223,7 +224,7 @@ def plot_spread(run, layer: Optional[str] = None, relative: bool = True, ax=None
 
 
 def plot_narrowing(run, statistic: str = "std", layers: Optional[Sequence[str]] = None, ax=None, fit=None,
-                   view: str = "survivors", window: str = "all"):
+                   view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW):
     """Scale / round-0 scale vs sparsity, per layer (coloured by depth when many) and pooled
     with its confidence band."""
     from gradscope.fit import check_statistic  # noqa: PLC0415
@@ -239,7 +240,7 @@ def plot_narrowing(run, statistic: str = "std", layers: Optional[Sequence[str]] 
 
 
 def plot_calibration(run, statistic: str = "std", gamma: float = 1.0, presets: Sequence[str] = ("resnet20",),
-                     ax=None, fit=None, view: str = "survivors", window: str = "all"):
+                     ax=None, fit=None, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW):
     """Implied max_lr points, fitted S-curve, released preset(s), Oracle intervals when present."""
     src = run if isinstance(run, RunSource) else resolve_run(run)
     d = calibration_data(src, statistic=statistic, gamma=gamma, presets=presets, fit=fit, view=view, window=window)

@@ -1,0 +1,94 @@
+"""Does the Oracle's best max_lr rise with sparsity, and does any statistic predict it? (issue 19)
+
+The predictor study (predictor_study.py) ran one trajectory per configuration, so its slope
+CI held only one trajectory's within-round noise. This study runs several pruning
+trajectories (``--seed`` t: initialisation, data order, validation split) per configuration,
+each with a profile run (fixed max_lr 0.05, lth schedule, every view recorded) and a powered
+Oracle (7 max_lr x 3 seeds per round, grid extended at edges), with the same recipe as the
+predictor study. ``extract`` keeps what every table is computed from (per candidate, per
+validation example correctness; per round spreads) as small committed files under
+analysis/results/calibration/, so ``analyse`` regenerates the tables without the runs.
+
+    python analysis/calibration_study.py run --configs digits-lenet_300_100 --trajectories 0-3
+    python analysis/calibration_study.py extract      # runs -> analysis/results/calibration/data/
+    python analysis/calibration_study.py analyse      # data -> tables, figure, gradscope's evidence table
+
+Runs go to analysis/runs/calibration/ (git-ignored, resumable).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from predictor_study import COMMON, CONFIGS, ORACLE_EXTRA, PROFILE_EXTRA, PROFILE_LR  # noqa: E402
+
+RUNS = HERE / "runs" / "calibration"
+RESULTS = HERE / "results" / "calibration"
+
+
+def parse_range(s: str) -> list[int]:
+    """"0-3" -> [0, 1, 2, 3]; "0,2,5" -> [0, 2, 5]."""
+    out: list[int] = []
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def with_seed(args: list[str], seed: int) -> list[str]:
+    a = list(args)
+    a[a.index("--seed") + 1] = str(seed)
+    return a
+
+
+def run(names: list[str], trajectories: list[int], threads: int | None, runs: Path,
+        kinds: tuple[str, ...] = ("profile", "oracle")) -> None:
+    """Profile and Oracle of each configuration x trajectory (each command resumes where it stopped)."""
+    from gradscope.cli import main
+
+    for t in trajectories:
+        for name in names:
+            base = with_seed(CONFIGS[name] + COMMON, t) + (["--threads", str(threads)] if threads else [])
+            for kind, extra in (("profile", ["--max-lr", str(PROFILE_LR), *PROFILE_EXTRA]),
+                                ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", "1", "--no-record"])):
+                if kind not in kinds:
+                    continue
+                out = runs / name / f"t{t}" / kind
+                t0 = time.perf_counter()
+                code = main([kind, *base, *extra, "--out", str(out)])
+                print(f"[{name} t{t} {kind}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+                if code:
+                    sys.exit(code)
+
+
+def main_cli(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=("run", "extract", "analyse"))
+    p.add_argument("--configs", default="digits-lenet_300_100,digits-small_cnn", help="comma-separated")
+    p.add_argument("--trajectories", default="0-3", help="pruning seeds, e.g. 0-3 or 0,2,5 (default: 0-3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--runs", default=str(RUNS), help="where the runs live (default: analysis/runs/calibration)")
+    ns = p.parse_args(argv)
+    names = [n for n in ns.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
+    if ns.stage == "run":
+        run(names, parse_range(ns.trajectories), ns.threads, Path(ns.runs))
+    elif ns.stage == "extract":
+        from calibration_analysis import extract  # noqa: PLC0415
+        extract(Path(ns.runs), RESULTS / "data")
+    else:
+        from calibration_analysis import analyse  # noqa: PLC0415
+        analyse(RESULTS)
+
+
+if __name__ == "__main__":
+    main_cli()
