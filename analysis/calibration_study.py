@@ -49,15 +49,17 @@ def with_seed(args: list[str], seed: int) -> list[str]:
 
 
 def run(names: list[str], trajectories: list[int], threads: int | None, runs: Path,
-        kinds: tuple[str, ...] = ("profile", "oracle")) -> None:
+        kinds: tuple[str, ...] = ("profile", "oracle"), workers: int = 1, data_root: str | None = None) -> None:
     """Profile and Oracle of each configuration x trajectory (each command resumes where it stopped)."""
     from gradscope.cli import main
 
     for t in trajectories:
         for name in names:
             base = with_seed(CONFIGS[name] + COMMON, t) + (["--threads", str(threads)] if threads else [])
+            if data_root and "--data-root" in base:
+                base[base.index("--data-root") + 1] = data_root
             for kind, extra in (("profile", ["--max-lr", str(PROFILE_LR), *PROFILE_EXTRA]),
-                                ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", "1", "--no-record"])):
+                                ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers), "--no-record"])):
                 if kind not in kinds:
                     continue
                 out = runs / name / f"t{t}" / kind
@@ -75,16 +77,19 @@ def main_cli(argv=None) -> None:
     p.add_argument("--trajectories", default="0-3", help="pruning seeds, e.g. 0-3 or 0,2,5 (default: 0-3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--runs", default=str(RUNS), help="where the runs live (default: analysis/runs/calibration)")
+    p.add_argument("--data", default=str(RESULTS / "data"), help="extract: where the extracted data go")
+    p.add_argument("--data-root", default=None, help="CIFAR-10 archive or folder (default: ../shared/data/...)")
+    p.add_argument("--workers", type=int, default=1, help="Oracle candidates at a time (N > 1: Ray; default 1)")
     ns = p.parse_args(argv)
     names = [n for n in ns.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     if ns.stage == "run":
-        run(names, parse_range(ns.trajectories), ns.threads, Path(ns.runs))
+        run(names, parse_range(ns.trajectories), ns.threads, Path(ns.runs), workers=ns.workers, data_root=ns.data_root)
     elif ns.stage == "extract":
         from calibration_analysis import extract  # noqa: PLC0415
-        extract(Path(ns.runs), RESULTS / "data")
+        extract(Path(ns.runs), Path(ns.data))
     else:
         from calibration_analysis import analyse  # noqa: PLC0415
         analyse(RESULTS)

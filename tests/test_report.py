@@ -108,3 +108,27 @@ def test_report_on_a_damaged_file_fails_cleanly(profile_run, tmp_path):
         build_report([profile_run], bootstrap=-1)
     with pytest.raises(GradscopeError, match="unknown window"):
         build_report([profile_run], window="middle")
+
+
+def test_calibrate_plot_and_report_give_one_verdict_on_one_file(profile_run, capsys):
+    """One default view and window everywhere: `gradscope calibrate`, the calibration figure's
+    data and the report print the same status for the same file (and the same for --view all)."""
+    import re
+
+    from gradscope.calibrate import calibrate_run
+    from gradscope.cli import main
+    from gradscope.plot.runs import calibration_data
+    from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
+
+    h5 = str(profile_run / "run.h5")
+    for view in (None, "all"):
+        kw = {} if view is None else {"view": view}
+        cal = calibrate_run(h5, **kw)
+        assert cal.source["view"] == (view or DEFAULT_VIEW) and cal.source["window"] == DEFAULT_WINDOW
+        plot_cal = calibration_data(h5, **kw)["calibration"]
+        html_text = build_report([h5], bootstrap=10, **kw)
+        report_status = re.search(r'class="status[^"]*">status <b>(\w+)</b>', html_text).group(1)
+        main(["calibrate", h5, *([] if view is None else ["--view", view])])
+        cli_status = re.search(r"^status: (\w+):", capsys.readouterr().out, re.M).group(1)
+        assert cal.status == plot_cal.status == report_status == cli_status, view
+    assert cal.status == "underdetermined"  # 5 rounds: 3 residual dof, below the gate's 4

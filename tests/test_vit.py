@@ -306,11 +306,7 @@ def test_profile_fit_calibrate_vit_tiny_cifar10_adamw(tmp_path, capsys, real_cac
     rc = main(["calibrate", str(h5), "-o", str(cal)])
     printed = capsys.readouterr()
     assert "warning: the run trained with AdamW" in printed.out
-    if rc == 0:
-        notes = json.loads(cal.read_text())["notes"]
-        assert notes["status"] == "supported" and notes["flags"][0].startswith("the run trained with AdamW")
-    else:
-        assert rc == 2 and not cal.exists()
-        (line,) = printed.err.strip().splitlines()
-        assert line.startswith(f"gradscope: error: not writing {cal}: calibration status is ")
-        assert "'flat'" in line or "'falling'" in line
+    # 5 rounds give 3 residual dof: no verdict, so nothing is written (the AdamW warning still prints)
+    assert rc == 2 and not cal.exists()
+    (line,) = printed.err.strip().splitlines()
+    assert line.startswith(f"gradscope: error: not writing {cal}: calibration status is 'underdetermined'")

@@ -1,0 +1,330 @@
+"""Extraction and tables of the calibration study (calibration_study.py; issue 19).
+
+``extract`` turns the runs into the small committed files every table is computed from:
+per trajectory, ``oracle.npz`` (per round: the max_lr grid, every candidate's per-example
+validation correctness [grid, seed, example], sparsity) and ``profile.csv`` (per round:
+sparsity, ALLR's norm drop, and each pooled spread statistic under each view and window,
+with the pruning-only null ratio of the all-weights view and the recorded layers' density).
+``analyse`` computes from those files alone: the Oracle's paired-bootstrap optimum per
+round, the slope of log(optimum) on sparsity with a CI over trajectories and its verdict
+against "flat" and against SILO's rise, the power line, each predictor's regret against the
+Oracle, and gradscope's evidence table (gradscope/calibrate/evidence.csv).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope.calibrate.gate import density_part
+from gradscope.store import open_run
+from gradscope.train.checkpoint import load_torch
+
+# (column, view, window): pooled std of the recorded ReLU-fed layers
+SPREADS = (("survivors_all", "survivors", "all"), ("survivors_last", "survivors", "last"),
+           ("allw_all", "all", "all"), ("allw_last", "all", "last"))
+
+
+def extract_profile(profile: Path) -> pd.DataFrame:
+    """Per round: sparsity, norm drop, recorded layers' density, pooled std per view/window and the
+    all-weights view's pruning-only null ratio per window."""
+    rows = json.loads((profile / "rounds.json").read_text())
+    out = pd.DataFrame({"round": [r["round"] for r in rows], "sparsity": [r["sparsity"] for r in rows],
+                        "norm_drop": [r.get("norm_drop") for r in rows], "max_lr": [r.get("max_lr") for r in rows]})
+    with open_run(profile / "run.h5") as r:
+        lay = r.layer_rounds()
+        pooled = r.pooled_layers() if hasattr(r, "pooled_layers") else sorted(set(lay["layer"]))
+        lp = lay[lay["layer"].isin(pooled)].groupby("round")[["numel", "kept"]].sum()
+        out["recorded_density"] = out["round"].map(lp["kept"] / lp["numel"])
+        for col, view, window in SPREADS:
+            s = r.round_summary(relu_only=True, view=view, window=window).set_index("round")["std"]
+            out[col] = out["round"].map(s)
+        for window in ("all", "last"):
+            null = density_part(r, view="all", window=window, statistic="std", gamma=1.0,
+                                rounds=out["round"].to_numpy(int)).set_index("round")["null_ratio"]
+            out[f"allw_null_ratio_{window}"] = out["round"].map(null)
+    return out
+
+
+def extract_oracle(oracle: Path) -> dict:
+    """{f"round{k}_grid", f"round{k}_correct" (uint8 [grid, seed, example]), f"round{k}_sparsity"}."""
+    arrays = {}
+    for d in sorted((oracle / "oracle").glob("round_*"), key=lambda p: int(p.name.split("_")[1])):
+        k = int(d.name.split("_")[1])
+        meta = json.loads((d / "candidates.json").read_text())
+        grid = sorted({float(c["max_lr"]) for c in meta["candidates"]})
+        seeds = sorted({int(c.get("seed", 0)) for c in meta["candidates"]})
+        rows = []
+        for g in grid:
+            row = []
+            for s in seeds:
+                name = f"lr_{g:g}.pt" if s == 0 else f"lr_{g:g}_seed{s}.pt"
+                res = load_torch(d / name, what="Oracle candidate result", required=("val_correct",))
+                row.append(np.asarray(res["val_correct"], np.uint8))
+            rows.append(np.stack(row))
+        arrays[f"round{k}_grid"] = np.asarray(grid, float)
+        arrays[f"round{k}_correct"] = np.stack(rows)
+        arrays[f"round{k}_sparsity"] = np.asarray(float(meta["sparsity"]))
+    return arrays
+
+
+def extract(runs: Path, data: Path) -> None:
+    """Every finished trajectory (profile and Oracle both complete) -> data/<config>/t<k>/."""
+    for cfg_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for tdir in sorted(cfg_dir.glob("t*")):
+            prof, orc = tdir / "profile", tdir / "oracle"
+            cfg = json.loads((orc / "config.json").read_text()) if (orc / "config.json").exists() else None
+            done = cfg is not None and all((p / "rounds.json").exists() and len(json.loads(
+                (p / "rounds.json").read_text())) >= cfg["prune"]["rounds"] for p in (prof, orc))
+            if not done:
+                print(f"[{cfg_dir.name}/{tdir.name}] not finished: skipped")
+                continue
+            dest = data / cfg_dir.name / tdir.name
+            dest.mkdir(parents=True, exist_ok=True)
+            extract_profile(prof).to_csv(dest / "profile.csv", index=False)
+            np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
+            (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
+                                                          "oracle": cfg}, indent=1, sort_keys=True))
+            print(f"[{cfg_dir.name}/{tdir.name}] extracted to {dest}")
+
+
+# ----------------------------------------------------------------------------- analysis
+P = 0.2  # the study's prune rate (predictor_study.COMMON)
+N_BOOT = 1000
+PREDICTORS = {  # name -> how its implied max_lr of round k is made from profile.csv (anchored at opt(0))
+    "constant max_lr": None,
+    "survivors std, all windows (default)": ("survivors_all", None),
+    "survivors std, last window": ("survivors_last", None),
+    "all-weights std, all windows (papers' view)": ("allw_all", None),
+    "all-weights std, density part removed (the gate's measured part)": ("allw_all", "allw_null_ratio_all"),
+}
+SILO = "SILO ResNet-20 preset (rescaled to opt(0))"
+ALLR = "ALLR norm drop"
+VIEW_OF = {"survivors std, all windows (default)": ("survivors", "all", "std"),
+           "survivors std, last window": ("survivors", "last", "std"),
+           "all-weights std, all windows (papers' view)": ("all", "all", "std")}
+MODEL_DATA = {"digits-small_cnn": ("small_cnn", "digits"), "digits-lenet_300_100": ("lenet_300_100", "digits"),
+              "cifar10-resnet20": ("resnet20", "cifar10"), "cifar10-vgg11": ("vgg11", "cifar10")}
+
+
+def load(data: Path) -> dict:
+    """{config: {trajectory: (profile DataFrame, {round: (grid, correct, sparsity)})}}."""
+    out: dict = {}
+    for cdir in sorted(p for p in data.iterdir() if p.is_dir()):
+        for tdir in sorted(cdir.glob("t*"), key=lambda p: int(p.name[1:])):
+            z = np.load(tdir / "oracle.npz")
+            rounds = sorted(int(k[5:-5]) for k in z.files if k.endswith("_grid"))
+            orc = {k: (z[f"round{k}_grid"], z[f"round{k}_correct"].astype(bool), float(z[f"round{k}_sparsity"]))
+                   for k in rounds}
+            out.setdefault(cdir.name, {})[tdir.name] = (pd.read_csv(tdir / "profile.csv"), orc)
+    return out
+
+
+def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
+    """Each predictor's max_lr per round, anchored at the Oracle's round-0 optimum ``opt0``."""
+    from gradscope.oracle_stats import silo_max_lr  # noqa: PLC0415
+
+    p = prof.set_index("round")
+    out = pd.DataFrame(index=p.index)
+    for name, how in PREDICTORS.items():
+        if how is None:
+            out[name] = opt0
+            continue
+        col, null = how
+        ratio = p[col] / p[col].loc[0]
+        if null is not None:
+            ratio = ratio / p[null]
+        out[name] = opt0 / ratio
+    silo = silo_max_lr(p["sparsity"].to_numpy(float), P)
+    out[SILO] = opt0 * silo / silo[0]
+    nd = p["norm_drop"].astype(float).fillna(np.sqrt(P)).to_numpy()
+    out[ALLR] = np.where(p.index > 0, opt0 * nd / np.sqrt(P), opt0)
+    return out
+
+
+def analyse(results: Path) -> None:
+    """Every table of docs/findings.md's calibration study from ``results/data`` alone."""
+    from gradscope.oracle_stats import (OracleRound, fit_optimum, judge, power_line, score_predictions,  # noqa: PLC0415
+                                        trajectory, verdict_table)
+
+    data = load(results / "data")
+    if not data:
+        raise SystemExit(f"no extracted trajectories under {results / 'data'}: run `extract` first")
+    optima, traj_by_cfg, scores, per_round, spreads, powers = [], {}, [], [], [], []
+    for cfg, trajs in data.items():
+        rounds_all, predicted = [], {}
+        for tname, (prof, orc) in trajs.items():
+            est = {k: fit_optimum(g, c, n_boot=N_BOOT, seed=k) for k, (g, c, _) in orc.items()}
+            ks = sorted(est)
+            for k in ks:
+                e = est[k]
+                optima.append({"config": cfg, "trajectory": tname, "round": k, "sparsity": orc[k][2],
+                               "status": e.status, "optimum": e.optimum, "ci_lo": e.lo, "ci_hi": e.hi,
+                               "argmax": e.argmax, "grid_lo": float(orc[k][0].min()), "grid_hi": float(orc[k][0].max()),
+                               "seeds": e.n_seeds, "n_val": e.n_val})
+            traj_by_cfg.setdefault(cfg, []).append(trajectory(f"{cfg}/{tname}", [orc[k][2] for k in ks],
+                                                              [est[k] for k in ks]))
+            e0 = est[0]
+            opt0 = e0.optimum if e0.status == "interior" else e0.argmax
+            imp = implied_table(prof, opt0)
+            for k in ks:
+                if k == 0:
+                    continue
+                rounds_all.append(OracleRound(tname, k, orc[k][2], est[k]))
+                for name in imp.columns:
+                    predicted.setdefault(name, {})[(tname, k)] = float(imp.loc[k, name])
+            sp = prof.set_index("round")
+            last = int(sp.index.max())
+            for window in ("all", "last"):
+                spreads.append({"config": cfg, "trajectory": tname, "window": window, "round": last,
+                                "sparsity": float(sp.loc[last, "sparsity"]),
+                                "survivors_ratio": float(sp.loc[last, f"survivors_{window}"] / sp.loc[0, f"survivors_{window}"]),
+                                "all_ratio": float(sp.loc[last, f"allw_{window}"] / sp.loc[0, f"allw_{window}"]),
+                                "null_ratio": float(sp.loc[last, f"allw_null_ratio_{window}"]),
+                                "sqrt_recorded_density": float(np.sqrt(sp.loc[last, "recorded_density"])),
+                                "sqrt_global_density": float(np.sqrt(1 - sp.loc[last, "sparsity"]))})
+        sc = score_predictions(rounds_all, predicted, constant="constant max_lr")
+        sc.insert(0, "config", cfg)
+        scores.append(sc)
+        from gradscope.oracle_stats import round_regrets  # noqa: PLC0415
+        rr, _ = round_regrets(rounds_all, predicted)
+        rr.insert(0, "config", cfg)
+        per_round.append(rr)
+    verdicts = judge(traj_by_cfg, prune_rate=P)
+    vt = verdict_table(verdicts)
+    for v in verdicts:
+        pl = power_line(traj_by_cfg[v.name], v.ci.tau2)
+        powers.append({"config": v.name, "sentence": pl.sentence(), **{f"trajectories_at_{s}_seeds": n
+                                                                          for s, n in pl.needed.items()}})
+    out = results
+    pd.DataFrame(optima).to_csv(out / "optima.csv", index=False)
+    vt.to_csv(out / "slopes.csv", index=False)
+    pd.DataFrame(powers).to_csv(out / "power.csv", index=False)
+    scores_df = pd.concat(scores, ignore_index=True)
+    scores_df.to_csv(out / "scores.csv", index=False)
+    pd.concat(per_round, ignore_index=True).to_csv(out / "regret_per_round.csv", index=False)
+    spreads_df = pd.DataFrame(spreads)
+    spreads_df.to_csv(out / "spreads.csv", index=False)
+    write_evidence(scores_df, EVIDENCE)
+    print(vt.to_string(index=False))
+    print(pd.DataFrame(powers)["sentence"].to_string(index=False))
+    print(scores_df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    tables = render_tables(vt, pd.DataFrame(powers), scores_df, spreads_df, pd.DataFrame(optima))
+    (out / "tables.md").write_text(tables)
+    splice_findings(tables)
+    plot(pd.DataFrame(optima), pd.concat(per_round, ignore_index=True), IMG / "calibration_study.png")
+
+
+HERE = Path(__file__).resolve().parent
+EVIDENCE = HERE.parent / "gradscope" / "calibrate" / "evidence.csv"
+FINDINGS = HERE.parent / "docs" / "findings.md"
+IMG = HERE.parent / "docs" / "img"
+BEGIN, END = "<!-- calibration-study tables: begin (written by analysis/calibration_study.py analyse) -->", \
+    "<!-- calibration-study tables: end -->"
+
+
+def write_evidence(scores: pd.DataFrame, path: Path) -> None:
+    """gradscope's evidence table: one row per (configuration, predictor), read by `calibrate`."""
+    rows = []
+    for _, r in scores.iterrows():
+        model, dataset = MODEL_DATA.get(r["config"], (r["config"], "?"))
+        view, window, stat = VIEW_OF.get(r["predictor"], ("-", "-", "-"))
+        rows.append({"study": "calibration study 2026-12 (digits, CPU)", "model": model, "dataset": dataset,
+                     "view": view, "window": window, "statistic": stat, "predictor": r["predictor"],
+                     "trajectories": int(r["trajectories"]), "rounds": int(r["rounds"]),
+                     "metric": "regret (val acc points lost vs the Oracle's optimum)", "value": r["regret_points"],
+                     "value_lo": r["regret_lo"], "value_hi": r["regret_hi"],
+                     "vs_constant": r["diff_vs_constant"], "vs_constant_lo": r["diff_lo"],
+                     "vs_constant_hi": r["diff_hi"], "verdict": r["verdict"], "level": r["level"]})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _f(v, fmt=".3g") -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+
+def render_tables(vt, powers, scores, spreads, optima) -> str:
+    """The markdown tables of docs/findings.md's calibration study."""
+    L = ["**Table A. Does the Oracle's best max_lr rise with sparsity?** Slope of log(optimum) on sparsity "
+         "as a factor per unit of sparsity, CI over trajectories (random-slope model; Bonferroni over the "
+         f"{len(vt)} configurations), against flat (x1) and SILO's preset rise over the same sparsities.", "",
+         "| configuration | trajectories | interior rounds | factor per unit sparsity | CI | SILO's rise | verdict |",
+         "|---|---|---|---|---|---|---|"]
+    for _, r in vt.iterrows():
+        L.append(f"| {r['configuration']} | {r['trajectories']} | {r['rounds']} | x{_f(r['factor'])} | "
+                 f"x{_f(r['factor_lo'])} .. x{_f(r['factor_hi'])} ({100 * r['level']:.1f} %) | x{_f(r['silo_factor'])} | "
+                 f"{r['verdict']} |")
+    L += ["", "**Power.** " + " ".join(f"{c}: {s}" for c, s in zip(powers["config"], powers["sentence"])), ""]
+    L += ["**Table B. Predictors scored by regret** (validation accuracy points lost by training at the "
+          "predictor's max_lr instead of the Oracle's optimum, on the Oracle's fitted accuracy curve, its "
+          "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum; "
+          "95 % CI over trajectories). 'vs constant' is the paired difference (negative = fewer points lost).", "",
+          "| configuration | predictor | regret (points) | CI | vs constant | CI | Spearman rho | in Oracle CI | verdict |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in scores.iterrows():
+        L.append(f"| {r['config']} | {r['predictor']} | {_f(r['regret_points'])} | {_f(r['regret_lo'])} .. "
+                 f"{_f(r['regret_hi'])} | {_f(r['diff_vs_constant'], '+.3g')} | {_f(r['diff_lo'], '+.3g')} .. "
+                 f"{_f(r['diff_hi'], '+.3g')} | {_f(r['spearman_rho'], '.2f')} | {_f(r['share_in_oracle_ci'], '.2f')} | "
+                 f"{r['verdict']} |")
+    L += ["", "**Table C. What narrows, under which view and window** (last round; ratio of the pooled std to "
+          "round 0; mean over trajectories, min .. max). The all-weights view's pruning-only null uses the "
+          "recorded layers' own densities and round-0 moments.", "",
+          "| configuration | window | sparsity | survivors | all weights | pruning-only null | sqrt(recorded density) | sqrt(global density) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for (cfg, w), g in spreads.groupby(["config", "window"], sort=True):
+        def mm(c):
+            return f"{g[c].mean():.3g} ({g[c].min():.3g} .. {g[c].max():.3g})"
+        L.append(f"| {cfg} | {w} | {g['sparsity'].mean():.3f} | {mm('survivors_ratio')} | {mm('all_ratio')} | "
+                 f"{mm('null_ratio')} | {mm('sqrt_recorded_density')} | {mm('sqrt_global_density')} |")
+    st = optima.groupby("config")["status"].value_counts().unstack(fill_value=0)
+    L += ["", "**Oracle rounds by status** (all rounds of all trajectories): " +
+          "; ".join(f"{c}: " + ", ".join(f"{k} {int(v)}" for k, v in row.items() if v) for c, row in st.iterrows()), ""]
+    return "\n".join(L) + "\n"
+
+
+def splice_findings(tables: str) -> None:
+    """Replace the generated block of docs/findings.md (between the markers) with ``tables``."""
+    text = FINDINGS.read_text()
+    if BEGIN in text and END in text:
+        a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+        FINDINGS.write_text(text[:a] + "\n" + tables + text[b:])
+    else:
+        print(f"note: {FINDINGS} has no generated block; tables are in tables.md")
+
+
+def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path) -> None:
+    """Per configuration: each trajectory's Oracle optima with CIs against sparsity, and the
+    default predictor's and the constant's max_lr."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cfgs = list(dict.fromkeys(optima["config"]))
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(5.2 * len(cfgs), 4.0), squeeze=False)
+    for ax, cfg in zip(axes[0], cfgs):
+        o = optima[optima["config"] == cfg]
+        trajs = list(dict.fromkeys(o["trajectory"]))
+        for j, t in enumerate(trajs):
+            u = o[(o["trajectory"] == t) & (o["status"] == "interior")]
+            dx = (j - (len(trajs) - 1) / 2) * 0.006
+            ax.errorbar(u["sparsity"] + dx, u["optimum"], yerr=[u["optimum"] - u["ci_lo"], u["ci_hi"] - u["optimum"]],
+                        fmt="o", ms=3, capsize=2, lw=0.8, color=f"C{j}", label=f"Oracle optimum, {t} (95 % CI)")
+            e = o[(o["trajectory"] == t) & (o["status"] != "interior")]
+            ax.plot(e["sparsity"] + dx, e["argmax"], "x", color=f"C{j}", ms=5)
+        pr = per_round[per_round["config"] == cfg]
+        for name, style in (("survivors std, all windows (default)", "-"), ("constant max_lr", ":"),
+                            (SILO, "--"), ("all-weights std, all windows (papers' view)", "-.")):
+            q = pr[pr["predictor"] == name].groupby("round")[["sparsity", "max_lr"]].mean()
+            ax.plot(q["sparsity"], q["max_lr"], style, color="k", lw=1, label=f"{name} (mean over trajectories)")
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity (fraction of prunable weights pruned)")
+        ax.set_ylabel("max_lr")
+        ax.set_title(f"{cfg}: {len(trajs)} trajectories (x: edge/flat round, grid argmax)", fontsize=9)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Calibration study: the Oracle's best max_lr per round and what predictors implied", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
