@@ -78,7 +78,7 @@ def round_regrets(rounds: Sequence[OracleRound], predicted: Mapping[str, Predict
             reg_b = 100 * (peak_b - fb)
             reps.setdefault((name, r.trajectory), []).append(reg_b)
             lo, hi = np.quantile(reg_b, [0.025, 0.975])
-            inside = e.status == "interior" and e.lo <= lr <= e.hi
+            inside = e.status == "interior" and e.lo is not None and e.lo <= lr <= e.hi
             rows.append({"trajectory": r.trajectory, "round": r.round, "sparsity": r.sparsity, "predictor": name,
                          "max_lr": lr, "status": e.status, "optimum": e.optimum, "ci_lo": e.lo, "ci_hi": e.hi,
                          "regret_points": 100 * (peak - float(f)), "regret_lo": float(lo), "regret_hi": float(hi),
