@@ -74,7 +74,7 @@ class PowerLine:
         at_run = (f"; at {self.seeds_run} seed{'s' if self.seeds_run != 1 else ''}: "
                   f"{here if here is not None else f'> {MAX_TRAJECTORIES}'} trajectories") if s != self.seeds_run else ""
         tau = ("between-trajectory variance unknown with 1 trajectory, taken as 0, so this is a lower bound"
-               if math.isnan(self.tau2) else f"between-trajectory SD of the slope {math.sqrt(self.tau2):.3g}")
+               if math.isnan(self.tau2) else f"between-trajectory SD of the slope {math.sqrt(self.tau2):.3g} (DerSimonian-Laird estimate)")
         seeds = (" (1 seed run: the seeds' share is unknown and taken as 0)" if self.seeds_run == 1 else "")
         return (f"power: telling x{self.factor:.3g} from x1 per unit sparsity with {self.power:.0%} power "
                 f"(two-sided {self.alpha:.3g}) needs {design}{at_run} [{tau}; within-trajectory SD of a "

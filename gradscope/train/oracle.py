@@ -312,19 +312,9 @@ class OracleRounds:
         best_i = grid.index(est.argmax)
         chosen = seed0[best_i]
         run.ctx.model.load_state_dict(chosen["model"])
-        cost = float(sum(r.get("time_s", 0.0) for r in results))
-        device = results[0].get("device", run.ctx.device.type)
-        n_val = run.ctx.n_val
-        p = est.mean_acc[est.argmax]
-        summary = {
-            "round": k, "sparsity": info.sparsity, "grid": grid, "seeds": self.seeds, "n_val": n_val,
-            "val_se_points": 100 * math.sqrt(max(p * (1 - p), 1e-12) / n_val),
-            "candidates": results, "best_max_lr": est.argmax, "optimal_interval": list(est.interval),
-            "within_noise": [v for v in grid if est.interval[0] <= v <= est.interval[1]],
-            "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
-            # the replicates' mean-accuracy curves: regret scoring carries the Oracle's bootstrap with them
-            "boot_acc": [[round(float(v), 6) for v in row] for row in est.boot_acc],
-            "cost_s": cost, "device": device}
+        summary = choice_record(k, info.sparsity, grid, self.seeds, est, results, run.ctx.device.type)
+        cost = summary["cost_s"]
+        device = summary["device"]
         save_json(summary, paths.oracle_choice(k))
         faults.point("oracle-choice", k)
         epochs = [EpochMetrics(**e) for e in chosen["epochs"]]
@@ -340,6 +330,22 @@ class OracleRounds:
         state.metrics = epochs[-1].to_dict()
         call_all(callbacks, "on_round_end", state)
         return res
+
+
+def choice_record(k: int, sparsity: float, grid: Sequence[float], seeds: int, est: OptimumEstimate,
+                  results: Sequence[dict], device: str = "cpu") -> dict:
+    """Round ``k``'s candidates.json: the candidates, the choice, the optimum and its bootstrap."""
+    p, n_val = est.mean_acc[est.argmax], est.n_val
+    return {
+        "round": k, "sparsity": sparsity, "grid": list(grid), "seeds": seeds, "n_val": n_val,
+        "val_se_points": 100 * math.sqrt(max(p * (1 - p), 1e-12) / max(n_val, 1)),
+        "candidates": list(results), "best_max_lr": est.argmax, "optimal_interval": list(est.interval),
+        "within_noise": [v for v in grid if est.interval[0] <= v <= est.interval[1]],
+        "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
+        # the replicates' mean-accuracy curves: regret scoring carries the Oracle's bootstrap with them
+        "boot_acc": [[round(float(v), 6) for v in row] for row in est.boot_acc],
+        "cost_s": float(sum(r.get("time_s", 0.0) for r in results)),
+        "device": results[0].get("device", device) if results else device}
 
 
 def describe(est: OptimumEstimate) -> str:
