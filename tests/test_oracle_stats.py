@@ -68,6 +68,24 @@ def test_trajectories_with_too_few_interior_rounds_are_left_out_or_refused():
         slope_over_trajectories([short])
 
 
+def test_trajectory_from_raw_correctness_keeps_interior_rounds_and_the_variance_split():
+    from gradscope.oracle_stats import trajectory_from_correct
+
+    rng = np.random.default_rng(2)
+    grid = np.geomspace(0.003, 0.8, 11)
+    lx = np.log(grid)
+    corrects = []
+    for s in X[:4]:
+        skill = 1.4 - 0.4 * (lx - math.log(0.03 * 3.3 ** s)) ** 2
+        z = skill[:, None, None] + rng.normal(0, 0.1, (11, 3, 1)) + rng.normal(0, 1.5, 600)
+        corrects.append(rng.random(z.shape) < 1 / (1 + np.exp(-z)))
+    corrects[2] = np.zeros_like(corrects[2])  # a flat round: left out, counted
+    t = trajectory_from_correct("raw", X[:4], [grid] * 4, corrects, n_boot=100)
+    assert list(t.x) == [X[0], X[1], X[3]] and t.skipped == 1 and t.boots.shape == (100, 3) and t.n_seeds == 3
+    assert np.all(t.var_examples > 0) and np.all(np.isfinite(t.var_seeds))
+    assert t.within_var(math.inf) < t.within_var() < t.within_var(1)  # more seeds, less noise; examples remain
+
+
 def test_silo_reference_slope_is_the_released_curve_over_the_same_sparsities():
     def released(k, lo=0.03, hi=0.07, beta=5, p=0.2):  # Martin1937/SILO's cal(x), x = 1 - 0.8^(round-1)
         x = 1 - (1 - p) ** (k - 1)

@@ -38,6 +38,8 @@ def t_test_power(effect: float, se1: float, T: np.ndarray, alpha: float) -> np.n
 
 def trajectories_needed(effect: float, se1: float, alpha: float = 0.05, power: float = 0.8) -> Optional[int]:
     """The least T >= 2 with that power (None: more than MAX_TRAJECTORIES)."""
+    if not se1 > 0:  # no noise at all: two trajectories tell any effect
+        return 2
     T = np.arange(2, MAX_TRAJECTORIES + 1)
     ok = np.nonzero(t_test_power(effect, se1, T, alpha) >= power)[0]
     return int(T[ok[0]]) if len(ok) else None
