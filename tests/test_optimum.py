@@ -57,7 +57,7 @@ def test_paired_seeds_give_the_right_width_where_unpaired_ones_do_not():
     assert np.mean([e.lo <= 0.05 <= e.hi for e in paired]) >= 0.9
     width = {k: np.median([math.log(e.hi / e.lo) for e in v if e.status == "interior"]) for k, v in res.items()}
     assert width[False] > 2 * width[True], width
-    assert sum(e.status != "interior" for e in unpaired) >= sum(e.status != "interior" for e in paired)
+    assert sum(e.status.startswith("edge") and GRID[0] < e.argmax < GRID[-1] for e in unpaired) > 0  # issue 19
     seeds_share = {k: np.mean([e.var_log_opt["seeds"] for e in v]) for k, v in res.items()}
     assert seeds_share[False] > 3 * seeds_share[True], seeds_share  # paired: the offset cancels
 
