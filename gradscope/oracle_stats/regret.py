@@ -3,7 +3,8 @@
 Regret of a prediction in one round = the Oracle's fitted accuracy at its optimum minus its
 fitted accuracy at the predicted max_lr (``round.fitted_accuracy``: the local quadratic round
 the argmax, linear in log max_lr elsewhere on the grid; a prediction outside the grid is
-clamped to the nearest end and counted in ``outside_grid``). It is computed on every
+clamped to the nearest end and counted in ``outside_grid``; in a round whose optimum is at a
+grid edge the regret is a lower bound). It is computed on every
 bootstrap replicate of the Oracle's accuracy curve, so the Oracle's own uncertainty is in
 every CI. A predictor "beats constant" only when the CI of its paired regret difference to
 the constant (same replicates, same rounds) excludes 0 below; with several trajectories that
