@@ -101,7 +101,8 @@ def test_summary_with_one_seed_and_no_slope_says_so(tmp_path):
     text = oracle_report(a)
     assert "1 seed per max_lr" in text and "1 seeds" not in text
     assert "validation-example noise only" in text
-    assert "verdict: cannot tell" in text and "power: not computed" in text
+    assert "verdict: cannot tell" in text and "power: cannot be estimated from these rounds (" in text
+    assert "None" not in text  # no optimum is printed as NaN like any missing number
 
 
 def test_pooled_trajectories_must_be_the_same_configuration(tmp_path):

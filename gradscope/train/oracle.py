@@ -390,8 +390,9 @@ def oracle_summary(out):
     rows = []
     for d in _choices(out):
         o = d.get("optimum") or {}
+        nan = float("nan")  # not None: a column of numbers whatever the statuses
         rows.append({"round": d["round"], "sparsity": d.get("sparsity"), "status": o.get("status", "-"),
-                     "optimum": o.get("optimum"), "ci_lo": o.get("lo"), "ci_hi": o.get("hi"),
+                     "optimum": o.get("optimum") or nan, "ci_lo": o.get("lo") or nan, "ci_hi": o.get("hi") or nan,
                      "argmax": d["best_max_lr"], "interval_lo": d["optimal_interval"][0],
                      "interval_hi": d["optimal_interval"][1], "seeds": d.get("seeds", 1),
                      "n_val": d.get("n_val"), "cost_h": d.get("cost_s", float("nan")) / 3600,
@@ -504,8 +505,15 @@ def oracle_report(out, others: Sequence = (), *, level: float = 0.95, preset: st
     try:
         v = judge({"this configuration": trajs}, level=level, prune_rate=prune_rate, preset=preset)[0]
     except GradscopeError as e:
+        counts = {}
+        for o in outs:
+            for st in oracle_summary(o)["status"]:
+                counts[st] = counts.get(st, 0) + 1
+        seen = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
         lines += [f"\nslope test: {e}", "verdict: cannot tell (no slope)",
-                  "power: not computed (it needs a trajectory with 3 or more interior rounds)"]
+                  f"power: cannot be estimated from these rounds ({seen}): it needs a trajectory with 3 or more "
+                  f"interior optima; a flat round needs a larger validation set (--val-size; here {n_val} images) "
+                  f"or more seeds, an edge round a wider --grid"]
         return "\n".join(lines)
     lines += ["\n" + v.ci.sentence(), v.sentence(), power_line(trajs, v.ci.tau2).sentence()]
     return "\n".join(lines)
