@@ -44,7 +44,7 @@ def test_paired_seeds_give_the_right_width_where_unpaired_ones_do_not():
     about 3x too wide and rounds come out "edge" although their argmax is interior."""
     rng = np.random.default_rng(4)
     res = {True: [], False: []}
-    for i in range(40):
+    for i in range(30):
         lx = np.log(GRID)
         skill = 1.4 - 0.4 * (lx - math.log(0.05)) ** 2
         z = (skill[:, None, None] + rng.normal(0, 0.5, (1, 3, 1)) + rng.normal(0, 0.03, (7, 3, 1))
