@@ -86,9 +86,12 @@ def _fixed_peak_default(cfg) -> None:
 def _cmd_oracle(ns) -> int:
     from gradscope.schedules import schedule_from_config
     from gradscope.train import PruningRun
-    from gradscope.train.oracle import (OracleRounds, default_grid, make_executor, oracle_slope,
-                                        oracle_summary, parse_grid)
+    from gradscope.train.oracle import (OracleRounds, check_trajectories, default_grid, make_executor,
+                                        oracle_report, parse_grid)
     cfg = run_config_from_args(ns)
+    others = [o for o in (ns.trajectories or "").split(",") if o.strip()]
+    if others:
+        check_trajectories(others)  # before any training: a bad --trajectories fails now
     _fixed_peak_default(cfg)
     grid = parse_grid(ns.grid) if ns.grid else default_grid(schedule_from_config(cfg.schedule), ns.grid_points)
     if ns.ray or ns.ray_address:
@@ -101,15 +104,7 @@ def _cmd_oracle(ns) -> int:
         executor = make_executor(ns.workers)
     rounds = OracleRounds(grid, seeds=ns.seeds, executor=executor, max_extend=ns.max_extend)
     PruningRun(cfg, rounds=rounds).run()
-    t = oracle_summary(cfg.out)
-    n_val = int(t["n_val"].iloc[0]) if len(t) else 0
-    print(f"\nOracle per round ({ns.seeds} seeds per max_lr; validation: {n_val} images, so one candidate's "
-          f"accuracy has a standard error of about {100 * 0.5 / max(n_val, 1) ** 0.5:.2g} points at 50 %):")
-    print(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    try:
-        print("\n" + oracle_slope(cfg.out, x="sparsity").sentence())
-    except GradscopeError as e:
-        print(f"\nslope test: {e}")
+    print("\n" + oracle_report(cfg.out, others))
     return 0
 
 
@@ -285,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join this Ray cluster (implies --ray; default: start Ray on this machine)")
     s.add_argument("--gpus-per-candidate", type=_nonneg_float, default=0.0, metavar="F",
                    help="GPUs Ray reserves per candidate with --ray, e.g. 0.25 for four per GPU (default: 0)")
+    s.add_argument("--trajectories", default=None, metavar="DIR[,DIR...]",
+                   help="finished Oracle runs of the same configuration with other --seed values (other pruning "
+                        "trajectories): the summary's slope CI, verdict and power line pool them with this run "
+                        "(default: none; the slope CI is then within-trajectory only)")
     s.set_defaults(func=_cmd_oracle)
 
     s = sub.add_parser("oracle-candidate", help="train one Oracle candidate (for cluster schedulers)")

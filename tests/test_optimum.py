@@ -37,6 +37,37 @@ def test_ci_covers_the_true_optimum_at_the_nominal_rate():
     assert np.mean(widths) < 2.5 * np.std(logs)  # conservative, not vacuous
 
 
+def test_paired_seeds_give_the_right_width_where_unpaired_ones_do_not():
+    """A seed that is good at one max_lr is good at all (it has the same data order at every
+    grid value): that offset moves no optimum. Resampling whole seed rows keeps it out of the
+    CI; resampling seeds per grid value turns it into noise between neighbours, so the CI is
+    about 3x too wide and rounds come out "edge" although their argmax is interior."""
+    rng = np.random.default_rng(4)
+    res = {True: [], False: []}
+    for i in range(30):
+        lx = np.log(GRID)
+        skill = 1.4 - 0.4 * (lx - math.log(0.05)) ** 2
+        z = (skill[:, None, None] + rng.normal(0, 0.5, (1, 3, 1)) + rng.normal(0, 0.03, (7, 3, 1))
+             + rng.normal(0, 1.5, 3000)[None, None, :])
+        c = rng.random(z.shape) < 1 / (1 + np.exp(-z))
+        for paired in (True, False):
+            res[paired].append(fit_optimum(GRID, c, n_boot=200, seed=i, paired=paired))
+    paired, unpaired = res[True], res[False]
+    assert all(e.status == "interior" for e in paired)
+    assert np.mean([e.lo <= 0.05 <= e.hi for e in paired]) >= 0.9
+    width = {k: np.median([math.log(e.hi / e.lo) for e in v if e.status == "interior"]) for k, v in res.items()}
+    assert width[False] > 2 * width[True], width
+    assert sum(e.status.startswith("edge") and GRID[0] < e.argmax < GRID[-1] for e in unpaired) > 0  # issue 19
+    seeds_share = {k: np.mean([e.var_log_opt["seeds"] for e in v]) for k, v in res.items()}
+    assert seeds_share[False] > 3 * seeds_share[True], seeds_share  # paired: the offset cancels
+
+
+def test_one_seed_says_what_its_ci_leaves_out():
+    e = fit_optimum(GRID, simulate(np.random.default_rng(9), seeds=1), n_boot=50)
+    assert e.n_seeds == 1 and "validation-example noise only" in e.note and math.isnan(e.var_log_opt["seeds"])
+    assert "validation-example noise only" in e.to_dict()["note"]
+
+
 def test_edges_and_flat_curves_are_never_reported_as_values():
     rng = np.random.default_rng(1)
     e = fit_optimum(GRID, simulate(rng, opt=0.5), n_boot=50)

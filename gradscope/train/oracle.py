@@ -5,18 +5,23 @@ Every candidate (round, max_lr, seed) is a self-contained, resumable job
 (``gradscope oracle-candidate``): the round's start state is saved once, a candidate's result
 once it finished, and finished candidates never run again; an ``Executor`` runs the jobs
 (in this process, printed for another scheduler, or as Ray tasks). Per round the
-statistics of ``gradscope.optimum`` give the optimum of validation accuracy against
-log(max_lr) with a bootstrap CI over seeds and validation examples, beside the grid argmax
+statistics of ``gradscope.oracle_stats`` give the optimum of validation accuracy against
+log(max_lr) with a paired bootstrap CI over seeds (whole rows across the grid) and validation
+examples, beside the grid argmax
 and the SILO papers' "optimal interval" (grid values within one binomial SE of a difference
 of the best). When the best is at an edge of the grid, the grid is extended by one step on
 that side (up to ``max_extend`` times); an edge is never reported as an optimum. The grid
 argmax (seed 0's model) continues to the next round. Test accuracy is recorded, never used.
+``oracle_report`` is the summary ``gradscope oracle`` prints: the optima per round, the slope
+of log(optimum) on sparsity (over trajectories when several runs are given), the verdict
+against flat and SILO's rise, and the power line.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
@@ -27,7 +32,8 @@ import torch
 from gradscope import GradscopeError, JobsPending, faults
 from gradscope.callbacks import TrainState, call_all
 from gradscope.config import RunConfig
-from gradscope.optimum import OptimumEstimate, fit_optimum, slope_test
+from gradscope.oracle_stats import (OptimumEstimate, OracleRound, Trajectory, fit_optimum, judge, power_line,
+                                    slope_test, trajectory)
 from gradscope.paths import RunPaths, fmt_lr
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train.checkpoint import load_torch, save_json, save_torch
@@ -36,6 +42,11 @@ from gradscope.train.trainer import Diverged
 
 DEFAULT_SEEDS = 3
 DEFAULT_BOOT = 1000
+
+
+def plural(n: int, word: str, many: Optional[str] = None) -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 class CandidatesPending(JobsPending):
@@ -118,8 +129,9 @@ class CandidateJob:
         return self.path.exists()
 
     def command(self) -> str:
-        model = f" --model {self.model}" if self.model else ""
-        return (f"gradscope oracle-candidate --out {self.out} --round {self.round} "
+        """The job as a command line; ``--out`` absolute (a cluster job starts in another folder)."""
+        model = f" --model {shlex.quote(self.model)}" if self.model else ""
+        return (f"gradscope oracle-candidate --out {shlex.quote(os.path.abspath(self.out))} --round {self.round} "
                 f"--max-lr {fmt_lr(self.max_lr)} --seed {self.seed}{model}")
 
     def run(self, threads: Optional[int] = None) -> dict:
@@ -195,13 +207,19 @@ class Executor(Protocol):
     def run(self, jobs: Sequence[CandidateJob], log: Callable[[str], None]) -> None: ...
 
 
+def candidate_line(job: CandidateJob, r: dict) -> str:
+    """The line printed when a candidate finished (sequential and Ray modes alike)."""
+    diverged = " diverged," if r.get("diverged") else ""
+    return (f"  oracle round {job.round}: max_lr {fmt_lr(job.max_lr)} seed {job.seed}:{diverged} "
+            f"val_acc {r['val_acc']:.4f} ({r.get('time_s', float('nan')):.1f} s, {r.get('device', '?')})")
+
+
 class InProcess:
     """One job after the other in this process."""
 
     def run(self, jobs, log):
         for j in jobs:
-            log(f"  oracle round {j.round}: max_lr {fmt_lr(j.max_lr)} seed {j.seed}")
-            j.run()
+            log(candidate_line(j, j.run()))
 
 
 class PrintJobs:
@@ -209,8 +227,9 @@ class PrintJobs:
 
     def run(self, jobs, log):
         cmds = "\n".join(j.command() for j in jobs)
-        raise CandidatesPending(f"round {jobs[0].round} waits for {len(jobs)} Oracle candidates; run them "
-                                f"(each is independent), then this command again:\n{cmds}")
+        raise CandidatesPending(f"round {jobs[0].round} waits for {plural(len(jobs), 'Oracle candidate')}; run "
+                                f"{'it' if len(jobs) == 1 else 'them (each is independent)'}, then this command "
+                                f"again:\n{cmds}")
 
 
 def make_executor(workers: int = 1) -> Executor:
@@ -223,6 +242,17 @@ def make_executor(workers: int = 1) -> Executor:
 
         return RayExecutor(num_cpus_per_job=max(1, (os.cpu_count() or 1) // int(workers)))
     return PrintJobs() if workers == 0 else InProcess()
+
+
+def load_candidates(out, k: int, grid: Sequence[float], seeds: int) -> tuple[list[dict], list[dict], np.ndarray]:
+    """Round ``k``'s finished candidates: their results, seed 0's files (by grid value) and the
+    correctness array ``[grid, seeds, examples]``."""
+    cands = [[load_torch(candidate_path(out, k, v, s), what="Oracle candidate result",
+                         required=("result", "model", "epochs", "val_correct"))
+              for s in range(seeds)] for v in grid]
+    results = [c["result"] for row in cands for c in row]
+    correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
+    return results, [row[0] for row in cands], correct
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -247,16 +277,8 @@ class OracleRounds:
         self.seeds, self.max_extend, self.n_boot = int(seeds), int(max_extend), int(n_boot)
         self.executor = executor if executor is not None else make_executor(1 if workers is None else workers)
 
-    def _results(self, out: str, k: int, grid: Sequence[float]) -> tuple[list[dict], list[dict], np.ndarray]:
-        cands = [[load_torch(candidate_path(out, k, v, s), what="Oracle candidate result",
-                             required=("result", "model", "epochs", "val_correct"))
-                  for s in range(self.seeds)] for v in grid]
-        results = [c["result"] for row in cands for c in row]
-        correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
-        return results, [row[0] for row in cands], correct
-
     def analyse(self, out: str, k: int, grid: Sequence[float]) -> tuple[OptimumEstimate, list[dict], list[dict]]:
-        results, seed0, correct = self._results(out, k, grid)
+        results, seed0, correct = load_candidates(out, k, grid, self.seeds)
         return fit_optimum(grid, correct, n_boot=self.n_boot, seed=k), results, seed0
 
     def train_round(self, run, info: RoundInfo, schedule, callbacks, *, done, opt_state, sched_state) -> RoundResult:
@@ -290,22 +312,16 @@ class OracleRounds:
         best_i = grid.index(est.argmax)
         chosen = seed0[best_i]
         run.ctx.model.load_state_dict(chosen["model"])
-        cost = float(sum(r.get("time_s", 0.0) for r in results))
-        device = results[0].get("device", run.ctx.device.type)
-        n_val = run.ctx.n_val
-        p = est.mean_acc[est.argmax]
-        summary = {
-            "round": k, "sparsity": info.sparsity, "grid": grid, "seeds": self.seeds, "n_val": n_val,
-            "val_se_points": 100 * math.sqrt(max(p * (1 - p), 1e-12) / n_val),
-            "candidates": results, "best_max_lr": est.argmax, "optimal_interval": list(est.interval),
-            "within_noise": [v for v in grid if est.interval[0] <= v <= est.interval[1]],
-            "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
-            "cost_s": cost, "device": device}
+        summary = choice_record(k, info.sparsity, grid, self.seeds, est, results, run.ctx.device.type)
+        cost = summary["cost_s"]
+        device = summary["device"]
         save_json(summary, paths.oracle_choice(k))
         faults.point("oracle-choice", k)
         epochs = [EpochMetrics(**e) for e in chosen["epochs"]]
+        # time_s: the round took every candidate's training, not only the chosen one's (it
+        # overrides the chosen candidate's epochs' time in RoundResult.row())
         extra = {"oracle_status": est.status, "oracle_optimum": est.optimum, "oracle_lo": est.lo,
-                 "oracle_hi": est.hi, "oracle_argmax": est.argmax, "oracle_cost_s": cost}
+                 "oracle_hi": est.hi, "oracle_argmax": est.argmax, "oracle_cost_s": cost, "time_s": cost}
         res = RoundResult(info, schedule.with_peak(est.argmax).round_params(info), epochs, extra=extra)
         if not epochs:
             raise GradscopeError(f"every seed-0 candidate at max_lr {fmt_lr(est.argmax)} of round {k} diverged; "
@@ -314,6 +330,22 @@ class OracleRounds:
         state.metrics = epochs[-1].to_dict()
         call_all(callbacks, "on_round_end", state)
         return res
+
+
+def choice_record(k: int, sparsity: float, grid: Sequence[float], seeds: int, est: OptimumEstimate,
+                  results: Sequence[dict], device: str = "cpu") -> dict:
+    """Round ``k``'s candidates.json: the candidates, the choice, the optimum and its bootstrap."""
+    p, n_val = est.mean_acc[est.argmax], est.n_val
+    return {
+        "round": k, "sparsity": sparsity, "grid": list(grid), "seeds": seeds, "n_val": n_val,
+        "val_se_points": 100 * math.sqrt(max(p * (1 - p), 1e-12) / max(n_val, 1)),
+        "candidates": list(results), "best_max_lr": est.argmax, "optimal_interval": list(est.interval),
+        "within_noise": [v for v in grid if est.interval[0] <= v <= est.interval[1]],
+        "optimum": est.to_dict(), "boot_log_opt": [float(v) for v in est.boot_log_opt],
+        # the replicates' mean-accuracy curves: regret scoring carries the Oracle's bootstrap with them
+        "boot_acc": [[round(float(v), 6) for v in row] for row in est.boot_acc],
+        "cost_s": float(sum(r.get("time_s", 0.0) for r in results)),
+        "device": results[0].get("device", device) if results else device}
 
 
 def describe(est: OptimumEstimate) -> str:
@@ -351,14 +383,16 @@ def oracle_table(out):
 
 
 def oracle_summary(out):
-    """Per round: sparsity, status, optimum with CI, grid argmax, SILO interval, seeds, n_val, cost."""
+    """Per round: sparsity, status, optimum with CI, grid argmax, SILO interval, seeds, n_val, cost
+    (the candidates' training time; the optimum's CI is the paired bootstrap's)."""
     import pandas as pd  # noqa: PLC0415
 
     rows = []
     for d in _choices(out):
         o = d.get("optimum") or {}
+        nan = float("nan")  # not None: a column of numbers whatever the statuses
         rows.append({"round": d["round"], "sparsity": d.get("sparsity"), "status": o.get("status", "-"),
-                     "optimum": o.get("optimum"), "ci_lo": o.get("lo"), "ci_hi": o.get("hi"),
+                     "optimum": o.get("optimum") or nan, "ci_lo": o.get("lo") or nan, "ci_hi": o.get("hi") or nan,
                      "argmax": d["best_max_lr"], "interval_lo": d["optimal_interval"][0],
                      "interval_hi": d["optimal_interval"][1], "seeds": d.get("seeds", 1),
                      "n_val": d.get("n_val"), "cost_h": d.get("cost_s", float("nan")) / 3600,
@@ -366,8 +400,128 @@ def oracle_summary(out):
     return pd.DataFrame(rows)
 
 
+def _estimate(out, d: dict) -> OptimumEstimate:
+    """A round's ``OptimumEstimate`` from its candidates.json, with the bootstrap replicates; a
+    file written before the replicates' curves were kept is re-analysed from its candidates."""
+    o, grid = d.get("optimum") or {}, [float(v) for v in d["grid"]]
+    if "boot_acc" not in d or "n_seeds" not in o:
+        k = int(d["round"])
+        try:
+            _, _, correct = load_candidates(out, k, grid, int(d.get("seeds", 1)))
+        except GradscopeError as e:
+            raise GradscopeError(f"round {k} of {out} predates the kept bootstrap curves and cannot be "
+                                 f"re-analysed: {e}") from None
+        return fit_optimum(grid, correct, n_boot=len(d.get("boot_log_opt") or []) or DEFAULT_BOOT, seed=k)
+    return OptimumEstimate(
+        o["status"], o.get("optimum"), o.get("lo"), o.get("hi"), float(o["argmax"]), tuple(o["interval"]),
+        float(o.get("level", 0.95)), dict(zip(grid, o["mean_acc"].values())), dict(zip(grid, o["se_acc"].values())),
+        np.asarray(d["boot_log_opt"], float), np.asarray(d["boot_acc"], float), int(o["n_seeds"]), int(o["n_val"]),
+        dict(o.get("var_log_opt") or {}), o.get("resampling", ""))
+
+
+def oracle_rounds(out, name: Optional[str] = None) -> list[OracleRound]:
+    """Every analysed round of an Oracle run as ``OracleRound``s (trajectory ``name``, default
+    the run directory), the input of ``gradscope.oracle_stats.score_predictions``."""
+    name = str(out) if name is None else name
+    return [OracleRound(name, int(d["round"]), float(d["sparsity"]), _estimate(out, d)) for d in _choices(out)]
+
+
+def oracle_trajectory(out, name: Optional[str] = None) -> Trajectory:
+    """The run's rounds as one ``Trajectory`` for the slope (interior rounds kept)."""
+    rs = oracle_rounds(out, name)
+    return trajectory(str(out) if name is None else name, [r.sparsity for r in rs], [r.estimate for r in rs])
+
+
+def _run_config(out) -> Optional[RunConfig]:
+    f = RunPaths(out).config
+    if not f.exists():
+        return None
+    try:
+        return RunConfig.from_dict(json.loads(f.read_text()))
+    except (ValueError, TypeError, AttributeError):
+        raise GradscopeError(f"{f} is not a gradscope run config") from None
+
+
+SAME_CONFIGURATION = (("model", lambda c: c.model.model), ("dataset", lambda c: c.data.dataset),
+                      ("prune rate", lambda c: c.prune.prune_rate), ("epochs", lambda c: c.train.epochs),
+                      ("schedule", lambda c: c.schedule.schedule), ("optimizer", lambda c: c.train.optimizer))
+
+
+def check_trajectories(outs: Sequence) -> list:
+    """Oracle runs to pool as trajectories of one configuration: each has rounds, and they differ
+    only where pruning seeds make them differ (never in model, data, prune rate, epochs, schedule),
+    and not in ``--seed``. Returns their configs (None where a run has none)."""
+    cfgs = []
+    for o in outs:
+        if not RunPaths(o).oracle_choices():
+            raise GradscopeError(f"{o} holds no analysed Oracle round (oracle/round_K/candidates.json)")
+        cfgs.append(_run_config(o))
+    base = cfgs[0]
+    for o, c in zip(outs[1:], cfgs[1:]):
+        if base is None or c is None:
+            continue
+        for what, get in SAME_CONFIGURATION:
+            if get(c) != get(base):
+                raise GradscopeError(f"{o} is not the same configuration as {outs[0]} ({what} {get(c)!r} vs "
+                                     f"{get(base)!r}); pool only Oracle runs that differ in --seed")
+        if c.train.seed == base.train.seed:
+            raise GradscopeError(f"{o} has the same --seed ({c.train.seed}) as {outs[0]}: the same pruning "
+                                 "trajectory twice; pool runs with different --seed")
+    return cfgs
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def oracle_report(out, others: Sequence = (), *, level: float = 0.95, preset: str = "resnet20") -> str:
+    """The Oracle summary: paired-bootstrap optima per round, the slope of log(optimum) on sparsity
+    (over trajectories when ``others`` name more runs of the configuration, else labelled
+    within-trajectory only), the verdict against flat and SILO's rise, and the power line."""
+    outs = [out, *others]
+    cfgs = check_trajectories(outs)
+    t = oracle_summary(out)
+    seeds = int(t["seeds"].iloc[0])
+    n_val = int(t["n_val"].iloc[0])
+    rounds = oracle_rounds(out)
+    boots = len(rounds[0].estimate.boot_log_opt) if rounds and rounds[0].estimate.boot_log_opt is not None else 0
+    lines = [f"Oracle per round ({out}: {plural(seeds, 'seed')} per max_lr; validation: {n_val} images, so one "
+             f"candidate's accuracy has a standard error of about {100 * 0.5 / max(n_val, 1) ** 0.5:.2g} points "
+             f"at 50 %; optimum and {level:.0%} CI from a paired bootstrap, {boots} replicates, over seeds "
+             f"(whole rows across max_lr) and validation examples; cost_h = the candidates' training hours):",
+             t.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    if seeds == 1:
+        lines.append("note: 1 seed per max_lr: the CIs cover validation-example noise only, not training "
+                     "(seed) noise; run --seeds 3 or more")
+    trajs = [trajectory(str(o), [r.sparsity for r in rs], [r.estimate for r in rs])
+             for o, rs in zip(outs, [rounds] + [oracle_rounds(o) for o in others])]
+    prune_rate = cfgs[0].prune.prune_rate if cfgs[0] is not None else 0.2
+    if len(outs) > 1:
+        lines.append(f"\ntrajectories (pruning seeds) pooled: {len(outs)}")
+        for tr in trajs:
+            lines.append(f"  {tr.name}: {plural(len(tr.x), 'interior round')}"
+                         + (f", slope x{math.exp(tr.slope()):.3g} per unit sparsity" if tr.usable else
+                            " (fewer than 3: left out of the slope)"))
+    try:
+        v = judge({"this configuration": trajs}, level=level, prune_rate=prune_rate, preset=preset)[0]
+    except GradscopeError as e:
+        counts = {}
+        for o in outs:
+            for st in oracle_summary(o)["status"]:
+                counts[st] = counts.get(st, 0) + 1
+        seen = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+        lines += [f"\nslope test: {e}", "verdict: cannot tell (no slope)",
+                  f"power: cannot be estimated from these rounds ({seen}): it needs a trajectory with 3 or more "
+                  f"interior optima; a flat round needs a larger validation set (--val-size; here {n_val} images) "
+                  f"or more seeds, an edge round a wider --grid"]
+        return "\n".join(lines)
+    lines += ["\n" + v.ci.sentence(), v.sentence(), power_line(trajs, v.ci.tau2).sentence()]
+    return "\n".join(lines)
+
+
 def oracle_slope(out, x: str = "sparsity"):
-    """The slope test over the rounds whose optimum is interior: does the best max_lr rise?"""
+    """The slope test over the rounds whose optimum is interior: does the best max_lr rise? (One
+    trajectory: within-trajectory only; ``oracle_report`` pools trajectories and judges.)"""
     ds = [d for d in _choices(out) if (d.get("optimum") or {}).get("status") == "interior"]
     if len(ds) < 3:
         raise GradscopeError(f"the slope test needs at least 3 rounds with an interior optimum; {out} has {len(ds)}")

@@ -88,6 +88,8 @@ class RayExecutor:
         self.max_retries = int(max_retries)
 
     def run(self, jobs, log: Callable[[str], None]) -> None:
+        from gradscope.train.oracle import candidate_line, plural  # noqa: PLC0415 - oracle imports this module
+
         if not jobs:
             return
         jobs = [replace(j, out=os.path.abspath(j.out)) for j in jobs]  # workers may have another cwd
@@ -95,7 +97,7 @@ class RayExecutor:
         task = ray.remote(_run_job).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                             max_retries=self.max_retries, retry_exceptions=False)
         gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
-        log(f"  oracle round {jobs[0].round}: {len(jobs)} candidates as Ray tasks "
+        log(f"  oracle round {jobs[0].round}: {plural(len(jobs), 'candidate')} as Ray tasks "
             f"({self.num_cpus} CPU{gpus} each; cluster: {_resources(ray)})")
         pending = {task.remote(j, self.num_cpus): j for j in jobs}
         try:
@@ -103,8 +105,7 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(ready[0])
                 r = _get(ray, ready[0], job)
-                log(f"  oracle round {job.round}: max_lr {fmt_lr(job.max_lr)} seed {job.seed}: "
-                    f"val_acc {r['val_acc']:.4f} ({r.get('time_s', float('nan')):.1f} s, {r.get('device', '?')})")
+                log(candidate_line(job, r))
                 if not job.done:
                     raise GradscopeError(
                         f"candidate max_lr {fmt_lr(job.max_lr)} seed {job.seed} finished on a Ray worker but "
