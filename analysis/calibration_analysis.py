@@ -48,6 +48,27 @@ def extract_profile(profile: Path) -> pd.DataFrame:
     return out
 
 
+def extract_norms(profile: Path) -> pd.DataFrame:
+    """Per round and pruned layer: density and the share of the rewound (initial) weights' squared
+    norm the mask keeps, r = ||m * w_init||^2 / ||w_init||^2 (magnitude pruning keeps the large
+    weights, so r > density; a BatchNorm-followed layer's gradient scales as 1/||w||, i.e. 1/sqrt(r))."""
+    ck = load_torch(profile / "checkpoint.pt", what="checkpoint", required=("state",))
+    init = ck["state"]["init"]
+    rows = []
+    for f in sorted(profile.glob("round_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
+        d = load_torch(f, what="round file", required=("masks",))
+        k = int(f.stem.split("_")[1])
+        for layer, m in d["masks"].items():
+            w = init.get(f"{layer}.weight", init.get(f"{layer}.weight_orig"))
+            if w is None:
+                continue
+            w2 = w.double() ** 2
+            m = m.to(w2.dtype)
+            rows.append({"round": k, "layer": layer, "density": float(m.mean()),
+                         "kept_sqnorm": float((m * w2).sum() / w2.sum())})
+    return pd.DataFrame(rows)
+
+
 def extract_oracle(oracle: Path) -> dict:
     """{f"round{k}_grid", f"round{k}_correct" (uint8 [grid, seed, example]), f"round{k}_sparsity"}."""
     arrays = {}
@@ -84,6 +105,7 @@ def extract(runs: Path, data: Path) -> None:
             dest = data / cfg_dir.name / tdir.name
             dest.mkdir(parents=True, exist_ok=True)
             extract_profile(prof).to_csv(dest / "profile.csv", index=False)
+            extract_norms(prof).to_csv(dest / "norms.csv", index=False)
             np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
             (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
                                                           "oracle": cfg}, indent=1, sort_keys=True))
@@ -120,6 +142,17 @@ def load(data: Path) -> dict:
                    for k in rounds}
             out.setdefault(cdir.name, {})[tdir.name] = (pd.read_csv(tdir / "profile.csv"), orc)
     return out
+
+
+def load_norms(data: Path) -> pd.DataFrame:
+    """Every trajectory's norms.csv with config and trajectory columns (empty if none)."""
+    frames = []
+    for f in sorted(data.glob("*/t*/norms.csv")):
+        d = pd.read_csv(f)
+        d.insert(0, "trajectory", f.parent.name)
+        d.insert(0, "config", f.parent.parent.name)
+        frames.append(d)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
@@ -212,6 +245,7 @@ def analyse(results: Path) -> None:
     print(pd.DataFrame(powers)["sentence"].to_string(index=False))
     print(scores_df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     tables = render_tables(vt, pd.DataFrame(powers), scores_df, spreads_df, pd.DataFrame(optima))
+    tables += render_norms(load_norms(results / "data"))
     (out / "tables.md").write_text(tables)
     splice_findings(tables)
     plot(pd.DataFrame(optima), pd.concat(per_round, ignore_index=True), IMG / "calibration_study.png")
@@ -284,6 +318,24 @@ def render_tables(vt, powers, scores, spreads, optima) -> str:
     return "\n".join(L) + "\n"
 
 
+def render_norms(norms: pd.DataFrame) -> str:
+    """Table D: per layer at the last round, density and the kept share of the rewound weights'
+    squared norm, beside the sqrt(density) that a uniform pruning would leave."""
+    if norms.empty:
+        return ""
+    L = ["", "**Table D. How much of a rewound layer's norm survives** (last round, mean over trajectories): "
+         "r = ||m * w_init||^2 / ||w_init||^2. A BatchNorm-followed layer's gradient scales as 1/||w||, so "
+         "its survivors' gradients would grow by 1/sqrt(r), not 1/sqrt(density).", "",
+         "| configuration | layer | round | density | kept squared norm r | norm ratio sqrt(r) | sqrt(density) | 1/sqrt(r) |",
+         "|---|---|---|---|---|---|---|---|"]
+    last = norms.groupby("config")["round"].transform("max")
+    for (cfg, layer), g in norms[norms["round"] == last].groupby(["config", "layer"], sort=True):
+        r, d = g["kept_sqnorm"].mean(), g["density"].mean()
+        L.append(f"| {cfg} | {layer} | {int(g['round'].iloc[0])} | {d:.3f} | {r:.3f} | {np.sqrt(r):.3f} | "
+                 f"{np.sqrt(d):.3f} | {1 / np.sqrt(r):.3f} |")
+    return "\n".join(L) + "\n"
+
+
 def splice_findings(tables: str) -> None:
     """Replace the generated block of docs/findings.md (between the markers) with ``tables``."""
     text = FINDINGS.read_text()
@@ -302,7 +354,7 @@ def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     cfgs = list(dict.fromkeys(optima["config"]))
-    fig, axes = plt.subplots(1, len(cfgs), figsize=(5.2 * len(cfgs), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(6.0 * len(cfgs), 5.0), squeeze=False)
     for ax, cfg in zip(axes[0], cfgs):
         o = optima[optima["config"] == cfg]
         trajs = list(dict.fromkeys(o["trajectory"]))
@@ -310,7 +362,7 @@ def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path) -> None:
             u = o[(o["trajectory"] == t) & (o["status"] == "interior")]
             dx = (j - (len(trajs) - 1) / 2) * 0.006
             ax.errorbar(u["sparsity"] + dx, u["optimum"], yerr=[u["optimum"] - u["ci_lo"], u["ci_hi"] - u["optimum"]],
-                        fmt="o", ms=3, capsize=2, lw=0.8, color=f"C{j}", label=f"Oracle optimum, {t} (95 % CI)")
+                        fmt="o", ms=3, capsize=2, lw=0.8, color=f"C{j}", label=f"Oracle optimum, {t} (95 % CI)" if j < 8 else None)
             e = o[(o["trajectory"] == t) & (o["status"] != "interior")]
             ax.plot(e["sparsity"] + dx, e["argmax"], "x", color=f"C{j}", ms=5)
         pr = per_round[per_round["config"] == cfg]
@@ -321,8 +373,9 @@ def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (fraction of prunable weights pruned)")
         ax.set_ylabel("max_lr")
-        ax.set_title(f"{cfg}: {len(trajs)} trajectories (x: edge/flat round, grid argmax)", fontsize=9)
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax.plot([], [], "x", color="grey", label="edge/flat round: grid argmax (no optimum)")
+        ax.set_title(f"{cfg}: {len(trajs)} trajector{'y' if len(trajs) == 1 else 'ies'}", fontsize=9)
+        ax.legend(fontsize=5.5, loc="upper left", ncol=1 if len(trajs) < 4 else 2, framealpha=0.8)
     fig.suptitle("Calibration study: the Oracle's best max_lr per round and what predictors implied", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

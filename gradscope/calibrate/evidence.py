@@ -34,10 +34,11 @@ def load_evidence(path: Optional[Path] = None) -> pd.DataFrame:
 
 def _row_words(r) -> str:
     lvl = f"{100 * float(r['level']):.0f} %" if np.isfinite(float(r["level"])) else "95 %"
-    return (f"{r['predictor']}: {r['metric']} {float(r['value']):.3g} ({lvl} CI {float(r['value_lo']):.3g} .. "
-            f"{float(r['value_hi']):.3g}); vs constant max_lr {float(r['vs_constant']):+.3g} "
-            f"({float(r['vs_constant_lo']):+.3g} .. {float(r['vs_constant_hi']):+.3g}): {r['verdict']} "
-            f"[{int(r['trajectories'])} trajectories, {int(r['rounds'])} rounds]")
+    head = f"{r['predictor']}: {float(r['value']):.3g} ({lvl} CI {float(r['value_lo']):.3g} .. {float(r['value_hi']):.3g})"
+    if not np.isfinite(float(r["vs_constant_lo"])):  # the constant itself: the reference
+        return f"{head} [reference; {int(r['trajectories'])} trajectories, {int(r['rounds'])} rounds]"
+    return (f"{head}; minus the constant's {float(r['vs_constant']):+.3g} ({float(r['vs_constant_lo']):+.3g} .. "
+            f"{float(r['vs_constant_hi']):+.3g}): {r['verdict']}")
 
 
 def evidence_lines(model: Optional[str], dataset: Optional[str], view: str, window: str,
@@ -54,8 +55,8 @@ def evidence_lines(model: Optional[str], dataset: Optional[str], view: str, wind
         measured = ", ".join(sorted({f"{m} on {d}" for m, d in zip(t["model"], t["dataset"])}))
         return [f"evidence: nothing comparable was measured for {model} on {dataset} (the calibration study "
                 f"measured {measured}: docs/findings.md); check a calibrated schedule with `gradscope oracle`"]
-    study = here["study"].iloc[0]
-    out = [f"evidence ({study}; docs/findings.md) for {model} on {dataset}, scored against the Oracle's optimum:"]
+    study, metric = here["study"].iloc[0], here["metric"].iloc[0]
+    out = [f"evidence ({study}; docs/findings.md) for {model} on {dataset}: {metric}, CI over trajectories"]
     mine = here[(here["view"] == view) & (here["window"] == window) & (here["statistic"] == statistic)]
     others = here.drop(mine.index)
     if mine.empty:
