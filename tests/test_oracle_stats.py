@@ -124,6 +124,7 @@ def test_power_line_matches_the_analysis_it_plans_for():
     ts = [pl.needed[k] for k in sorted(pl.needed)]
     assert all(a >= b for a, b in zip(ts, ts[1:]))
     assert pl.examples_sd < pl.within_sd
+    assert pl.needed_more_val <= pl.needed[pl.seeds_run]  # a larger validation set shrinks the examples' share
     T3 = pl.needed[3]
     power = np.mean([slope_over_trajectories(simulate(rng, T3, misfit=0.0)).lo > 0 for _ in range(200)])
     assert power >= 0.72, (T3, power)  # 80 % planned; 200 runs: 2 SE is about 6 points

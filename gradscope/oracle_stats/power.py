@@ -3,9 +3,10 @@ optimum (x1) with 80 % power, from the variances the Oracle measured.
 
 Model (docs/method.md): a trajectory's slope = the configuration's slope + a trajectory effect
 (variance tau², estimated across trajectories) + within-trajectory noise, whose variance is
-Σ_r c_r² (v_examples,r + v_seeds,r · S0/S) for S seeds per candidate (c_r: the OLS weights of
-the rounds' sparsities; v: each round's bootstrap variance of log(optimum), split into the
-validation examples' share and the seeds' share measured at S0 seeds). The test is the
+Σ_r c_r² (v_examples,r · N0/N + v_seeds,r · S0/S) for S seeds per candidate and N validation
+examples (c_r: the OLS weights of the rounds' sparsities; v: each round's bootstrap variance of
+log(optimum), split into the validation examples' share and the seeds' share measured at S0
+seeds and N0 examples). The test is the
 across-trajectory t test (T - 1 dof) of the analysis; its power is exact under normality
 (noncentral t).
 """
@@ -24,6 +25,7 @@ from gradscope.oracle_stats.slope import Trajectory
 POWER_FACTOR = 3.3  # SILO's preset rise per unit of sparsity over rounds 0-6 at p = 0.2 (issue 19)
 SEED_OPTIONS = (1, 2, 3, 4, 6, 8, 12, 16)
 MAX_TRAJECTORIES = 1000
+VAL_FACTOR = 4  # the power line also says what 4x the validation examples would need
 
 
 def t_test_power(effect: float, se1: float, T: np.ndarray, alpha: float) -> np.ndarray:
@@ -57,6 +59,7 @@ class PowerLine:
     examples_sd: float  # the validation examples' share alone (no seed can remove it)
     seeds_run: int
     needed: dict  # seeds -> trajectories needed (None: > MAX_TRAJECTORIES)
+    needed_more_val: Optional[int] = None  # at the seeds run with VAL_FACTOR x the validation examples
 
     def best(self) -> tuple[int, Optional[int]]:
         """(seeds, trajectories) with the fewest candidate trainings (trajectories x seeds)."""
@@ -78,8 +81,12 @@ class PowerLine:
         tau = ("between-trajectory variance unknown with 1 trajectory, taken as 0, so this is a lower bound"
                if math.isnan(self.tau2) else f"between-trajectory SD of the slope {math.sqrt(self.tau2):.3g} (DerSimonian-Laird estimate)")
         seeds = (" (1 seed run: the seeds' share is unknown and taken as 0)" if self.seeds_run == 1 else "")
+        val = self.needed_more_val
+        more_val = (f"; with {VAL_FACTOR}x the validation examples at {self.seeds_run} seed"
+                    f"{'s' if self.seeds_run != 1 else ''}: "
+                    f"{val if val is not None else f'> {MAX_TRAJECTORIES}'} trajectories") if val != here else ""
         return (f"power: telling x{self.factor:.3g} from x1 per unit sparsity with {self.power:.0%} power "
-                f"(two-sided {self.alpha:.3g}) needs {design}{at_run} [{tau}; within-trajectory SD of a "
+                f"(two-sided {self.alpha:.3g}) needs {design}{at_run}{more_val} [{tau}; within-trajectory SD of a "
                 f"trajectory's slope {self.within_sd:.3g} at {self.seeds_run} seed{'s' if self.seeds_run != 1 else ''}, "
                 f"validation examples alone {self.examples_sd:.3g}{seeds}; slopes in log max_lr per unit sparsity]")
 
@@ -103,4 +110,6 @@ def power_line(trajs: Sequence[Trajectory], tau2: float, *, factor: float = POWE
         needed[int(s)] = trajectories_needed(effect, math.sqrt(tau + w), alpha, power)
     within = float(np.mean([t.within_var() for t in ok]))
     examples = float(np.mean([t.within_var(math.inf) for t in ok]))  # infinitely many seeds
-    return PowerLine(factor, power, alpha, float(tau2), math.sqrt(within), math.sqrt(examples), S0, needed)
+    more_val = trajectories_needed(effect, math.sqrt(tau + float(np.mean([t.within_var(None, VAL_FACTOR) for t in ok]))),
+                                   alpha, power)
+    return PowerLine(factor, power, alpha, float(tau2), math.sqrt(within), math.sqrt(examples), S0, needed, more_val)

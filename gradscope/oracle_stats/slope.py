@@ -99,14 +99,15 @@ class Trajectory:
     def replicate_slopes(self) -> np.ndarray:
         return self.boots @ _centred(self.x)
 
-    def within_var(self, seeds: Optional[float] = None) -> float:
+    def within_var(self, seeds: Optional[float] = None, val_factor: float = 1.0) -> float:
         """Variance of this trajectory's slope from within-round noise, with ``seeds`` seeds per
-        candidate (default: as run; ``math.inf``: the validation examples' share alone):
-        Σ c_r² (var_examples_r + var_seeds_r · n_seeds / seeds)."""
+        candidate (default: as run; ``math.inf``: the validation examples' share alone) and
+        ``val_factor`` times the validation examples:
+        Σ c_r² (var_examples_r / val_factor + var_seeds_r · n_seeds / seeds)."""
         c2 = _centred(self.x) ** 2
         vs = np.nan_to_num(self.var_seeds, nan=0.0)
         s = self.n_seeds if seeds is None else seeds
-        return float(c2 @ (self.var_examples + vs * self.n_seeds / s))
+        return float(c2 @ (self.var_examples / val_factor + vs * self.n_seeds / s))
 
 
 def trajectory(name: str, sparsity: Sequence[float], estimates: Sequence[OptimumEstimate]) -> Trajectory:
