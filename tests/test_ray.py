@@ -35,6 +35,22 @@ def test_ray_missing_is_one_clear_line(tmp_path):
     assert r.stderr.count("gradscope: error:") == 1 and "pip install 'gradscope[ray]'" in r.stderr
 
 
+def test_ray_start_timeout_is_one_clear_error(monkeypatch):
+    """ray.init raises a bare Exception when its node times out on a loaded machine (seen with
+    --workers 2): one GradscopeError, not a traceback."""
+    import types
+
+    from gradscope.train import ray_jobs
+
+    def init(**kw):
+        raise Exception("node timed out during startup")  # noqa: TRY002 - what Ray raises
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setattr(ray_jobs, "import_ray", lambda: fake)
+    with pytest.raises(GradscopeError, match="could not start or reach a local Ray instance: node timed out"):
+        ray_jobs.ensure_ray(num_cpus=2)
+
+
 @pytest.fixture(scope="module")
 def ray_address():
     """One local Ray instance for the module; drivers started by the tests join it."""
