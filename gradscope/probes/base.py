@@ -120,6 +120,10 @@ class Functional:
         out = functional_call(self.model, ({**self.buffers, **self.masked(params)}), (x,), strict=False)
         return self.loss_fn(out, y)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output at the (masked) cloned parameters."""
+        return functional_call(self.model, ({**self.buffers, **self.masked(self.params)}), (x,), strict=False)
+
     def project(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Zero the pruned coordinates (the iteration vector lives on the surviving weights)."""
         return self.masked(tensors)
@@ -162,10 +166,11 @@ def _sync(device) -> None:
 
 
 # ----------------------------------------------------------------------------- layers followed by BN
-def bn_followed(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+def bn_followed(model: nn.Module, example: torch.Tensor, forward: Optional[Callable] = None) -> dict[str, str]:
     """``{conv/linear name: BatchNorm name}`` for each layer whose output feeds a BatchNorm
-    directly, found by one traced forward pass (no grad; the model's state is not changed:
-    the pass runs in eval mode and the train flags are restored)."""
+    directly, found by one traced forward pass (``forward(example)``, default the model; no
+    grad, eval mode, train flags restored). Probes trace through ``Functional.forward`` so that
+    even this pass sees the masked weights."""
     names = {m: n for n, m in model.named_modules()}
     produced: dict[int, tuple] = {}  # id -> (name, tensor): the tensor is kept so its id stays unique
     pairs: dict[str, str] = {}
@@ -190,7 +195,7 @@ def bn_followed(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            (forward or model)(example)
     finally:
         for h in hooks:
             h.remove()

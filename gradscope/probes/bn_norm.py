@@ -15,15 +15,16 @@ from typing import Any, Mapping, Optional
 import torch
 
 from gradscope import GradscopeError
-from gradscope.probes.base import bn_followed, param_masks, take_batches
+from gradscope.probes.base import Functional, bn_followed, loss_of, take_batches
 
 
 def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], loader, config: Mapping[str, Any]) -> dict:
     """Per BN-fed layer: r_k, density, parameter count; pooled r (by parameter count) and
     ``implied_max_lr = r·max_lr`` when ``config["max_lr"]`` is given. No BatchNorm: an error."""
-    pm = param_masks(model, masks)
+    f = Functional(model, masks, loss_of(config))
+    pm = f.masks
     example = take_batches(loader, 1)[0][0][:2]
-    pairs = bn_followed(model, example)
+    pairs = bn_followed(model, example, f.forward)
     if not pairs:
         raise GradscopeError(f"bn-norm needs layers followed by BatchNorm; {type(model).__name__} has none "
                              "(drop bn-norm from --probes for this model)")

@@ -3,7 +3,12 @@
 SGD (the run's momentum and weight decay) from the start weights while the LR grows
 exponentially step by step, one probe batch per step, until the smoothed loss exceeds 4x its
 minimum (fastai's stop rule). Records the whole curve (lr, raw loss, smoothed loss), the
-divergence point and each implementation's suggestion, computed as they compute it:
+divergence point (first LR whose smoothed loss exceeds 4x the minimum so far), the LR at the
+raw loss's minimum (``instability_lr``) and each implementation's suggestion, computed as they
+compute it. The smoothed divergence point lags the instability: on L = lam/2 w^2 (plain GD
+stable below 2/lam) with 100 steps from 1e-4 to 10 it lies at 7.8 x 2/lam, because the
+EMA remembers the high early loss; ``instability_lr`` is the first LR above 2/lam there
+(tests/test_probes.py).
 
 - fastai ``lr_find`` (2.7): recorder losses are an EMA (beta 0.98, debiased); suggestions use
   ``lrs[num_it//10:-5]``: ``valley`` (longest decreasing run, 2/3 in), ``slide`` (interval
@@ -172,6 +177,8 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
     return {"lr": rec_lrs.tolist(), "loss": raw_a.tolist(), "smoothed": sm.tolist(),
             "divergence_lr": float(rec_lrs[div]) if div is not None else None,
             "min_loss_lr": float(rec_lrs[int(np.nanargmin(sm))]),
+            # the LR of the step after which the raw loss is lowest: on a quadratic, the first LR above 2/lambda
+            "instability_lr": float(rec_lrs[int(np.nanargmin(raw_a))]) if np.isfinite(raw_a).any() else None,
             "suggestions": sug, "steps_run": len(raw_a), "steps_planned": steps,
             "passes": float(len(raw_a)),  # one forward + backward per step
             "settings": {k: c[k] for k in DEFAULTS}}

@@ -129,7 +129,7 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
            "limit_at_max_lr": 2 * (1 + beta) / float(c["max_lr"]) if c.get("max_lr") else None,
            "blocks": {}}
     if c["blocks"]:
-        pairs = bn_followed(model, batches[0][0][:2])
+        pairs = bn_followed(model, batches[0][0][:2], f.forward)
         for layer in pairs:
             pname = f"{layer}.weight_orig" if f"{layer}.weight_orig" in f.params else f"{layer}.weight"
             lam_b, _ = top_eigenvalue(hvp, [pname], tol=float(c["block_tol"]), maxiter=int(c["maxiter"]), seed=seed)

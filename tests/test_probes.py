@@ -1,0 +1,263 @@
+"""The probes (gradscope.probes): each against an independent computation with a known answer,
+their purity (a probe leaves model, masks, BatchNorm statistics, RNGs and optimizer as found;
+pruned weights stay exactly zero), bad input, and a run with probes (bit-identical training,
+the stored records, resume)."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import prune
+
+from gradscope import GradscopeError
+from gradscope.probes import PROBES, measure, parse_probes
+from gradscope.probes import bn_norm, lr_range, noise_scale, sharpness
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_bn_mlp(dtype=torch.float64, seed=0, prune_mask=True):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).to(dtype)
+    mask = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    if prune_mask:
+        prune.custom_from_mask(m[0], "weight", mask)
+    return m, {"0": mask}
+
+
+def batches(n, size, d=3, classes=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, d, generator=g, dtype=dtype), torch.randint(0, classes, (size,), generator=g))
+            for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- sharpness
+def _exact_loss(theta, m, bs):
+    """The mean over batches of cross-entropy, written out by hand (independent of the probe)."""
+    w1, b1, g, beta, w2, b2 = torch.split(theta, [12, 4, 4, 4, 8, 2])
+    w1, w2 = w1.view(4, 3), w2.view(2, 4)
+    total = 0
+    for x, y in bs:
+        h = x @ (w1 * m).T + b1
+        h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5) * g + beta
+        total = total + F.cross_entropy(torch.relu(h) @ w2.T + b2, y)
+    return total / len(bs)
+
+
+def test_sharpness_matches_eigvalsh_of_the_exact_masked_hessian():
+    model, masks = tiny_bn_mlp()
+    bs = batches(2, 16)
+    p = dict(model.named_parameters())
+    theta = torch.cat([p["0.weight_orig"].reshape(-1), p["0.bias"], p["1.weight"], p["1.bias"],
+                       p["3.weight"].reshape(-1), p["3.bias"]]).detach()
+    mf = masks["0"].double()
+    H = torch.autograd.functional.hessian(lambda t: _exact_loss(t, mf, bs), theta).numpy()
+    keep = np.concatenate([masks["0"].reshape(-1).numpy(), np.ones(len(theta) - 12, bool)])
+    want = np.linalg.eigvalsh(H[np.ix_(keep, keep)]).max()
+    got = sharpness.probe(model, masks, bs, {"batches": 2, "tol": 1e-10, "momentum": 0.9, "max_lr": 0.1})
+    assert got["lambda_max"] == pytest.approx(want, rel=1e-6)
+    assert got["stable_lr"] == pytest.approx(2 * 1.9 / want, rel=1e-6)
+    assert got["limit_at_max_lr"] == pytest.approx(2 * 1.9 / 0.1)
+    # the first layer feeds the BatchNorm: its own block, times its squared (masked) norm
+    k1 = masks["0"].reshape(-1).numpy()
+    block = H[:12, :12][np.ix_(k1, k1)]
+    lam_b = np.linalg.eigvalsh(block).max()
+    nsq = float(((p["0.weight_orig"].detach() * mf) ** 2).sum())
+    b = got["blocks"]["0"]
+    assert b["lambda_max"] == pytest.approx(lam_b, rel=1e-4)
+    assert b["lambda_norm_sq"] == pytest.approx(lam_b * nsq, rel=1e-4)
+    # with the pruned weights as variables (at zero) the top eigenvalue differs: the projection matters
+    t0 = theta.clone()
+    t0[:12] *= mf.reshape(-1)
+    H_all = torch.autograd.functional.hessian(lambda t: _exact_loss(t, torch.ones_like(mf), bs), t0).numpy()
+    assert abs(np.linalg.eigvalsh(H_all).max() - want) > 1e-3 * want
+
+
+# ----------------------------------------------------------------------------- lr-range
+class Quadratic(nn.Module):
+    """L(w) = lam/2 * w^2 through a 1x1 linear layer: plain GD is stable for lr < 2/lam."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False).double()
+        nn.init.ones_(self.lin.weight)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_lr_range_divergence_point_on_a_quadratic():
+    lam, steps = 10.0, 100
+    cfg = {"lr_min": 1e-4, "lr_max": 10.0, "steps": steps, "momentum": 0.0, "weight_decay": 0.0,
+           "loss": lambda out, y: 0.5 * lam * (out ** 2).mean()}
+    data = [(torch.ones(4, 1, dtype=torch.float64), torch.zeros(4))]
+    got = lr_range.probe(Quadratic(), None, data, cfg)
+    # independent: the GD recurrence w <- (1 - lr lam) w, fastai's debiased EMA, 4x the minimum
+    lrs = 1e-4 * (1e5) ** (np.arange(steps) / (steps - 1))
+    w, avg, best, want = 1.0, 0.0, np.inf, None
+    for i, lr in enumerate(lrs):
+        loss = 0.5 * lam * w * w
+        avg = 0.98 * avg + 0.02 * loss
+        sm = avg / (1 - 0.98 ** (i + 1))
+        if i > 0 and sm > 4 * best:
+            want = lr
+            break
+        best = min(best, sm)
+        w -= lr * lam * w
+    assert got["divergence_lr"] == pytest.approx(want, rel=1e-9)
+    # the smoothed rule lags the known stable limit 2/lam (the EMA remembers the early loss) ...
+    assert 2 / lam < got["divergence_lr"] == pytest.approx(7.78 * 2 / lam, rel=0.01)
+    # ... while the raw loss turns at the first LR above it
+    ratio = lrs[1] / lrs[0]
+    assert 2 / lam < got["instability_lr"] <= 2 / lam * ratio
+    assert len(got["lr"]) == len(got["loss"]) == len(got["smoothed"]) == got["steps_run"]
+
+
+def test_lr_range_rules_as_fastai_and_torch_lr_finder_compute_them():
+    lrs = np.geomspace(1e-4, 1, 60)
+    x = np.log10(lrs)
+    losses = 2 - np.tanh(2 * (x + 2)) + np.where(x > -0.5, 20 * (x + 0.5) ** 2, 0)  # steepest at 1e-2, min near 10^-0.45
+    assert lr_range.steep(lrs, losses) == pytest.approx(lrs[int(np.argmin(np.diff(losses) / np.diff(np.log(lrs))))])
+    assert 0.007 < lr_range.steep(lrs, losses) < 0.015
+    assert lr_range.minimum(lrs, losses) == pytest.approx(lrs[int(np.argmin(losses))] / 10)
+    v = lr_range.valley(lrs, losses)  # 2/3 down the longest decreasing run, which starts at the first point
+    run_end = int(np.argmin(losses))
+    assert v == pytest.approx(lrs[run_end // 3 + run_end // 6], rel=1e-12) or lrs[0] < v < lrs[run_end]
+    assert lr_range.tlf_steepest(lrs, losses) == pytest.approx(lrs[10 + int(np.argmin(np.gradient(losses[10:-5])))])
+
+
+# ----------------------------------------------------------------------------- noise scale
+class LinearScore(nn.Module):
+    """loss = -mean(w . x): each example's gradient is -x, so G = -E[x] and Sigma = Cov[x]."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, 1, bias=False).double()
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_noise_scale_on_known_sigma_and_gradient():
+    d, size, n = 5, 16, 600
+    G = np.array([1.0, 0.5, 0.0, -0.3, 0.2])
+    sd = np.array([1.0, 2.0, 0.5, 1.5, 3.0])
+    rng = np.random.default_rng(0)
+    data = [(torch.tensor(G + sd * rng.standard_normal((size, d))), torch.zeros(size)) for _ in range(n)]
+    mask = torch.tensor([[True, True, True, True, False]])  # the last coordinate is pruned
+    cfg = {"batches": n, "loss": lambda out, y: -out.mean()}
+    got = noise_scale.probe(LinearScore(d), {"lin": mask}, data, cfg)
+    keep = mask.numpy().ravel()
+    g2, tr = float((G[keep] ** 2).sum()), float((sd[keep] ** 2).sum())
+    assert got["grad_sq"] == pytest.approx(g2, rel=0.1)
+    assert got["trace_sigma"] == pytest.approx(tr, rel=0.1)
+    assert got["b_simple"] == pytest.approx(tr / g2, rel=0.15)
+    assert got["batch_size"] == size and got["lr_factor"] == pytest.approx(1 / (1 + got["b_simple"] / size))
+
+
+# ----------------------------------------------------------------------------- BN norm ratio
+def test_bn_norm_ratio_computed_directly():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    masks = {}
+    for name in ("0", "3", "7"):
+        w = model.get_submodule(name).weight.detach()
+        masks[name] = w.abs() > w.abs().flatten().kthvalue(int(0.4 * w.numel())).values  # keep the largest 60 %
+        prune.custom_from_mask(model.get_submodule(name), "weight", masks[name])
+    data = [(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))]
+    got = bn_norm.probe(model, masks, data, {"max_lr": 0.1})
+    assert set(got["layers"]) == {"0", "3"}  # the linear layer feeds no BatchNorm
+    num = den = 0.0
+    for name in ("0", "3"):
+        w = model.get_submodule(name).weight_orig.detach().double().numpy()
+        m = masks[name].numpy()
+        r = (w[m] ** 2).sum() / (w ** 2).sum()
+        assert got["layers"][name]["ratio"] == pytest.approx(r, rel=1e-12)
+        assert r > m.mean()  # magnitude pruning keeps the large weights
+        num, den = num + r * w.size, den + w.size
+    assert got["ratio"] == pytest.approx(num / den, rel=1e-12)
+    assert got["implied_max_lr"] == pytest.approx(0.1 * num / den)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_gives_one_clear_message():
+    plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with pytest.raises(GradscopeError, match="bn-norm needs layers followed by BatchNorm; Sequential has none"):
+        bn_norm.probe(plain, None, batches(1, 4), {})
+    model, masks = tiny_bn_mlp()
+    with pytest.raises(GradscopeError, match=r"layer '0' is 100 % pruned"):
+        sharpness.probe(model, {"0": torch.zeros(4, 3, dtype=torch.bool)}, batches(1, 8), {})
+    cfg = {"lr_min": 1e3, "lr_max": 1e6, "steps": 20, "momentum": 0.0, "loss": lambda o, y: 0.5 * 10 * (o ** 2).mean()}
+    with pytest.raises(GradscopeError, match="diverged at the first step"):
+        lr_range.probe(Quadratic(), None, [(torch.ones(2, 1, dtype=torch.float64), torch.zeros(2))], cfg)
+    with pytest.raises(GradscopeError, match="unknown probe 'hessian'"):
+        parse_probes("bn-norm,hessian")
+    assert parse_probes("cheap, lr-range,bn-norm") == ["bn-norm", "norm-drop", "noise-scale", "lr-range"]
+
+
+# ----------------------------------------------------------------------------- purity
+def _state(model, opt):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+            {m: m.training for m in model.modules()},
+            torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(),
+            json.dumps({k: v for k, v in opt.state_dict().items() if k != "state"}),
+            {k: {kk: vv.clone() for kk, vv in s.items()} for k, s in opt.state_dict()["state"].items()})
+
+
+def _same(a, b):
+    for x, y in zip(a, b):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                _same([x[k]], [y[k]])
+        elif isinstance(x, torch.Tensor):
+            assert torch.equal(x, y)
+        elif isinstance(x, np.ndarray):
+            assert np.array_equal(x, y)
+        else:
+            assert x == y
+
+
+def test_every_probe_leaves_model_bn_stats_rngs_and_optimizer_as_found():
+    model, masks = tiny_bn_mlp(torch.float32, prune_mask=True)
+    bs = batches(4, 16, dtype=torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = F.cross_entropy(model(bs[0][0]), bs[0][1])
+    loss.backward()
+    opt.step()  # momentum buffers, gradients and moved BN statistics to keep
+    model.eval()  # a probe runs in train mode and must put eval back
+    before = _state(model, opt)
+    weight_obj = model[0].weight
+    cfg = {"steps": 12, "batches": 2, "max_lr": 0.1, "norm_drop": 0.2, "step_pruned": 0.2}
+    for name in PROBES.names():
+        measure(name, model, masks, lambda s: bs, cfg, repeats=2, seed=3)
+    _same(before, _state(model, opt))
+    assert model[0].weight is weight_obj  # prune's plain weight attribute is the one it was
+
+
+def test_pruned_weights_stay_exactly_zero_during_every_probe():
+    for torch_pruned in (True, False):  # prune's weight_orig * weight_mask, and external masks
+        model, masks = tiny_bn_mlp(torch.float32, prune_mask=torch_pruned)
+        seen = []
+
+        def check(mod, inp, out):
+            seen.append(bool((mod.weight[~masks["0"]] == 0).all()))
+        h = model[0].register_forward_hook(check)
+        bs = batches(4, 16, dtype=torch.float32)
+        for name in ("lr-range", "sharpness", "noise-scale"):
+            PROBES.get(name).fn(model, masks, bs, {"steps": 15, "batches": 2, "lr_max": 100.0, "weight_decay": 0.1})
+        h.remove()
+        assert len(seen) > 30 and all(seen)
