@@ -261,3 +261,79 @@ def test_pruned_weights_stay_exactly_zero_during_every_probe():
             PROBES.get(name).fn(model, masks, bs, {"steps": 15, "batches": 2, "lr_max": 100.0, "weight_decay": 0.1})
         h.remove()
         assert len(seen) > 30 and all(seen)
+
+
+# ----------------------------------------------------------------------------- in a run
+def _cfg(out, cache, **probe):
+    from gradscope.config import RunConfig
+    c = RunConfig()
+    c.data.dataset, c.data.train_subset, c.data.batch_size, c.data.cache_dir = "digits", 320, 64, str(cache)
+    c.model.model, c.train.epochs, c.train.threads, c.train.progress = "small_cnn", 1, 1, False
+    c.prune.rounds, c.schedule.schedule, c.schedule.max_lr = 2, "lth", 0.05
+    for k, v in probe.items():
+        setattr(c.probe, k, v)
+    c.out = str(out)
+    return c
+
+
+def _trained(out):
+    from gradscope.train.checkpoint import load_torch
+    rows = json.loads((out / "rounds.json").read_text())
+    for r in rows:
+        r.pop("time_s")
+    rf = [load_torch(out / f"round_{k}.pt", what="round file") for k in range(2)]
+    ck = load_torch(out / "checkpoint.pt", what="checkpoint")
+    return rows, rf, ck["model"]
+
+
+def test_a_run_with_probes_trains_bit_identically_and_stores_checked_records(tmp_path):
+    from gradscope.store.probes import read_probes
+    from gradscope.train import PruningRun
+    logs = []
+    PruningRun(_cfg(tmp_path / "plain", tmp_path / "c"), log=lambda s: None).run()
+    PruningRun(_cfg(tmp_path / "probed", tmp_path / "c", probes="cheap,lr-range", probes_at="both",
+                    lr_range_steps=12, probe_repeats=2), log=logs.append).run()
+    (rows_a, rf_a, m_a), (rows_b, rf_b, m_b) = _trained(tmp_path / "plain"), _trained(tmp_path / "probed")
+    assert rows_a == rows_b
+    for a, b in zip(rf_a, rf_b):
+        assert a["epochs"] == b["epochs"] or all(
+            {k: v for k, v in x.items() if k != "time_s"} == {k: v for k, v in y.items() if k != "time_s"}
+            for x, y in zip(a["epochs"], b["epochs"]))
+        assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
+    assert m_a.keys() == m_b.keys() and all(torch.equal(m_a[k], m_b[k]) for k in m_a)
+    recs = read_probes(tmp_path / "probed")
+    keys = {(r["round"], r["at"], r["probe"]) for r in recs}
+    assert keys == {(k, at, p) for k in (0, 1) for at in ("start", "epoch1")
+                    for p in ("bn-norm", "norm-drop", "noise-scale", "lr-range")}
+    by = {(r["round"], r["at"], r["probe"]): r for r in recs}
+    assert by[(0, "start", "bn-norm")]["values"]["value"] == [1.0]  # nothing pruned yet
+    assert 0 < by[(1, "start", "bn-norm")]["values"]["value"][0] < 1
+    assert by[(0, "start", "norm-drop")]["values"]["value"] == [None] and by[(1, "start", "norm-drop")]["values"]["value"][0] > 0
+    ns = by[(1, "start", "noise-scale")]
+    assert ns["repeats"] == 2 and len(set(ns["seeds"])) == 2 and ns["cv"]["value"] is not None
+    assert ns["fb_equiv"] > 0 and ns["share_of_oracle_round"] > 0
+    assert any("probe lr-range round 1 (start): suggested LR (fastai valley)" in l for l in logs)
+    # a second start resumes a finished run: nothing measured again, the file unchanged
+    before = (tmp_path / "probed" / "probes.json").read_bytes()
+    PruningRun(_cfg(tmp_path / "probed", tmp_path / "c", probes="cheap,lr-range", probes_at="both",
+                    lr_range_steps=12, probe_repeats=2), log=lambda s: None).run()
+    assert (tmp_path / "probed" / "probes.json").read_bytes() == before
+    # an edited file is refused
+    p = tmp_path / "probed" / "probes.json"
+    p.write_text(p.read_text().replace('"round": 1', '"round": 2', 1))
+    with pytest.raises(GradscopeError, match="fails its checksum"):
+        read_probes(tmp_path / "probed")
+
+
+def test_probe_options_are_checked_before_anything_is_written(tmp_path):
+    from gradscope.cli import main
+    from gradscope.train import PruningRun
+    from gradscope.train.oracle import OracleRounds
+    with pytest.raises(GradscopeError, match="only --probes-at start is measured in `gradscope oracle`"):
+        PruningRun(_cfg(tmp_path / "o", tmp_path / "c", probes="bn-norm", probes_at="epoch1"),
+                   rounds=OracleRounds([0.01, 0.02, 0.04], seeds=1))
+    assert main(["prune", "--probes", "bn-norm,hessian", "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--probes-at", "later", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert not (tmp_path / "x").exists()

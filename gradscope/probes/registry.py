@@ -93,7 +93,10 @@ def parse_probes(text: Optional[str]) -> list[str]:
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
-        names = PRESETS[part.lower()] if part.lower() in PRESETS else (PROBES.key(part),)
+        try:
+            names = PRESETS[part.lower()] if part.lower() in PRESETS else (PROBES.key(part),)
+        except GradscopeError as e:
+            raise GradscopeError(f"{e}; presets: {', '.join(f'{k} ({chr(44).join(v)})' for k, v in PRESETS.items())}") from None
         for n in names:
             if n not in out:
                 out.append(n)
