@@ -337,3 +337,48 @@ def test_probe_options_are_checked_before_anything_is_written(tmp_path):
         main(["prune", "--probes-at", "later", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- calibrate --predictor
+def _fake_run(d, values: dict, probe: str, key: str = "value", p=0.2, max_lr0=0.05):
+    """A run directory with config.json, rounds.json and probes.json holding ``values`` per round."""
+    from gradscope.store.probes import write_probes
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"prune": {"prune_rate": p}, "schedule": {"lag": 1}}))
+    (d / "rounds.json").write_text(json.dumps([{"round": 0, "max_lr": max_lr0}]))
+    recs = [{"round": k, "at": "start", "probe": probe, "sparsity": 1 - (1 - p) ** k,
+             "values": {key: [v, v]}, "cv": {key: 0.0}, "fb_equiv": 1.0, "share_of_oracle_round": 0.01}
+            for k, v in values.items()]
+    write_probes(d, recs)
+    return d
+
+
+def test_calibrate_predictor_builds_each_rule_and_names_the_shape(tmp_path, capsys):
+    from gradscope.calibrate.predictor import calibrate_predictor
+    from gradscope.cli import main
+    k = np.arange(7)
+    lam = 20.0 / (1 + 3 * (1 - 0.8 ** np.maximum(k - 1, 0)))  # sharpness falls, so the implied max_lr rises
+    run = _fake_run(tmp_path / "sharp", dict(zip(k.tolist(), lam.tolist())), "sharpness")
+    cal, values, (shape, note) = calibrate_predictor(run, "sharpness")
+    assert np.allclose(cal.points["implied_max_lr"], 0.05 * lam[0] / lam)
+    assert np.allclose(cal.points["x"], np.maximum(1 - 0.8 ** (k - 1), 0))
+    assert shape == "rising" and note == "" and cal.status == "supported"
+    r = np.array([1, 0.99, 0.97, 0.94, 0.9, 0.86, 0.82])  # bn-norm: r_k <= 1 can only fall
+    run = _fake_run(tmp_path / "bn", dict(zip(k.tolist(), r.tolist())), "bn-norm")
+    cal, _, (shape, note) = calibrate_predictor(run, "bn-norm")
+    assert np.allclose(cal.points["implied_max_lr"], 0.05 * r)
+    assert shape == "falling" and "not the S-shaped rise" in note
+    sug = {0: 0.01, 1: 0.0101, 2: 0.0099, 3: 0.01, 4: 0.0102, 5: 0.0098}
+    run = _fake_run(tmp_path / "lr", sug, "lr-range", key="steep")
+    cal, _, (shape, note) = calibrate_predictor(run, "lr-range:steep")
+    assert np.allclose(cal.points["implied_max_lr"], [0.05 * v / 0.01 for v in sug.values()])
+    assert shape == "flat" and "says a constant max_lr" in note
+    nd = {0: None, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35, 5: 0.4}
+    run = _fake_run(tmp_path / "nd", {kk: (v if v is not None else float("nan")) for kk, v in nd.items()}, "norm-drop")
+    cal, _, _ = calibrate_predictor(run, "norm-drop")  # no norm drop in round 0: the constant is fitted on round 1
+    assert np.allclose(cal.points["implied_max_lr"], [0.05, 0.05, 0.1, 0.15, 0.175, 0.2])
+    assert main(["calibrate", str(tmp_path / "bn"), "--predictor", "bn-norm"]) == 0
+    out = capsys.readouterr().out
+    assert "predictor bn-norm: max_lr(k) = max_lr(0) * r(k) / r(0)" in out and "shape: the implied max_lr falls" in out
+    assert main(["calibrate", str(tmp_path / "bn"), "--predictor", "sharpness"]) == 2
+    assert "no sharpness records measured at 'start'" in capsys.readouterr().err

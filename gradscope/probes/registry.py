@@ -29,7 +29,8 @@ def _inverse(v_k: float, v_0: float, max_lr0: float) -> float:
 class ProbeSpec:
     """A probe: ``fn`` measures; ``value(result, variant)`` is the number a predictor reads;
     ``implied(v_k, v_0, max_lr0)`` the max_lr it implies (the constant max_lr0/v_0 or
-    max_lr0·v_0 is fitted on round 0); ``random``: repeats with other seeds differ."""
+    max_lr0·v_0 is fitted on round 0, or on round 1 for norm-drop, which ``needs`` a pruning);
+    ``random``: repeats with other seeds differ."""
 
     name: str
     fn: Callable[..., dict]
@@ -55,10 +56,6 @@ def _nd_value(r: dict, variant: str) -> Optional[float]:
     return r.get("estimate")
 
 
-def _nd_implied(v_k: float, v_0: float, max_lr0: float) -> float:
-    return max_lr0 * v_k  # ALLR's estimate norm_drop/√s · η_max, unclipped; round 0 has max_lr0
-
-
 PROBES: Registry[ProbeSpec] = Registry("probe", "--probes")
 PROBES.register("lr-range", ProbeSpec(
     "lr-range", lr_range.probe, _lr_value, _ratio,
@@ -77,8 +74,9 @@ PROBES.register("noise-scale", ProbeSpec(
     "max_lr(k) = max_lr(0) * f(k) / f(0), f = 1 / (1 + B_simple / B) (McCandlish's optimal-LR factor)",
     "LR factor 1/(1 + B_simple/B)"))
 PROBES.register("norm-drop", ProbeSpec(
-    "norm-drop", norm_drop.probe, _nd_value, _nd_implied,
-    "max_lr(k) = max_lr(0) * norm_drop(k) / sqrt(step pruned) (ALLR's estimate, unclipped); round 0: max_lr(0)",
+    "norm-drop", norm_drop.probe, _nd_value, _ratio,
+    "max_lr(k) = max_lr(0) * e(k) / e(1), e = norm_drop / sqrt(step pruned) (ALLR's estimate, unclipped; "
+    "round 0 has no norm drop, so the constant is fitted on round 1)",
     "ALLR estimate norm_drop/sqrt(step pruned)", random=False, needs=("norm_drop", "step_pruned")))
 
 PRESETS = {"cheap": ("bn-norm", "norm-drop", "noise-scale"),
