@@ -382,3 +382,23 @@ def test_calibrate_predictor_builds_each_rule_and_names_the_shape(tmp_path, caps
     assert "predictor bn-norm: max_lr(k) = max_lr(0) * r(k) / r(0)" in out and "shape: the implied max_lr falls" in out
     assert main(["calibrate", str(tmp_path / "bn"), "--predictor", "sharpness"]) == 2
     assert "no sharpness records measured at 'start'" in capsys.readouterr().err
+
+
+def test_plot_probes_draws_every_recorded_predictor_and_the_range_test(tmp_path):
+    from gradscope.plot.probes import plot_probes
+    from gradscope.store.probes import read_probes, write_probes
+    run = _fake_run(tmp_path / "run", {0: 1.0, 1: 0.95, 2: 0.9}, "bn-norm")
+    curve = {"lr": [1e-3, 1e-2, 1e-1, 1.0], "smoothed": [2.3, 2.1, 1.9, 9.0], "loss": [2.3, 2.0, 1.8, 30.0],
+             "divergence_lr": 1.0, "suggestions": {"valley": 1e-2}}
+    extra = [{"round": k, "at": "start", "probe": "lr-range", "sparsity": 0.2 * k, "result": curve,
+              "values": {"valley": [0.01 * (1 + k)]}, "cv": {"valley": None}} for k in range(3)]
+    write_probes(run, read_probes(run) + extra)
+    ax = plot_probes(run)
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert np.allclose(lines["bn-norm"].get_ydata(), [0.05, 0.0475, 0.045])
+    assert np.allclose(lines["lr-range:valley"].get_ydata(), [0.05, 0.1, 0.15])
+    assert "constant max_lr 0.05 (round 0's)" in lines
+    ax = plot_probes(run, probe="lr-range")
+    assert sum(l.get_label().startswith("round ") for l in ax.get_lines()) == 3
+    with pytest.raises(GradscopeError, match="not a directory"):
+        plot_probes(tmp_path / "run" / "probes.json")
