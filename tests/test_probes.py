@@ -402,3 +402,18 @@ def test_plot_probes_draws_every_recorded_predictor_and_the_range_test(tmp_path)
     assert sum(l.get_label().startswith("round ") for l in ax.get_lines()) == 3
     with pytest.raises(GradscopeError, match="not a directory"):
         plot_probes(tmp_path / "run" / "probes.json")
+
+
+def test_oracle_measures_the_probes_at_each_round_start(tmp_path):
+    from gradscope.store.probes import read_probes
+    from gradscope.train import PruningRun
+    from gradscope.train.oracle import OracleRounds
+    cfg = _cfg(tmp_path / "o", tmp_path / "c", probes="bn-norm,noise-scale", probe_repeats=2)
+    cfg.prune.rounds = 2
+    PruningRun(cfg, rounds=OracleRounds([0.01, 0.05, 0.25], seeds=1, max_extend=0), log=lambda s: None).run()
+    recs = read_probes(tmp_path / "o")
+    assert {(r["round"], r["probe"]) for r in recs} == {(k, p) for k in (0, 1) for p in ("bn-norm", "noise-scale")}
+    ns = next(r for r in recs if r["probe"] == "noise-scale" and r["round"] == 1)
+    assert ns["oracle_cost_assumed"] is False
+    assert ns["oracle_round_passes"] == 3 * 1 * 1 * (320 // 64)  # grid x seeds x epochs x steps (320 training images)
+    assert ns["share_of_oracle_round"] == pytest.approx(ns["fb_equiv"] / ns["oracle_round_passes"])

@@ -1,6 +1,6 @@
 """``lr-range``: the LR range test (Smith 2017) on a functional copy of the round's start network.
 
-SGD (the run's momentum and weight decay) from the start weights while the LR grows
+SGD (or AdamW, as the run trains; its momentum and weight decay) from the start weights while the LR grows
 exponentially step by step, one probe batch per step, until the smoothed loss exceeds 4x its
 minimum (fastai's stop rule). Records the whole curve (lr, raw loss, smoothed loss), the
 divergence point (first LR whose smoothed loss exceeds 4x the minimum so far), the LR at the
@@ -34,7 +34,7 @@ from gradscope import GradscopeError
 from gradscope.probes.base import Functional, loss_of, take_batches
 
 DEFAULTS = {"lr_min": 1e-5, "lr_max": 10.0, "steps": 100, "beta": 0.98, "diverge": 4.0,
-            "momentum": 0.9, "weight_decay": 0.0}
+            "momentum": 0.9, "weight_decay": 0.0, "optimizer": "sgd"}
 RULES = ("valley", "slide", "minimum", "steep", "torch-lr-finder")
 
 
@@ -136,7 +136,7 @@ def suggestions(lrs: np.ndarray, raw: np.ndarray, planned_steps: int, beta: floa
 def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], loader, config: Mapping[str, Any]) -> dict:
     """Run the range test; return the curve, divergence point and suggestions (see module docstring).
 
-    config: lr_min, lr_max, steps, momentum, weight_decay, beta (fastai smoothing), diverge (4),
+    config: lr_min, lr_max, steps, optimizer (sgd | adamw), momentum, weight_decay, beta (fastai smoothing), diverge (4),
     loss (callable; default cross-entropy). A loss that is not finite at the first step, or
     that diverges at the first LR steps, is an error: no LR is safe for this network."""
     c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
@@ -147,8 +147,12 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
     batches = take_batches(loader, steps)
     lrs = lr_steps(c["lr_min"], c["lr_max"], steps)
     params = {n: p.requires_grad_(True) for n, p in f.params.items()}
-    opt = torch.optim.SGD(list(params.values()), lr=float(lrs[0]), momentum=float(c["momentum"]),
-                          weight_decay=float(c["weight_decay"]))
+    if c["optimizer"] == "adamw":  # the run's optimizer: AdamW's max_lr is its peak lr
+        opt = torch.optim.AdamW(list(params.values()), lr=float(lrs[0]), betas=(float(c["momentum"]), 0.999),
+                                weight_decay=float(c["weight_decay"]))
+    else:
+        opt = torch.optim.SGD(list(params.values()), lr=float(lrs[0]), momentum=float(c["momentum"]),
+                              weight_decay=float(c["weight_decay"]))
     raw: list[float] = []
     div = None
     for i, lr in enumerate(lrs):

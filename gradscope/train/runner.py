@@ -306,7 +306,8 @@ def _probe_names(config: RunConfig, rounds) -> list:
 def probe_settings(c: RunConfig) -> dict:
     """The probes' settings from a run config (the run's momentum and weight decay for the range test)."""
     return {"lr_min": c.probe.lr_range_min, "lr_max": c.probe.lr_range_max, "steps": c.probe.lr_range_steps,
-            "batches": c.probe.probe_batches, "momentum": c.train.momentum, "weight_decay": c.train.weight_decay}
+            "batches": c.probe.probe_batches, "momentum": c.train.momentum, "weight_decay": c.train.weight_decay,
+            "optimizer": c.train.optimizer}
 
 
 class _EarlyCapture:
