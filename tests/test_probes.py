@@ -332,6 +332,11 @@ def test_probe_options_are_checked_before_anything_is_written(tmp_path):
     with pytest.raises(GradscopeError, match="only --probes-at start is measured in `gradscope oracle`"):
         PruningRun(_cfg(tmp_path / "o", tmp_path / "c", probes="bn-norm", probes_at="epoch1"),
                    rounds=OracleRounds([0.01, 0.02, 0.04], seeds=1))
+    c = _cfg(tmp_path / "lenet", tmp_path / "c", probes="all")
+    c.model.model = "lenet_300_100"
+    with pytest.raises(GradscopeError, match="--probes bn-norm needs layers followed by BatchNorm; the model LeNet300100"):
+        PruningRun(c, log=lambda s: None).run()
+    assert not (tmp_path / "lenet" / "round_0.pt").exists()  # refused before anything trained
     assert main(["prune", "--probes", "bn-norm,hessian", "--out", str(tmp_path / "x")]) == 2
     with pytest.raises(SystemExit) as e:
         main(["prune", "--probes-at", "later", "--out", str(tmp_path / "x")])

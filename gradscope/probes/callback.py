@@ -51,6 +51,18 @@ class ProbeCallback:
         return ld
 
     # ------------------------------------------------------------------ hooks
+    def on_run_start(self, state: TrainState) -> None:
+        """Refuse bn-norm on a model without BatchNorm-fed layers before anything trains."""
+        if "bn-norm" in self.names:
+            from gradscope.probes.base import Functional, bn_followed, preserved  # noqa: PLC0415
+
+            x = next(iter(self._loader(self.seed)))[0][:2]
+            with preserved(self.ctx.model, self.seed):
+                f = Functional(self.ctx.model, P.current_masks(self.ctx.layers), lambda o, y: o.sum())
+                if not bn_followed(self.ctx.model, x, f.forward):
+                    raise GradscopeError(f"--probes bn-norm needs layers followed by BatchNorm; the model "
+                                         f"{type(self.ctx.model).__name__} has none (drop bn-norm from --probes)")
+
     def on_round_start(self, state: TrainState) -> None:
         if self.at in ("start", "both"):
             self._run(state, "start")
