@@ -422,3 +422,16 @@ def test_oracle_measures_the_probes_at_each_round_start(tmp_path):
     assert ns["oracle_cost_assumed"] is False
     assert ns["oracle_round_passes"] == 3 * 1 * 1 * (320 // 64)  # grid x seeds x epochs x steps (320 training images)
     assert ns["share_of_oracle_round"] == pytest.approx(ns["fb_equiv"] / ns["oracle_round_passes"])
+
+
+def test_probes_measure_with_dropout_off_and_batchnorm_on_batch_statistics():
+    model, masks = tiny_bn_mlp()
+    with_drop = nn.Sequential(*model[:3], nn.Dropout(0.5), *model[3:])
+    bs = batches(2, 16)
+    cfg = {"batches": 2, "tol": 1e-10, "blocks": False}
+    from gradscope.probes import preserved
+    with preserved(model, 0):
+        a = sharpness.probe(model, masks, bs, cfg)["lambda_max"]
+    with preserved(with_drop, 0):
+        b = sharpness.probe(with_drop, masks, bs, cfg)["lambda_max"]
+    assert a == pytest.approx(b, rel=1e-9) and with_drop[3].training  # dropout's own flag is restored

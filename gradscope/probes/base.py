@@ -8,6 +8,8 @@ gradients and the run's optimizer cannot change. What functional calls do leave 
 pre-hook; train/eval flags; the four RNG streams) is saved and restored by ``preserved``.
 Masks are enforced twice: the pruned modules' own ``weight = weight_orig * weight_mask`` hook,
 and an explicit ``p * mask`` on every masked parameter, so external masks work too.
+Probes run in the parameters' dtype (no autocast) with BatchNorm in train mode and dropout off
+(a Hessian-vector product of a loss that changes from call to call is not one).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _set_rng_state(st: dict) -> None:
 
 @contextlib.contextmanager
 def preserved(model: nn.Module, seed: int = 0) -> Iterator[None]:
-    """Run a probe: train mode (BatchNorm on batch statistics), RNGs seeded with ``seed``; on
+    """Run a probe: train mode (BatchNorm on batch statistics; dropout off), RNGs seeded with ``seed``; on
     exit every module's train/eval flag, prune's ``weight`` attributes and the torch, CUDA,
     numpy and python RNG states are as they were."""
     flags = {m: m.training for m in model.modules()}
@@ -62,6 +64,9 @@ def preserved(model: nn.Module, seed: int = 0) -> Iterator[None]:
         np.random.seed(seed % 2**32)
         random.seed(seed)
         model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
         yield
     finally:
         for m, w in weights.items():
