@@ -435,3 +435,47 @@ def test_probes_measure_with_dropout_off_and_batchnorm_on_batch_statistics():
     with preserved(with_drop, 0):
         b = sharpness.probe(with_drop, masks, bs, cfg)["lambda_max"]
     assert a == pytest.approx(b, rel=1e-9) and with_drop[3].training  # dropout's own flag is restored
+
+
+def test_probes_are_invisible_to_the_runs_other_instruments():
+    """The recorder counts optimizer steps with a global hook and discovers layers with forward
+    hooks: a probe must trigger neither (and leave both registered)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    model, masks = tiny_bn_mlp(torch.float32)
+    calls = {"module": 0, "global": 0, "optimizer": 0}
+
+    def bump(k):
+        return lambda *a, **kw: calls.__setitem__(k, calls[k] + 1)
+    hs = [model[0].register_forward_hook(bump("module")), nn.modules.module.register_module_forward_hook(bump("global")),
+          register_optimizer_step_post_hook(bump("optimizer"))]
+    try:
+        bs = batches(3, 8, dtype=torch.float32)
+        for name in PROBES.names():
+            measure(name, model, masks, lambda s: bs, {"steps": 12, "batches": 2}, repeats=1)
+        assert calls == {"module": 0, "global": 0, "optimizer": 0}
+        model(bs[0][0])
+        assert calls["module"] == 1 and calls["global"] >= 1  # still registered
+        assert (model[0].weight[~masks["0"]] == 0).all()  # prune's own hook was kept throughout
+    finally:
+        for h in hs:
+            h.remove()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_range_test_update_rule_is_torchs(kind):
+    torch.manual_seed(0)
+    ref = [torch.randn(3, 2), torch.randn(4)]
+    mine = [p.clone() for p in ref]
+    opt_ref = (torch.optim.SGD(ref, lr=0.1, momentum=0.9, weight_decay=0.01) if kind == "sgd"
+               else torch.optim.AdamW(ref, lr=0.1, betas=(0.9, 0.999), weight_decay=0.01))
+    opt = lr_range._Optimizer(mine, kind, 0.9, 0.01)
+    for lr in (0.01, 0.03, 0.1, 0.3):
+        grads = [torch.randn_like(p) for p in ref]
+        for p, g in zip(ref, grads):
+            p.grad = g.clone()
+        for grp in opt_ref.param_groups:
+            grp["lr"] = lr
+        opt_ref.step()
+        opt.step(grads, lr)
+    for a, b in zip(ref, mine):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

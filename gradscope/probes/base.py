@@ -51,14 +51,47 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _is_prune_hook(h) -> bool:
+    from torch.nn.utils.prune import BasePruningMethod  # noqa: PLC0415
+
+    return isinstance(h, BasePruningMethod)
+
+
+@contextlib.contextmanager
+def _instruments_muted(model: nn.Module) -> Iterator[None]:
+    """Forward hooks of the run's instruments (the recorder's layer discovery, a user's) do not
+    see a probe's forward passes: module and global forward (pre-)hooks are set aside for the
+    probe, except ``torch.nn.utils.prune``'s mask hooks, and put back as they were."""
+    from torch.nn.modules import module as M  # noqa: PLC0415
+
+    saved = []
+    for m in model.modules():
+        saved.append((m, m._forward_hooks, m._forward_pre_hooks))
+        m._forward_hooks = type(m._forward_hooks)()
+        m._forward_pre_hooks = type(m._forward_pre_hooks)(
+            (k, h) for k, h in saved[-1][2].items() if _is_prune_hook(h))
+    g_post, g_pre = M._global_forward_hooks, M._global_forward_pre_hooks
+    M._global_forward_hooks, M._global_forward_pre_hooks = type(g_post)(), type(g_pre)()
+    try:
+        yield
+    finally:
+        M._global_forward_hooks, M._global_forward_pre_hooks = g_post, g_pre
+        for m, post, pre in saved:
+            m._forward_hooks, m._forward_pre_hooks = post, pre
+
+
 @contextlib.contextmanager
 def preserved(model: nn.Module, seed: int = 0) -> Iterator[None]:
-    """Run a probe: train mode (BatchNorm on batch statistics; dropout off), RNGs seeded with ``seed``; on
-    exit every module's train/eval flag, prune's ``weight`` attributes and the torch, CUDA,
-    numpy and python RNG states are as they were."""
+    """Run a probe: train mode (BatchNorm on batch statistics; dropout off), RNGs seeded with
+    ``seed``, the instruments' forward hooks set aside; on exit every module's train/eval flag,
+    hooks, prune's ``weight`` attributes and the torch, CUDA, numpy and python RNG states are as
+    they were. (Probes step no ``torch.optim`` optimizer: its global step hooks, e.g. the
+    recorder's step counter, would fire.)"""
     flags = {m: m.training for m in model.modules()}
     weights = {m: m.__dict__["weight"] for m in model.modules() if "weight" in m.__dict__}
     rng = _rng_state()
+    mute = _instruments_muted(model)
+    mute.__enter__()
     try:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -69,6 +102,7 @@ def preserved(model: nn.Module, seed: int = 0) -> Iterator[None]:
                 m.eval()
         yield
     finally:
+        mute.__exit__(None, None, None)
         for m, w in weights.items():
             m.__dict__["weight"] = w
         for m, t in flags.items():

@@ -133,6 +133,36 @@ def suggestions(lrs: np.ndarray, raw: np.ndarray, planned_steps: int, beta: floa
     return out
 
 
+class _Optimizer:
+    """The run's update rule written out (torch's SGD: L2 decay, momentum without dampening;
+    AdamW: decoupled decay, eps 1e-8), because a ``torch.optim`` optimizer would fire the global
+    step hooks other instruments count steps with (the recorder's)."""
+
+    def __init__(self, params, kind: str, momentum: float, weight_decay: float):
+        self.params, self.kind, self.beta, self.wd, self.t = params, kind, momentum, weight_decay, 0
+        self.buf = [None] * len(params)
+        self.v = [torch.zeros_like(p) for p in params] if kind == "adamw" else None
+
+    @torch.no_grad()
+    def step(self, grads, lr: float) -> None:
+        self.t += 1
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            if self.kind == "adamw":
+                p.mul_(1 - lr * self.wd)
+                m = self.buf[i] = g.clone().mul_(1 - self.beta) if self.buf[i] is None else \
+                    self.buf[i].mul_(self.beta).add_(g, alpha=1 - self.beta)
+                self.v[i].mul_(0.999).addcmul_(g, g, value=0.001)
+                mh, vh = m / (1 - self.beta ** self.t), self.v[i] / (1 - 0.999 ** self.t)
+                p.sub_(lr * mh / (vh.sqrt() + 1e-8))
+            else:
+                d = g.add(p, alpha=self.wd) if self.wd else g
+                if self.beta:
+                    d = self.buf[i] = d.clone() if self.buf[i] is None else self.buf[i].mul_(self.beta).add_(d)
+                p.sub_(lr * d)
+
+
 def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], loader, config: Mapping[str, Any]) -> dict:
     """Run the range test; return the curve, divergence point and suggestions (see module docstring).
 
@@ -147,27 +177,19 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
     batches = take_batches(loader, steps)
     lrs = lr_steps(c["lr_min"], c["lr_max"], steps)
     params = {n: p.requires_grad_(True) for n, p in f.params.items()}
-    if c["optimizer"] == "adamw":  # the run's optimizer: AdamW's max_lr is its peak lr
-        opt = torch.optim.AdamW(list(params.values()), lr=float(lrs[0]), betas=(float(c["momentum"]), 0.999),
-                                weight_decay=float(c["weight_decay"]))
-    else:
-        opt = torch.optim.SGD(list(params.values()), lr=float(lrs[0]), momentum=float(c["momentum"]),
-                              weight_decay=float(c["weight_decay"]))
+    opt = _Optimizer(list(params.values()), str(c["optimizer"]), float(c["momentum"]), float(c["weight_decay"]))
     raw: list[float] = []
     div = None
     for i, lr in enumerate(lrs):
         x, y = batches[i % len(batches)]
-        for g in opt.param_groups:
-            g["lr"] = float(lr)
         loss = f.loss(params, x, y)
         raw.append(float(loss.detach()))
         d = divergence_index(smooth_debiased(raw, c["beta"]), c["diverge"])
         if d is not None:
             div = d
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        opt.step(grads, float(lr))
         with torch.no_grad():  # pruned coordinates stay exactly zero (weight decay would move weight_orig)
             for n, m in f.masks.items():
                 params[n].mul_(m)
