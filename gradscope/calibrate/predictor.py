@@ -116,6 +116,8 @@ def calibrate_predictor(run_dir, name: str, *, at: str = "start", lo: Optional[f
     """Calibrate SILO from probe ``name`` recorded in run directory ``run_dir``: the
     Calibration (``calibrate_points``' gate), the per-round values and the curve's shape."""
     run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.suffix == ".h5":  # RUN/run.h5 given: its run directory
+        run_dir = run_dir.parent
     if not run_dir.is_dir():
         raise GradscopeError(f"--predictor reads a run directory's probes.json; {run_dir} is not a directory")
     values = predictor_values(read_probes(run_dir), name, at)
