@@ -133,7 +133,15 @@ def _cmd_fit(ns) -> int:
     print(narrowing_heading(res, ns.statistic) + ":")
     cols = ["round", "sparsity", "scale", "ratio", "ratio_lo", "ratio_hi"] + \
         (["resolution"] if ns.statistic in ("iqr", "mad") else [])
+    probes = _probe_columns(path)
+    if len(probes.columns) > 1:
+        n = n.merge(probes, on="round", how="left")
+        cols += [c for c in probes.columns if c != "round"]
     print(n[[c for c in cols if c in n]].to_string(index=False, float_format=fmt))
+    if len(probes.columns) > 1:
+        print("(probe columns from RUN/probes.json, at each round's start, mean over repeats: lr_valley = fastai "
+              "valley LR, lambda_max = top Hessian eigenvalue, bn_norm_r = kept squared-norm ratio, "
+              "noise_lr_factor = 1/(1+B_simple/B), allr_estimate = norm_drop/sqrt(step pruned))")
     t = format_trend(res, statistic=ns.statistic)
     print(f"\nTrend: {TREND_WORDING}:")
     print(t.to_string(index=False, float_format=fmt) if len(t) else "(none: a trend needs 3 or more usable rounds)")
@@ -143,6 +151,12 @@ def _cmd_fit(ns) -> int:
     if not ns.no_store:
         print(f"\nfit tables stored in {path} under /derived (raw data untouched)")
     return 0
+
+
+def _probe_columns(path: str):
+    """The run's probes per round (``gradscope.calibrate.predictor.probe_table``) beside RUN.h5."""
+    from gradscope.calibrate.predictor import probe_table
+    return probe_table(os.path.dirname(os.path.abspath(path)))
 
 
 def _cmd_calibrate_predictor(ns) -> int:

@@ -286,21 +286,29 @@ def _trained(out):
     return rows, rf, ck["model"]
 
 
-def test_a_run_with_probes_trains_bit_identically_and_stores_checked_records(tmp_path):
+def test_a_run_with_probes_trains_bit_identically_and_stores_checked_records(tmp_path, capsys):
+    """profile (recorder on) with and without probes: same training, same recorded gradients."""
+    import h5py
+    from gradscope.cli import main
     from gradscope.store.probes import read_probes
     from gradscope.train import PruningRun
     logs = []
-    PruningRun(_cfg(tmp_path / "plain", tmp_path / "c"), log=lambda s: None).run()
-    PruningRun(_cfg(tmp_path / "probed", tmp_path / "c", probes="cheap,lr-range", probes_at="both",
-                    lr_range_steps=12, probe_repeats=2), log=logs.append).run()
+    plain = _cfg(tmp_path / "plain", tmp_path / "c")
+    probed = _cfg(tmp_path / "probed", tmp_path / "c", probes="cheap,lr-range", probes_at="both",
+                  lr_range_steps=12, probe_repeats=2)
+    plain.record.record = probed.record.record = True
+    PruningRun(plain, log=lambda s: None).run()
+    PruningRun(probed, log=logs.append).run()
     (rows_a, rf_a, m_a), (rows_b, rf_b, m_b) = _trained(tmp_path / "plain"), _trained(tmp_path / "probed")
     assert rows_a == rows_b
     for a, b in zip(rf_a, rf_b):
-        assert a["epochs"] == b["epochs"] or all(
-            {k: v for k, v in x.items() if k != "time_s"} == {k: v for k, v in y.items() if k != "time_s"}
-            for x, y in zip(a["epochs"], b["epochs"]))
+        assert [{k: v for k, v in x.items() if k != "time_s"} for x in a["epochs"]] == \
+            [{k: v for k, v in y.items() if k != "time_s"} for y in b["epochs"]]
         assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
     assert m_a.keys() == m_b.keys() and all(torch.equal(m_a[k], m_b[k]) for k in m_a)
+    with h5py.File(tmp_path / "plain" / "run.h5") as fa, h5py.File(tmp_path / "probed" / "run.h5") as fb:
+        for name in ("hist", "moments", "layer_rounds"):
+            assert fa[name].shape[0] > 0 and np.array_equal(fa[name][()], fb[name][()]), name
     recs = read_probes(tmp_path / "probed")
     keys = {(r["round"], r["at"], r["probe"]) for r in recs}
     assert keys == {(k, at, p) for k in (0, 1) for at in ("start", "epoch1")
@@ -313,10 +321,13 @@ def test_a_run_with_probes_trains_bit_identically_and_stores_checked_records(tmp
     assert ns["repeats"] == 2 and len(set(ns["seeds"])) == 2 and ns["cv"]["value"] is not None
     assert ns["fb_equiv"] > 0 and ns["share_of_oracle_round"] > 0
     assert any("probe lr-range round 1 (start): suggested LR (fastai valley)" in l for l in logs)
+    # fit's per-round table shows the probes beside the narrowing
+    assert main(["fit", str(tmp_path / "probed"), "--no-store", "--bootstrap", "0", "--models", "normal"]) == 0
+    out = capsys.readouterr().out
+    assert "bn_norm_r" in out and "lr_valley" in out and "probe columns from RUN/probes.json" in out
     # a second start resumes a finished run: nothing measured again, the file unchanged
     before = (tmp_path / "probed" / "probes.json").read_bytes()
-    PruningRun(_cfg(tmp_path / "probed", tmp_path / "c", probes="cheap,lr-range", probes_at="both",
-                    lr_range_steps=12, probe_repeats=2), log=lambda s: None).run()
+    PruningRun(probed, log=lambda s: None).run()
     assert (tmp_path / "probed" / "probes.json").read_bytes() == before
     # an edited file is refused
     p = tmp_path / "probed" / "probes.json"
@@ -382,6 +393,9 @@ def test_calibrate_predictor_builds_each_rule_and_names_the_shape(tmp_path, caps
     run = _fake_run(tmp_path / "nd", {kk: (v if v is not None else float("nan")) for kk, v in nd.items()}, "norm-drop")
     cal, _, _ = calibrate_predictor(run, "norm-drop")  # no norm drop in round 0: the constant is fitted on round 1
     assert np.allclose(cal.points["implied_max_lr"], [0.05, 0.05, 0.1, 0.15, 0.175, 0.2])
+    from gradscope.calibrate.predictor import probe_table
+    t = probe_table(tmp_path / "bn")
+    assert list(t.columns) == ["round", "bn_norm_r"] and np.allclose(t["bn_norm_r"], r)
     assert main(["calibrate", str(tmp_path / "bn"), "--predictor", "bn-norm"]) == 0
     out = capsys.readouterr().out
     assert "predictor bn-norm: max_lr(k) = max_lr(0) * r(k) / r(0)" in out and "shape: the implied max_lr falls" in out

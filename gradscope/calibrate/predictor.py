@@ -65,6 +65,23 @@ def predictor_values(records: list, name: str, at: str = "start") -> pd.DataFram
     return pd.DataFrame(rows).sort_values("round").reset_index(drop=True)
 
 
+def probe_table(run_dir, at: str = "start") -> pd.DataFrame:
+    """Per round, one column per recorded probe (its predictor's value, mean over repeats), for
+    ``gradscope fit``'s per-round table; empty when the run recorded no probes."""
+    from gradscope.probes.registry import PROBES  # noqa: PLC0415
+
+    recs = read_probes(run_dir, required=False)
+    out = None
+    for name in sorted({r["probe"] for r in recs if r["at"] == at}):
+        spec = PROBES.get(name)
+        col = {"lr-range": "lr_valley", "sharpness": "lambda_max", "bn-norm": "bn_norm_r",
+               "noise-scale": "noise_lr_factor", "norm-drop": "allr_estimate"}.get(name, name)
+        v = predictor_values(recs, name if not spec.variants[0] else f"{name}:{spec.variants[0]}", at)
+        t = v[["round", "value"]].rename(columns={"value": col})
+        out = t if out is None else out.merge(t, on="round", how="outer")
+    return out if out is not None else pd.DataFrame({"round": []})
+
+
 def predictor_points(values: pd.DataFrame, name: str, *, max_lr0: float, p: float, lag: int = 1,
                      x: str = "planned") -> pd.DataFrame:
     """Points (round, x, implied_max_lr) from ``predictor_values`` with the probe's rule."""
