@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from gradscope import GradscopeError
 from gradscope.plot.figures import integer_ticks, new_axes, place_legend, series_styles

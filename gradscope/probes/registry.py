@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from gradscope import GradscopeError
 from gradscope.probes import bn_norm, lr_range, noise_scale, norm_drop, sharpness
