@@ -493,3 +493,24 @@ def test_range_test_update_rule_is_torchs(kind):
         opt.step(grads, lr)
     for a, b in zip(ref, mine):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_probes_json_writes_atomically_and_its_stale_temps_are_swept(tmp_path, monkeypatch):
+    import os as _os
+    from gradscope.store.probes import read_probes, upsert_probes
+    from gradscope.train.checkpoint import clean_stale_temps
+    rec = {"round": 0, "at": "start", "probe": "bn-norm", "values": {"value": [1.0]}, "cv": {"value": None}}
+    upsert_probes(tmp_path, [rec])
+    before = (tmp_path / "probes.json").read_bytes()
+
+    def boom(*a):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(_os, "replace", boom)
+    with pytest.raises(GradscopeError, match="writing probe results to .*probes.json failed: .*no space"):
+        upsert_probes(tmp_path, [{**rec, "round": 1}])
+    monkeypatch.undo()
+    assert (tmp_path / "probes.json").read_bytes() == before and read_probes(tmp_path)[0]["round"] == 0
+    assert not list(tmp_path.glob(".probes.json.*.tmp"))  # the failed write removed its temp
+    stale = tmp_path / ".probes.json.ab12cd_9.tmp"
+    stale.write_bytes(b"x")
+    assert clean_stale_temps(tmp_path) == [stale]
