@@ -140,8 +140,8 @@ class PruningRun:
             cbs += self._learned
         if self.rewind == "early" and self.state.early is None:
             cbs.append(_EarlyCapture(self))
-        if self.probe_names and D.is_main():
-            cbs.append(self._probe_callback())
+        if self.probe_names and D.is_main():  # first: the recorder's round clock starts after the start probes
+            cbs.insert(0, self._probe_callback())
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
