@@ -1,7 +1,8 @@
 """``lr-range``: the LR range test (Smith 2017) on a functional copy of the round's start network.
 
 SGD (or AdamW, as the run trains; its momentum and weight decay) from the start weights while the LR grows
-exponentially step by step, one probe batch per step, until the smoothed loss exceeds 4x its
+exponentially step by step, one probe batch per step (the loader's first pass, cycled when
+it has fewer batches than steps), until the smoothed loss exceeds 4x its
 minimum (fastai's stop rule). Records the whole curve (lr, raw loss, smoothed loss), the
 divergence point (first LR whose smoothed loss exceeds 4x the minimum so far), the LR at the
 raw loss's minimum (``instability_lr``) and each implementation's suggestion, computed as they
