@@ -130,7 +130,15 @@ def _cmd_fit(ns) -> int:
     print(narrowing_heading(res, ns.statistic) + ":")
     cols = ["round", "sparsity", "scale", "ratio", "ratio_lo", "ratio_hi"] + \
         (["resolution"] if ns.statistic in ("iqr", "mad") else [])
+    probes = _probe_columns(path)
+    if len(probes.columns) > 1:
+        n = n.merge(probes, on="round", how="left")
+        cols += [c for c in probes.columns if c != "round"]
     print(n[[c for c in cols if c in n]].to_string(index=False, float_format=fmt))
+    if len(probes.columns) > 1:
+        print("(probe columns from RUN/probes.json, at each round's start, mean over repeats: lr_valley = fastai "
+              "valley LR, lambda_max = top Hessian eigenvalue, bn_norm_r = kept squared-norm ratio, "
+              "noise_lr_factor = 1/(1+B_simple/B), allr_estimate = norm_drop/sqrt(step pruned))")
     t = format_trend(res, statistic=ns.statistic)
     print(f"\nTrend: {TREND_WORDING}:")
     print(t.to_string(index=False, float_format=fmt) if len(t) else "(none: a trend needs 3 or more usable rounds)")
@@ -142,7 +150,37 @@ def _cmd_fit(ns) -> int:
     return 0
 
 
+def _probe_columns(path: str):
+    """The run's probes per round (``gradscope.calibrate.predictor.probe_table``) beside RUN.h5."""
+    from gradscope.calibrate.predictor import probe_table
+    return probe_table(os.path.dirname(os.path.abspath(path)))
+
+
+def _cmd_calibrate_predictor(ns) -> int:
+    from gradscope.calibrate import describe_calibration, format_calibration
+    from gradscope.calibrate.predictor import calibrate_predictor
+    cal, values, (shape, note) = calibrate_predictor(ns.run, ns.predictor, at=ns.probes_at, lo=ns.lo, p=ns.p, x=ns.x)
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731
+    lines = describe_calibration(cal)
+    print(f"predictor {ns.predictor}: {cal.source['rule']}; x {ns.x}; measured at each round's {ns.probes_at}")
+    print(f"\nProbe per round (value: mean over repeats; cv: over the repeats; cost in forward+backward passes):")
+    print(values.to_string(index=False, float_format=fmt))
+    print("\nImplied points:")
+    print(cal.points.to_string(index=False, float_format=fmt))
+    print("\nFitted SILO S-curve (value, standard error, confidence interval):")
+    print(format_calibration(cal).to_string(index=False, float_format=fmt))
+    print("\n" + "\n".join(lines[1:-1] + ([f"shape: {note}"] if note else [])))
+    print("\nPredicted max_lr per round (95 % band):")
+    print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
+    if ns.output:
+        cal.to_file(ns.output, force=ns.force)
+        print(f"\nwrote {ns.output}  (status {cal.status})")
+    return 0
+
+
 def _cmd_calibrate(ns) -> int:
+    if ns.predictor:
+        return _cmd_calibrate_predictor(ns)
     from gradscope.calibrate import calibrate_run, check_calibrate_options, describe_calibration, format_calibration
     check_calibrate_options(statistic=ns.statistic, lo=ns.lo, gamma=ns.gamma, x=ns.x, p=ns.p,
                             rounds_planned=ns.rounds_planned, view=ns.view, window=ns.window)
@@ -333,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
     s.add_argument("--rounds-planned", type=_pos_int, default=None, help="predict max_lr up to this many rounds")
     s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr")
+    s.add_argument("--predictor", default=None, metavar="NAME",
+                   help="calibrate from a probe recorded with --probes (RUN is then the run directory): lr-range, "
+                        "lr-range:steep|slide|minimum|torch-lr-finder|divergence, sharpness, bn-norm, noise-scale, "
+                        "norm-drop (--statistic, --view, --window, --gamma do not apply)")
+    s.add_argument("--probes-at", choices=("start", "epoch1"), default="start",
+                   help="with --predictor: the probe measured at the round's start or after its first epoch "
+                        "(default: start)")
     s.set_defaults(func=_cmd_calibrate)
 
     s = sub.add_parser("list", help="known models, datasets, schedules, prune methods and rewind modes")

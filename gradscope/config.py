@@ -124,6 +124,22 @@ class RecordConfig:
 
 
 @dataclass
+class ProbeConfig:
+    probes: Optional[str] = _f(None, "probes measured on each round's network (RUN/probes.json): comma-separated "
+                                     "lr-range, sharpness, bn-norm, noise-scale, norm-drop, or a preset: cheap "
+                                     "(bn-norm, norm-drop, noise-scale) | all")
+    probes_at: str = _f("start", "when the probes run: at each round's 'start' (pruned, rewound), after its first "
+                                 "epoch ('epoch1'; not with oracle), or 'both'", choices=("start", "epoch1", "both"))
+    probe_repeats: int = _f(3, "repeats of each random probe with different probe seeds (batches): their CV is "
+                               "recorded as the probe's measurement noise", gt=0)
+    probe_batches: Optional[int] = _f(None, "training batches per sharpness / noise-scale measurement "
+                                            "(default: 4 / 8)", gt=0)
+    lr_range_min: float = _f(1e-5, "lr-range: first LR of the range test", gt=0.0)
+    lr_range_max: float = _f(10.0, "lr-range: last LR of the range test", gt=0.0)
+    lr_range_steps: int = _f(100, "lr-range: steps of the range test (exponentially growing LR)", ge=10)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -131,6 +147,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     out: str = "runs/default"
 
     def to_dict(self) -> dict:
@@ -162,7 +179,7 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "prune": PruneConfig,
-            "train": TrainConfig, "schedule": ScheduleConfig, "record": RecordConfig}
+            "train": TrainConfig, "schedule": ScheduleConfig, "record": RecordConfig, "probe": ProbeConfig}
 _SECTIONS = SECTIONS  # older name
 
 

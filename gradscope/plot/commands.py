@@ -11,7 +11,7 @@ from pathlib import Path
 from gradscope import GradscopeError
 from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 
-KINDS = ("histograms", "spread", "narrowing", "calibration", "schedule", "accuracy")
+KINDS = ("histograms", "spread", "narrowing", "calibration", "schedule", "accuracy", "probes")
 
 
 def _save(ax, out: str, dpi: int) -> None:
@@ -56,6 +56,10 @@ def _cmd_plot(ns) -> int:
     elif ns.kind == "narrowing":
         layers = [x for x in ns.layers.split(",") if x] if ns.layers else None
         ax = P.plot_narrowing(_one_run(ns), statistic=ns.statistic, layers=layers, **vw)
+    elif ns.kind == "probes":
+        from gradscope.plot.probes import plot_probes  # noqa: PLC0415
+
+        ax = plot_probes(_one_run(ns), at=ns.probes_at, probe=ns.probe)
     elif ns.kind == "calibration":
         ax = P.plot_calibration(_one_run(ns), statistic=ns.statistic, gamma=ns.gamma,
                                 presets=[x for x in ns.presets.split(",") if x], **vw)
@@ -104,6 +108,10 @@ def register(subparsers) -> None:
     s.add_argument("--prune-rate", type=float, default=0.2, help="schedule: fraction pruned per round (default 0.2)")
     s.add_argument("--steps", type=int, default=100, help="schedule: steps per round drawn (default 100)")
     s.add_argument("--peaks", action="store_true", help="schedule: plot max_lr per round instead of the per-step LR")
+    s.add_argument("--probe", default=None, help="probes: one predictor (e.g. sharpness, lr-range:steep), or "
+                   "lr-range for the range test's curves (default: the implied max_lr of every recorded probe)")
+    s.add_argument("--probes-at", choices=("start", "epoch1"), default="start",
+                   help="probes: measured at the round's start or after its first epoch (default: start)")
     s.set_defaults(func=_cmd_plot)
 
     s = subparsers.add_parser("report", help="self-contained HTML report of one or more runs")

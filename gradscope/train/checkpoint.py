@@ -47,7 +47,7 @@ _WRITE_CAUSES = {
 
 # Temp files of our atomic writes: ".<target>.<mkstemp's 8 random chars>.tmp".
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
-_RUN_TARGETS = re.compile(r"^(checkpoint\.pt|round_\d+\.pt|rounds\.json|config\.json|versions\.json)$")
+_RUN_TARGETS = re.compile(r"^(checkpoint\.pt|round_\d+\.pt|rounds\.json|config\.json|versions\.json|probes\.json)$")
 _ORACLE_TARGETS = re.compile(r"^(start\.pt|lr_[^/]+\.pt|candidates\.json)$")
 
 

@@ -70,6 +70,7 @@ class PruningRun:
 
         self.factory = schedule if schedule is not None else schedule_from_config(config.schedule)
         P.STRATEGIES.key(config.prune.prune_method)
+        self.probe_names = _probe_names(config, self.rounds)
         self.ctx: Optional[TrainContext] = None
         self.trainer: Optional[RoundTrainer] = None
         self.state: Optional[RunState] = None
@@ -139,6 +140,8 @@ class PruningRun:
             cbs += self._learned
         if self.rewind == "early" and self.state.early is None:
             cbs.append(_EarlyCapture(self))
+        if self.probe_names and D.is_main():  # first: the recorder's round clock starts after the start probes
+            cbs.insert(0, self._probe_callback())
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
@@ -146,6 +149,16 @@ class PruningRun:
                 cb.load_state_dict(self.state.callbacks[key])
         self._stateful = [cb for cb in cbs if getattr(cb, "state_key", None)]
         return cbs
+
+    def _probe_callback(self):
+        from gradscope.probes.callback import ProbeCallback  # noqa: PLC0415
+
+        c = self.cfg
+        grid = getattr(self.rounds, "grid", None)
+        return ProbeCallback(self.probe_names, self.ctx, self.paths.root, at=c.probe.probes_at, repeats=c.probe.probe_repeats,
+                             seed=c.train.seed, log=self.log, epochs=c.train.epochs,
+                             oracle=(len(grid), self.rounds.seeds) if grid is not None else None,
+                             settings=probe_settings(c))
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, optimizer=None, scheduler=None) -> None:
@@ -268,6 +281,33 @@ class PruningRun:
             self.save_checkpoint()
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
         return pd.DataFrame([r.row() for r in st.results])
+
+
+def _probe_names(config: RunConfig, rounds) -> list:
+    """--probes as registered names; refused where a probe could not run as asked (checked before
+    anything is written)."""
+    if not config.probe.probes:
+        return []
+    from gradscope.probes import parse_probes  # noqa: PLC0415
+
+    names = parse_probes(config.probe.probes)
+    if config.probe.probes_at != "start" and not isinstance(rounds, PlainRounds):
+        raise GradscopeError(f"--probes-at {config.probe.probes_at}: the Oracle's candidates train as separate jobs, "
+                             "so only --probes-at start is measured in `gradscope oracle`")
+    if D.env().active:
+        raise GradscopeError("--probes does not run under torchrun (synchronised BatchNorm would need every rank); "
+                             "measure the probes in a single-process run")
+    if config.probe.lr_range_min >= config.probe.lr_range_max:
+        raise GradscopeError(f"--lr-range-min ({config.probe.lr_range_min:g}) must be below --lr-range-max "
+                             f"({config.probe.lr_range_max:g})")
+    return names
+
+
+def probe_settings(c: RunConfig) -> dict:
+    """The probes' settings from a run config (the run's momentum and weight decay for the range test)."""
+    return {"lr_min": c.probe.lr_range_min, "lr_max": c.probe.lr_range_max, "steps": c.probe.lr_range_steps,
+            "batches": c.probe.probe_batches, "momentum": c.train.momentum, "weight_decay": c.train.weight_decay,
+            "optimizer": c.train.optimizer}
 
 
 class _EarlyCapture:
