@@ -96,13 +96,18 @@ def load_plain_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 @torch.no_grad()
 def parameter_norm_sq(model: nn.Module) -> float:
-    """‖θ‖² over all parameters (weights as the forward sees them, biases, BatchNorm), as BIMP's ALLR."""
+    """‖θ‖² as BIMP's ALLR computes it (``utilities/utilities.py`` l.18-27): every module's
+    ``weight`` (as the forward sees it, masked) and ``bias``, nothing else (a bare parameter such
+    as a ViT's position embedding is not counted)."""
     total = 0.0
     for mod in model.modules():
-        for name, p in mod.named_parameters(recurse=False):
-            if name == "weight_orig" and hasattr(mod, "weight_mask"):
-                p = p * mod.weight_mask
-            total += float(p.double().pow(2).sum())
+        for name in ("weight", "bias"):
+            if name == "weight" and hasattr(mod, "weight_mask"):
+                p = weight_param(mod) * mod.weight_mask
+            else:
+                p = getattr(mod, name, None)
+            if isinstance(p, torch.Tensor):
+                total += float(p.double().pow(2).sum())
     return total
 
 
