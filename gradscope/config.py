@@ -53,7 +53,10 @@ class PruneConfig:
     prune_method: str = _f("global", "pruning strategy (see `gradscope list`)")
     prune_first: bool = _f(True, "prune the first conv/linear layer")
     prune_last: bool = _f(True, "prune the last (classifier) layer")
-    rewind: Optional[str] = _f(None, "weight rewinding: init | early | lr | finetune "
+    prune_bn: bool = _f(False, "prune BatchNorm weights (gamma) too, in the same threshold (the released SILO code)")
+    recipe: Optional[str] = _f(None, "a named recipe that sets other flags' defaults (flags given still win): "
+                                     "silo-code | silo-code-vgg19 (docs/recipe-silo-code.md)")
+    rewind: Optional[str] = _f(None, "weight rewinding: init | early | lr | finetune | reinit "
                                      "(default: what the schedule's recipe implies: lr for lrr and allr, "
                                      "finetune for finetune, else init)")
     rewind_step: Optional[int] = _f(None, "for --rewind early: optimizer step of round 0 to rewind to "

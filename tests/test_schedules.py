@@ -687,3 +687,29 @@ def test_silo_released_needs_whole_epochs():
     assert len(f.with_params(epochs=3).lrs(_info(0, spe=7, epochs=3))) == 21
     with pytest.raises(GradscopeError, match="drop_epochs"):
         f.with_params(drop_epochs=[32, 25])
+
+
+def test_calibrated_file_stores_the_whole_within_round_shape(tmp_path):
+    """silo.json carries the profiled run's shape parameters, so training with it equals the run (diff 0)."""
+    import pandas as pd
+
+    from gradscope.calibrate.core import _run_shape, calibrate_points
+    from gradscope.schedules import load_schedule
+
+    profiled = get_schedule("silo", preset="released-resnet20").with_params(epochs=4, drop_epochs=[2, 3],
+                                                                            ramp_steps=30)
+    rounds = pd.DataFrame({"round": [1, 0], "schedule": [json.dumps({"shape": "constant"}),
+                                                         json.dumps(profiled.params())]})
+    shape, params = _run_shape(rounds, None)
+    assert shape == "silo-released" and params["ramp_steps"] == 30 and params["drop_epochs"] == [2, 3]
+    assert _run_shape(rounds, "cosine") == ("cosine", {})  # another shape asked for: its defaults
+    x = planned_pruned_fraction(np.arange(10), 0.2, 1)
+    pts = pd.DataFrame({"round": np.arange(10), "x": x, "ratio": 1.0,
+                        "implied_max_lr": s_curve(x, 0.03, 0.08, 4.0) * np.exp(0.01 * np.sin(np.arange(10)))})
+    cal = calibrate_points(pts, p=0.2, shape=shape, shape_params=params)
+    cal.to_file(tmp_path / "silo.json", force=True)
+    f = load_schedule(str(tmp_path / "silo.json"))
+    assert f.shape == "silo-released" and f.shape_params == profiled.shape_params
+    info = _info(4, spe=10, epochs=4)
+    lrs, ref = f.lrs(info), profiled.with_params(lo=f.lo, hi=f.hi, beta=f.beta, midpoint=f.midpoint).lrs(info)
+    assert np.max(np.abs(lrs - ref)) == 0.0

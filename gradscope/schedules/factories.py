@@ -143,7 +143,14 @@ class ScheduleFactory:
     def span(self, info: RoundInfo) -> tuple[int, int]:
         """(steps of the schedule the round runs a part of, the round's first step in it):
         ``(total_steps, 0)``, the whole shape over the round, except where a subclass says."""
-        return _check_steps(info), 0
+        total = _check_steps(info)
+        ep = self.shape_params.get("epochs")
+        if self.shape == "silo-released" and info.epochs > 1 and ep != info.epochs:
+            raise GradscopeError(f"shape 'silo-released' counts epochs as released ({ep} per round), but the round "
+                                 f"has {info.epochs}; pass the shape parameter epochs={info.epochs} (and "
+                                 "drop_epochs, ramp_steps for that length) or train --epochs "
+                                 f"{ep}")
+        return total, 0
 
     def build(self, optimizer, info: RoundInfo) -> RoundLR:
         """The per-batch LR scheduler of this round (sets the optimizer's LR for step 0)."""

@@ -22,7 +22,7 @@ from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train import distributed as D
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
-from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
+from gradscope.train.rewind import REWINDS, PreviousWeights, rewind_mode, round_schedule
 from gradscope.train.state import CHECKPOINT_FORMAT, RunState, migrate_v1
 from gradscope.train.table import format_header, format_row
 from gradscope.train.trainer import RoundTrainer
@@ -139,6 +139,10 @@ class PruningRun:
             cbs += self._learned
         if self.rewind == "early" and self.state.early is None:
             cbs.append(_EarlyCapture(self))
+        self._previous = None
+        if P.STRATEGIES.get(self.cfg.prune.prune_method).needs_previous:  # |Δw| pruning
+            self._previous = PreviousWeights(self.ctx.layers)
+            cbs.append(self._previous)
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
@@ -188,11 +192,14 @@ class PruningRun:
         target = P.target_sparsity(k, c.prune.prune_rate)
         total_sq = P.parameter_norm_sq(self.ctx.model)
         before = P.effective_weights(layers)
-        achieved = P.prune_step(layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k)
+        previous = getattr(getattr(self, "_previous", None), "prev", None)
+        achieved = P.prune_step(layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k,
+                                previous=previous)
         rec = {"norm_drop": P.norm_drop(before, P.effective_weights(layers), total_sq),
                "step_pruned": c.prune.prune_rate, "achieved": achieved}
         rec["rewind_point"] = REWINDS.get(self.rewind).apply(
-            self.ctx.model, {"init": st.init, "early": st.early, "rewind_step": self.rewind_step})
+            self.ctx.model, {"init": st.init, "early": st.early, "rewind_step": self.rewind_step,
+                             "seed": c.train.seed * 1000 + k})
         st.prune[k] = rec
 
     def round_info(self, k: int) -> RoundInfo:
