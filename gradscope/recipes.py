@@ -19,6 +19,7 @@ _SILO_COMMON = {
     "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,  # SGD(lr, momentum=0.9, weight_decay=5e-4)
     "schedule": "silo",
     "dataset": "cifar10",
+    "amp": False,               # the released scripts train in float32
 }
 
 RECIPES: dict[str, dict] = {

@@ -275,3 +275,23 @@ def test_run_with_delta_bn_and_reinit_resumes_to_the_same_masks(tiny_config, mon
         assert torch.equal(a2["masks"][k], b2["masks"][k]), k
         assert not (a2["masks"][k] & ~a1["masks"][k]).any()  # pruned stay pruned
     assert a2["info"]["rewind_point"].startswith("reinit")
+
+
+def test_recipe_flag_sets_the_released_defaults_and_given_flags_win(capsys):
+    from gradscope.cli import build_parser, main
+    from gradscope.config import run_config_from_args
+
+    argv = ["prune", "--recipe", "silo-code", "--epochs", "3"]
+    cfg = run_config_from_args(build_parser("silo-code").parse_args(argv))
+    assert (cfg.model.model, cfg.prune.prune_method, cfg.prune.prune_bn, cfg.prune.rewind) == \
+        ("vgg19_silo", "delta", True, "reinit")
+    assert (cfg.schedule.schedule, cfg.schedule.preset, cfg.data.batch_size, cfg.prune.rounds) == \
+        ("silo", "released-resnet20", 64, 25)
+    assert cfg.train.epochs == 3 and cfg.prune.recipe == "silo-code"  # the flag given wins
+    v = run_config_from_args(build_parser("silo-code-vgg19").parse_args(["prune", "--recipe", "silo-code-vgg19"]))
+    assert (v.prune.prune_method, v.schedule.preset, v.train.epochs) == ("delta-weight-layerwise", "released-vgg19", 160)
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--recipe", "nope"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gradscope: error:") and "silo-code" in err[0]
