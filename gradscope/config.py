@@ -38,6 +38,8 @@ class DataConfig:
     cache_dir: Optional[str] = _f(None, "where decoded datasets are cached (default: $GRADSCOPE_CACHE, else "
                                         "$XDG_CACHE_HOME/gradscope or ~/.cache/gradscope)")
     download: bool = _f(False, "allow torchvision to download the dataset")
+    released_split: bool = _f(False, "merge the train and test sets and re-split them 36000/12000/12000 as the "
+                                     "released SILO code (prints a note: the original test images are trained on)")
 
 
 @dataclass
@@ -79,6 +81,8 @@ class TrainConfig:
     progress: Optional[bool] = _f(None, "tqdm progress bars (default: on when stderr is a terminal)")
     test_every: str = _f("round", "evaluate the test set every 'epoch' or only at the end of each "
                                   "'round' (validation is evaluated every epoch)", choices=("round", "epoch"))
+    report_best_test: bool = _f(False, "also report each round's best test accuracy over its epochs, as the "
+                                       "released SILO code does (selection on test data: biased upward; prints so)")
 
 
 @dataclass

@@ -246,16 +246,24 @@ def test_reinit_draws_new_seeded_weights_under_the_kept_masks():
 def test_run_with_delta_bn_and_reinit_resumes_to_the_same_masks(tiny_config, monkeypatch):
     """The |Δw| reference weights are checkpointed: a run stopped after round 1's end (checkpoint at
     round 2, stage prune) and resumed ends with the masks of an uninterrupted run; BatchNorm γ is
-    pruned, masks nest, and rounds after the first start from new random weights."""
+    pruned, masks nest, and rounds after the first start from new random weights. Also
+    --report-best-test's column and its one-line label."""
     import copy
+    import json
 
     from gradscope.train import PruningRun
 
     cfg = tiny_config
     cfg.train.epochs, cfg.prune.prune_method, cfg.prune.prune_bn, cfg.prune.rewind = 2, "delta", True, "reinit"
+    cfg.train.report_best_test = True
+    cfg.data.train_subset, cfg.data.test_subset = 320, 200  # 5 steps per epoch
     a = copy.deepcopy(cfg)
     a.out = cfg.out + "-a"
-    PruningRun(a, log=lambda s: None).run()
+    lines = []
+    PruningRun(a, log=lines.append).run()
+    for r in json.load(open(f"{a.out}/rounds.json")):  # --report-best-test: the released number, labelled
+        assert r["best_test_acc"] >= r["test_acc"] and r["best_test_epoch"] in (0, 1)
+    assert sum("selects on test data" in s for s in lines) == 1
     real = P.prune_step
 
     def stop_at_round_2(layers, method, target, seed=0, previous=None):
@@ -295,3 +303,19 @@ def test_recipe_flag_sets_the_released_defaults_and_given_flags_win(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gradscope: error:") and "silo-code" in err[0]
+
+
+def test_released_split_merges_and_resplits_and_says_so(tmp_path, capsys):
+    """36000/12000/12000 on CIFAR-10 as released; on digits (1797 images) 1078/359/360, seeded."""
+    from gradscope.config import DataConfig
+    from gradscope.data.datasets import load_dataset, load_dataset_from_config
+
+    cfg = DataConfig(dataset="digits", cache_dir=str(tmp_path), released_split=True)
+    b = load_dataset_from_config(cfg, seed=3)
+    assert (len(b.train_y), len(b.val_y), len(b.test_y)) == (1078, 359, 360)
+    assert "original test images are trained on" in capsys.readouterr().err
+    plain = load_dataset("digits", cache_dir=str(tmp_path), seed=3)
+    orig_test = {bytes(x.numpy().tobytes()) for x in plain.test_x}
+    assert sum(bytes(x.numpy().tobytes()) in orig_test for x in b.train_x) > 100  # test images in training
+    again = load_dataset_from_config(cfg, seed=3)
+    assert torch.equal(again.test_x, b.test_x)

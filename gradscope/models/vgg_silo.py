@@ -22,7 +22,7 @@ class VGG19Silo(nn.Module):
     """vgg19_bn as released, with width factors (see module docstring)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, classifier_width: float = 1.0,
-                 conv_width: float = 1.0) -> None:
+                 conv_width: float = 1.0, head: str = "released") -> None:
         super().__init__()
         if not (classifier_width > 0 and conv_width > 0):
             raise ValueError("width factors must be positive")
@@ -37,20 +37,32 @@ class VGG19Silo(nn.Module):
                 c = w
         hidden = max(1, int(round(4096 * classifier_width)))
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(c * 7 * 7, hidden), nn.ReLU(), nn.Dropout(),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
-            nn.Linear(hidden, num_classes))
+        if head == "gap":  # gradscope's CIFAR VGG head (global average pool, one linear): no FC block
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.classifier = nn.Sequential(nn.Linear(c, num_classes))
+        elif head == "released":
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(c * 7 * 7, hidden), nn.ReLU(), nn.Dropout(),
+                nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
+                nn.Linear(hidden, num_classes))
+        else:
+            raise ValueError(f"head must be 'released' or 'gap', got {head!r}")
         # ReLU(inplace=True) in the release; not in place here (gradscope's recorder and
         # forward hooks; the arithmetic is identical)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
+    init_kind = "released"  # which init ``reinitialize`` repeats (set by the builders)
+
     def reinitialize(self, generator: torch.Generator | None = None) -> None:
-        """The released reinit (l.171-174): ``weight_init`` again, masks kept."""
-        released_init(self, generator)
+        """The released reinit (l.171-174): ``weight_init`` again, masks kept (or Kaiming again
+        for a model built with it, as the factorial study's one-ingredient variants are)."""
+        if self.init_kind == "kaiming":
+            _kaiming(self, generator)
+        else:
+            released_init(self, generator)
 
 
 @torch.no_grad()
@@ -72,6 +84,34 @@ def released_init(model: nn.Module, generator: torch.Generator | None = None) ->
 
 
 def build(input_shape: tuple[int, int, int], num_classes: int, classifier_width: float = 1.0,
-          conv_width: float = 1.0) -> nn.Module:
+          conv_width: float = 1.0, head: str = "released") -> nn.Module:
     """A released-init ``VGG19Silo`` for ``(C, H, W)`` inputs (seeded by the caller)."""
-    return released_init(VGG19Silo(input_shape[0], num_classes, classifier_width, conv_width))
+    return released_init(VGG19Silo(input_shape[0], num_classes, classifier_width, conv_width, head))
+
+
+@torch.no_grad()
+def _kaiming(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """gradscope's init (``models.init.kaiming_init``) on the trainable tensors."""
+    for m in model.modules():
+        w = getattr(m, "weight_orig", getattr(m, "weight", None))
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            init.kaiming_normal_(w, nonlinearity="relu", generator=generator)
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            init.ones_(w)
+            init.zeros_(m.bias)
+    model.init_kind = "kaiming"
+    return model
+
+
+def narrow_gap(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``vgg19_silo_narrow``'s convs with a global-average-pool head and Kaiming init: the
+    factorial study's default-recipe model (``--model gradscope.models.vgg_silo:narrow_gap``)."""
+    return _kaiming(VGG19Silo(input_shape[0], num_classes, conv_width=1 / 8, head="gap"))
+
+
+def narrow_fc(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``vgg19_silo_narrow`` (the released FC block) with Kaiming init: the study's "FC-heavy
+    model" ingredient alone (``--model gradscope.models.vgg_silo:narrow_fc``)."""
+    return _kaiming(VGG19Silo(input_shape[0], num_classes, classifier_width=1 / 16, conv_width=1 / 8))
