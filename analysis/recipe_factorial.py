@@ -17,6 +17,7 @@ no BN), its ratio to round 0, and the mean ratio over seeds with a t-interval ov
     PYTHONPATH=. python analysis/recipe_factorial.py                  # run (resumes) + tables
     PYTHONPATH=. python analysis/recipe_factorial.py --analyse        # tables from existing runs
     PYTHONPATH=. python analysis/recipe_factorial.py --tiny           # CI size (seconds)
+    PYTHONPATH=. python analysis/recipe_factorial.py --gpu --seeds 0,1,2 --runs /scratch/rf   # full width
 
 Writes analysis/results/recipe/factorial_rounds.csv (per cell, seed, round, view, window,
 layer type) and factorial_summary.csv (per cell, round, view, window, layer type: mean ratio,
@@ -45,8 +46,10 @@ ARCHIVE = next((p / "shared" / "data" / "cifar10-jpeg.tar.xz" for p in ROOT.pare
                 if (p / "shared" / "data" / "cifar10-jpeg.tar.xz").exists()),
                ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz")
 
-BASE_MODEL = "gradscope.models.vgg_silo:narrow_gap"
-FC_MODEL = "gradscope.models.vgg_silo:narrow_fc"
+MODELS = {  # size -> (default-recipe model, FC-heavy model with the default init, the released model)
+    "cpu": ("gradscope.models.vgg_silo:narrow_gap", "gradscope.models.vgg_silo:narrow_fc", "vgg19_silo_narrow"),
+    "gpu": ("gradscope.models.vgg_silo:full_gap", "gradscope.models.vgg_silo:full_fc", "vgg19_silo"),
+}
 CELLS = ("default", "fc", "delta", "bn", "reinit", "warmup", "full")
 MAX_LR = 0.05  # the fixed peak of every cell but "full" (profile's default for fixed-peak schedules)
 
@@ -67,13 +70,15 @@ def cell_args(cell: str, size: dict, seed: int, out: Path) -> list[str]:
     a = ["profile", "--dataset", "cifar10", "--data-root", str(ARCHIVE), "--cache-dir", str(size["cache"]),
          "--train-subset", str(size["train"]), "--val-size", str(size["val"]), "--test-subset", str(size["test"]),
          "--batch-size", "64", "--rounds", str(size["rounds"]), "--epochs", str(size["epochs"]),
-         "--prune-rate", "0.2", "--threads", "1", "--no-progress", "--no-amp", "--seed", str(seed),
+         "--prune-rate", "0.2", "--no-progress", "--no-amp", "--seed", str(seed),
          "--record-preset", "default", "--sample-k", "0", "--out", str(out)]
-    model, method, bn, rewind = BASE_MODEL, "global", False, "init"
+    a += ["--device", "cuda"] if size.get("gpu") else ["--threads", "1", "--device", "cpu"]
+    base_model, fc_model, released_model = MODELS["gpu" if size.get("gpu") else "cpu"]
+    model, method, bn, rewind = base_model, "global", False, "init"
     spe = size["train"] // 64
     sched = {"schedule": "lth", "max_lr": MAX_LR}
     if cell in ("fc", "full"):
-        model = FC_MODEL if cell == "fc" else "vgg19_silo_narrow"
+        model = fc_model if cell == "fc" else released_model
     if cell in ("delta", "full"):
         method = "delta"
     if cell in ("bn", "full"):
@@ -174,6 +179,11 @@ SIZES = {
     # ~8-10 min on 1 core of a shared 2-core box (nice): 7 cells x 2 seeds x 4 rounds x 2 epochs of 8 steps
     "pilot": {"train": 512, "val": 256, "test": 256, "rounds": 4, "epochs": 2},
     "tiny": {"train": 128, "val": 64, "test": 64, "rounds": 2, "epochs": 2},  # CI: seconds per cell
+    # 4x the pilot's steps per round, one round more (~3 min per run on the shared box): do the
+    # pilot's effects survive a net that learns a little more?
+    "pilot-b": {"train": 2048, "val": 512, "test": 512, "rounds": 5, "epochs": 3},
+    # prepared for a GPU (not run yet): full-width models, the released steps per epoch (36000 / 64)
+    "gpu": {"train": 36000, "val": 5000, "test": 10000, "rounds": 8, "epochs": 10, "gpu": True},
 }
 
 
@@ -181,13 +191,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--analyse", action="store_true", help="tables from existing runs only")
     ap.add_argument("--tiny", action="store_true", help="CI size")
+    ap.add_argument("--gpu", action="store_true", help="full-width models on CUDA (size 'gpu'; seeds 0,1,2)")
+    ap.add_argument("--size", choices=sorted(SIZES), default=None, help="a size by name (default: pilot)")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--runs", default=str(RUNS))
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--cache", default=str(ROOT / "data" / "cache"))
     a = ap.parse_args(argv)
-    size = dict(SIZES["tiny" if a.tiny else "pilot"], runs=Path(a.runs), results=Path(a.results), cache=a.cache)
+    which = a.size or ("gpu" if a.gpu else "tiny" if a.tiny else "pilot")
+    sub = "" if which == "pilot" else which  # the pilot's files sit at the top (committed first)
+    size = dict(SIZES[which], runs=Path(a.runs) / sub, results=Path(a.results) / sub, cache=a.cache)
     cells = [c for c in a.cells.split(",") if c]
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:

@@ -115,3 +115,13 @@ def narrow_fc(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``vgg19_silo_narrow`` (the released FC block) with Kaiming init: the study's "FC-heavy
     model" ingredient alone (``--model gradscope.models.vgg_silo:narrow_fc``)."""
     return _kaiming(VGG19Silo(input_shape[0], num_classes, classifier_width=1 / 16, conv_width=1 / 8))
+
+
+def full_gap(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Full-width convs, global-average-pool head, Kaiming init (the study's default model on a GPU)."""
+    return _kaiming(VGG19Silo(input_shape[0], num_classes, head="gap"))
+
+
+def full_fc(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The released vgg19_bn with Kaiming init (the study's "FC-heavy model" ingredient on a GPU)."""
+    return _kaiming(VGG19Silo(input_shape[0], num_classes))
