@@ -87,7 +87,7 @@ class TrainConfig:
 
 @dataclass
 class ScheduleConfig:
-    schedule: str = _f("silo", "LR schedule (see `gradscope list`): silo | silo-auto | lth | lrr | clr | "
+    schedule: str = _f("silo", "LR schedule (see `gradscope list`): silo | silo-auto | lth | lrr | slr | clr | "
                                "cosine | finetune | allr | constant")
     schedule_file: Optional[str] = _f(None, "JSON/YAML file of schedule parameters (flags below override it)")
     max_lr: Optional[float] = _f(None, "peak LR of the fixed-peak schedules", gt=0.0)
@@ -96,15 +96,16 @@ class ScheduleConfig:
     beta: Optional[float] = _f(None, "SILO: steepness of the S-curve", gt=0.0)
     midpoint: Optional[float] = _f(None, "SILO: pruned fraction at the S-curve's midpoint", gt=0.0, lt=1.0)
     lag: Optional[int] = _f(None, "SILO: rounds of lag in the pruned fraction", ge=0)
-    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant")
-    preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19")
+    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant | "
+                                    "bimp-linear | silo-released")
+    preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19 | released-resnet20 | released-vgg19")
     p: Optional[float] = _f(None, "SILO: prune rate p of the S-curve's planned x = 1-(1-p)^(k-lag) "
                                   "(default: the run's prune rate; presets: 0.2)", gt=0.0, lt=1.0,
                             flag="--silo-p")
     x: Optional[str] = _f(None, "SILO: the S-curve's x: 'planned' 1-(1-p)^(k-lag) or 'measured' sparsity "
                                 "(default: planned)", choices=("planned", "measured"))
-    orig_epochs: Optional[int] = _f(None, "ALLR: epochs of the original training T_orig (default: the "
-                                          "round's epochs, which makes ALLR's peak max_lr)", gt=0)
+    orig_epochs: Optional[int] = _f(None, "ALLR and LRR: epochs of the original training T_orig (default: "
+                                          "the round's epochs: ALLR's peak is then max_lr, LRR re-runs the whole schedule)", gt=0)
 
 
 @dataclass
