@@ -682,8 +682,10 @@ def test_silo_released_peaks_follow_the_released_cal():
 
 def test_silo_released_needs_whole_epochs():
     f = get_schedule("silo", preset="released-resnet20")
+    with pytest.raises(GradscopeError, match="counts epochs as released .50 per round., but the round has 3"):
+        f.lrs(_info(0, spe=50, epochs=3))  # 150 steps would divide into 50 "epochs" of 3: refused
     with pytest.raises(GradscopeError, match="whole epochs"):
-        f.lrs(_info(0, spe=7, epochs=3))  # 21 steps are not 50 epochs
+        f.lrs(_info(0, spe=21, epochs=1))  # a plain loop's 21 steps are not 50 epochs
     assert len(f.with_params(epochs=3).lrs(_info(0, spe=7, epochs=3))) == 21
     with pytest.raises(GradscopeError, match="drop_epochs"):
         f.with_params(drop_epochs=[32, 25])
