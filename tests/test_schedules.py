@@ -715,3 +715,13 @@ def test_calibrated_file_stores_the_whole_within_round_shape(tmp_path):
     info = _info(4, spe=10, epochs=4)
     lrs, ref = f.lrs(info), profiled.with_params(lo=f.lo, hi=f.hi, beta=f.beta, midpoint=f.midpoint).lrs(info)
     assert np.max(np.abs(lrs - ref)) == 0.0
+
+
+def test_older_silo_presets_differ_from_the_released_lr_by_the_documented_amount():
+    """Per step at 563 steps/epoch: preset resnet20 vs released-resnet20 max diff 0.859·max_lr;
+    vgg19 vs released-vgg19 0.212·max_lr (docs/recipe-silo-code.md)."""
+    for old, new, epochs, want in (("resnet20", "released-resnet20", 50, 0.859), ("vgg19", "released-vgg19", 160, 0.212)):
+        info = _info(0, spe=563, epochs=epochs)
+        a, b = get_schedule("silo", preset=old), get_schedule("silo", preset=new)
+        assert a.peak_lr(info) == b.peak_lr(info)
+        assert np.max(np.abs(a.lrs(info) - b.lrs(info))) / a.peak_lr(info) == pytest.approx(want, abs=5e-4)
