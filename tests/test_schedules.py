@@ -725,3 +725,21 @@ def test_older_silo_presets_differ_from_the_released_lr_by_the_documented_amount
         a, b = get_schedule("silo", preset=old), get_schedule("silo", preset=new)
         assert a.peak_lr(info) == b.peak_lr(info)
         assert np.max(np.abs(a.lrs(info) - b.lrs(info))) / a.peak_lr(info) == pytest.approx(want, abs=5e-4)
+
+
+def test_a_triangular_state_saved_before_momentum_cycling_resumes_as_it_was():
+    opt = _opt()
+    sched = get_schedule("constant", max_lr=0.1, shape="triangular").build(opt, _info(0, spe=20))
+    state = sched.state_dict()
+    state["shape_params"] = {"cycles": 1, "div_factor": 10.0}  # as an older gradscope saved it
+    for k in ("shape_total", "offset"):
+        state.pop(k)
+    opt2 = _opt()
+    s2 = get_schedule("constant", max_lr=0.1, shape="triangular").build(opt2, _info(0, spe=20))
+    s2.load_state_dict(state)
+    opt2.param_groups[0]["momentum"] = 0.9
+    for _ in range(5):
+        opt2.step()
+        s2.step()
+    assert opt2.param_groups[0]["momentum"] == 0.9  # not cycled: the old run's behaviour
+    assert opt2.param_groups[0]["lr"] == pytest.approx(sched.lr_at(5))

@@ -139,8 +139,9 @@ def _one_cycle_momentum(t: int, total: int, pct_start: float, anneal: str, three
     return C.one_cycle_momentum(t, total, pct_start, base_momentum, max_momentum, anneal, three_phase)
 
 
-def _triangular_momentum(t: int, total: int, cycles: int, cycle_momentum: bool, base_momentum: float,
-                         max_momentum: float, **_: Any) -> Optional[float]:
+def _triangular_momentum(t: int, total: int, cycles: int = 1, cycle_momentum: bool = False,
+                         base_momentum: float = 0.8, max_momentum: float = 0.9, **_: Any) -> Optional[float]:
+    # defaults: a scheduler state saved before triangular cycled momentum resumes without cycling
     if not cycle_momentum:
         return None
     return C.triangular_momentum(t, total, cycles, base_momentum, max_momentum)
