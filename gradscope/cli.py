@@ -41,6 +41,7 @@ def run_file(path: str) -> str:
 def _cmd_prune(ns) -> int:
     from gradscope.train import PruningRun
     cfg = run_config_from_args(ns)
+    _say_recipe(cfg)
     PruningRun(cfg).run()
     if _is_main():
         print(f"run written to {cfg.out}")
@@ -54,6 +55,7 @@ def _cmd_profile(ns) -> int:
     cfg = run_config_from_args(ns)
     cfg.record.record = True
     _fixed_peak_default(cfg)
+    _say_recipe(cfg)
     PruningRun(cfg).run()
     if not _is_main():  # under torchrun, rank 0 wrote the run file and prints
         return 0
@@ -276,21 +278,40 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"gradscope: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _say_recipe(cfg) -> None:
+    if cfg.prune.recipe and _is_main():
+        from gradscope.recipes import describe_recipe  # noqa: PLC0415
+        print(describe_recipe(cfg.prune.recipe, cfg))
+
+
+def _recipe_value(recipe: str, key: str):
+    from gradscope.recipes import recipe_defaults  # noqa: PLC0415
+    return recipe_defaults(recipe).get(key)
+
+
+def _with_recipe(defaults: dict, recipe: Optional[str]) -> dict:
+    """A command's flag defaults with a recipe's on top (its flags given still win)."""
+    if not recipe:
+        return defaults
+    from gradscope.recipes import recipe_defaults  # noqa: PLC0415
+    return {**defaults, **recipe_defaults(recipe), "recipe": recipe}
+
+
+def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
     p = Parser(prog="gradscope", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"gradscope {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     s = sub.add_parser("prune", help="iterative pruning with rewinding (prints a per-round table)")
-    add_run_arguments(s, PRUNE_DEFAULTS)
+    add_run_arguments(s, _with_recipe(PRUNE_DEFAULTS, recipe))
     s.set_defaults(func=_cmd_prune)
 
     s = sub.add_parser("profile", help="iterative pruning with the gradient recorder; writes RUN_DIR/run.h5",
                        description=f"Iterative pruning with the gradient recorder on. Fixed-peak schedules "
                                    f"default to --max-lr {PROFILE_MAX_LR} here, so that a rising LR does not "
                                    f"confound the measurement.")
-    add_run_arguments(s, PROFILE_DEFAULTS)
+    add_run_arguments(s, _with_recipe(PROFILE_DEFAULTS, recipe))
     s.set_defaults(func=_cmd_profile)
 
     s = sub.add_parser("oracle", help="per round, grid-search max_lr and continue from the best (validation) candidate",
@@ -300,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(--val-size N: a candidate's accuracy has a standard error of about "
                                    "sqrt(p(1-p)/N), 1.6 points at N=1000 and p=0.5); cost = grid points x seeds "
                                    "rounds of training per round.")
-    add_run_arguments(s, ORACLE_DEFAULTS)
+    add_run_arguments(s, _with_recipe(ORACLE_DEFAULTS, recipe))
     s.add_argument("--grid", default=None, help="comma-separated max_lr values (default: geometric lo/2 ... 2*hi)")
     s.add_argument("--grid-points", type=_pos_int, default=7, help="points of the default geometric grid (default: 7)")
     s.add_argument("--seeds", type=_pos_int, default=3,
@@ -410,6 +431,14 @@ _EXTRA: list = [_register_plot, _register_store, _register_export]  # subcommand
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
+    if getattr(ns, "recipe", None):  # a recipe's values become the defaults; parse again
+        try:
+            parser = build_parser(ns.recipe)
+        except GradscopeError as e:
+            parser.commands[ns.command].error(str(e))
+        ns, extra = parser.parse_known_args(argv)
+        if getattr(ns, "schedule_file", None) and ns.preset == _recipe_value(ns.recipe, "preset"):
+            ns.preset = None  # a schedule file says the schedule; the recipe's preset flag would reset it
     if extra:
         parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:

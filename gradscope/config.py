@@ -38,6 +38,8 @@ class DataConfig:
     cache_dir: Optional[str] = _f(None, "where decoded datasets are cached (default: $GRADSCOPE_CACHE, else "
                                         "$XDG_CACHE_HOME/gradscope or ~/.cache/gradscope)")
     download: bool = _f(False, "allow torchvision to download the dataset")
+    released_split: bool = _f(False, "merge the train and test sets and re-split them 36000/12000/12000 as the "
+                                     "released SILO code (prints a note: the original test images are trained on)")
 
 
 @dataclass
@@ -53,7 +55,10 @@ class PruneConfig:
     prune_method: str = _f("global", "pruning strategy (see `gradscope list`)")
     prune_first: bool = _f(True, "prune the first conv/linear layer")
     prune_last: bool = _f(True, "prune the last (classifier) layer")
-    rewind: Optional[str] = _f(None, "weight rewinding: init | early | lr | finetune "
+    prune_bn: bool = _f(False, "prune BatchNorm weights (gamma) too, in the same threshold (the released SILO code)")
+    recipe: Optional[str] = _f(None, "a named recipe that sets other flags' defaults (flags given still win): "
+                                     "silo-code | silo-code-vgg19 (docs/recipe-silo-code.md)")
+    rewind: Optional[str] = _f(None, "weight rewinding: init | early | lr | finetune | reinit "
                                      "(default: what the schedule's recipe implies: lr for lrr and allr, "
                                      "finetune for finetune, else init)")
     rewind_step: Optional[int] = _f(None, "for --rewind early: optimizer step of round 0 to rewind to "
@@ -76,11 +81,13 @@ class TrainConfig:
     progress: Optional[bool] = _f(None, "tqdm progress bars (default: on when stderr is a terminal)")
     test_every: str = _f("round", "evaluate the test set every 'epoch' or only at the end of each "
                                   "'round' (validation is evaluated every epoch)", choices=("round", "epoch"))
+    report_best_test: bool = _f(False, "also report each round's best test accuracy over its epochs, as the "
+                                       "released SILO code does (selection on test data: biased upward; prints so)")
 
 
 @dataclass
 class ScheduleConfig:
-    schedule: str = _f("silo", "LR schedule (see `gradscope list`): silo | silo-auto | lth | lrr | clr | "
+    schedule: str = _f("silo", "LR schedule (see `gradscope list`): silo | silo-auto | lth | lrr | slr | clr | "
                                "cosine | finetune | allr | constant")
     schedule_file: Optional[str] = _f(None, "JSON/YAML file of schedule parameters (flags below override it)")
     max_lr: Optional[float] = _f(None, "peak LR of the fixed-peak schedules", gt=0.0)
@@ -89,15 +96,16 @@ class ScheduleConfig:
     beta: Optional[float] = _f(None, "SILO: steepness of the S-curve", gt=0.0)
     midpoint: Optional[float] = _f(None, "SILO: pruned fraction at the S-curve's midpoint", gt=0.0, lt=1.0)
     lag: Optional[int] = _f(None, "SILO: rounds of lag in the pruned fraction", ge=0)
-    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant")
-    preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19")
+    shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant | "
+                                    "bimp-linear | silo-released")
+    preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19 | released-resnet20 | released-vgg19")
     p: Optional[float] = _f(None, "SILO: prune rate p of the S-curve's planned x = 1-(1-p)^(k-lag) "
                                   "(default: the run's prune rate; presets: 0.2)", gt=0.0, lt=1.0,
                             flag="--silo-p")
     x: Optional[str] = _f(None, "SILO: the S-curve's x: 'planned' 1-(1-p)^(k-lag) or 'measured' sparsity "
                                 "(default: planned)", choices=("planned", "measured"))
-    orig_epochs: Optional[int] = _f(None, "ALLR: epochs of the original training T_orig (default: the "
-                                          "round's epochs, which makes ALLR's peak max_lr)", gt=0)
+    orig_epochs: Optional[int] = _f(None, "ALLR and LRR: epochs of the original training T_orig (default: "
+                                          "the round's epochs: ALLR's peak is then max_lr, LRR re-runs the whole schedule)", gt=0)
 
 
 @dataclass

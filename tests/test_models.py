@@ -28,7 +28,8 @@ def relu_calls(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def test_registry_lists_all_models():
-    assert sorted(ALL + ["vit_tiny", "deit_tiny"]) == list_models()  # the GELU ViTs are tested in test_vit.py
+    assert sorted(ALL + ["vit_tiny", "deit_tiny", "vgg19_silo", "vgg19_silo_narrow"]) == list_models()
+    # the GELU ViTs are tested in test_vit.py, the released SILO VGG-19 below
 
 
 def test_unknown_model_lists_known_names():
@@ -128,3 +129,40 @@ def test_small_cnn_learns_digits_in_two_epochs():
     with torch.no_grad():
         correct = sum((m(x).argmax(1) == y).sum().item() for x, y in val)
     assert correct / len(b.val_y) > 0.9
+
+
+# ----------------------------------------------------------------------------- the released SILO VGG-19
+def test_vgg19_silo_is_the_released_vgg19_bn():
+    """Martin1937/SILO archs/cifar10/vgg.py: 16 conv+BN, AdaptiveAvgPool(7,7), 25088-4096-4096-10 with
+    dropout and no BatchNorm; 139.6 M weights, 85.7 % of them in the classifier (counted on meta)."""
+    from gradscope.models.vgg_silo import VGG19Silo
+
+    with torch.device("meta"):
+        m = VGG19Silo()
+    convs = [x for x in m.features if isinstance(x, nn.Conv2d)]
+    assert len(convs) == 16 and all(c.bias is not None for c in convs)
+    assert sum(isinstance(x, nn.BatchNorm2d) for x in m.features) == 16
+    assert sum(isinstance(x, nn.MaxPool2d) for x in m.features) == 5
+    assert m.avgpool.output_size == (7, 7)
+    fcs = [x for x in m.classifier if isinstance(x, nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(25088, 4096), (4096, 4096), (4096, 10)]
+    assert sum(isinstance(x, nn.Dropout) for x in m.classifier) == 2
+    assert not any(isinstance(x, nn.BatchNorm1d) for x in m.classifier)
+    w = sum(p.numel() for n, p in m.named_parameters() if "weight" in n)
+    fc = sum(p.numel() for n, p in m.classifier.named_parameters() if "weight" in n)
+    assert round(w / 1e6, 1) == 139.6 and round(fc / w, 3) == 0.857
+
+
+def test_vgg19_silo_narrow_runs_and_is_initialised_as_released():
+    torch.manual_seed(0)
+    m = get_model("vgg19_silo_narrow", (3, 32, 32), 10)
+    fcs = [x for x in m.classifier if isinstance(x, nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(64 * 49, 256), (256, 256), (256, 10)]
+    out = m.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert relu_calls(m, torch.randn(1, 3, 32, 32)) == 18
+    fc1 = fcs[0].weight
+    assert float(fc1.detach().std()) == pytest.approx(math.sqrt(2 / (64 * 49 + 256)), rel=0.05)  # Xavier normal
+    assert float(fcs[0].bias.detach().std()) == pytest.approx(1.0, rel=0.2)  # the released init.normal_ biases
+    with pytest.raises(GradscopeError, match="32x32"):
+        get_model("vgg19_silo", (3, 16, 16), 10)

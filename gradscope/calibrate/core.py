@@ -374,20 +374,23 @@ def _flags(fit: dict, fix_lo) -> list:
 def calibrate_points(points: pd.DataFrame, *, p: float, lag: int = 1, shape: str = "warmup-step",
                      bounds: Optional[dict] = None, fix_lo: Optional[float] = None,
                      source: Optional[dict] = None, min_points: int = MIN_POINTS,
-                     use_measured: bool = False, level: float = 0.95, min_dof: int = MIN_DOF) -> Calibration:
+                     use_measured: bool = False, level: float = 0.95, min_dof: int = MIN_DOF,
+                     shape_params: Optional[dict] = None) -> Calibration:
     """Fit SILO to points (round, x, implied_max_lr[, density_part]) and package the result,
     with its status from the pruning-only null gate (``gate.null_gate``: does the part of the
     implied rise that density alone does not give rise with x, with at least ``min_dof``
     residual dof?) and flags (bounds, undetermined parameters). ``density_part``: the implied
     log max_lr that pruning alone gives per round (0, or absent, when the view counts no
-    pruned zeros)."""
+    pruned zeros). ``shape_params``: the within-round shape's parameters, stored whole so that
+    training with the file uses the profiled run's shape, not the shape's defaults."""
     pts = points[np.isfinite(points["implied_max_lr"]) & (points["implied_max_lr"] > 0)]
     n_pos = int((pts["x"] > 0).sum())
     if n_pos < min_points or len(pts) < (4 if fix_lo is None else 3) + 1:
         raise GradscopeError(f"calibration needs at least {min_points} usable rounds with pruned fraction x > 0 "
                              f"and 5 points in all; this run has {n_pos} and {len(pts)} (run more rounds)")
     fit = fit_s_curve(pts["x"], pts["implied_max_lr"], bounds=bounds, fix_lo=fix_lo, level=level)
-    params = {"schedule": "silo", **fit["params"], "lag": int(lag), "p": float(p), "shape": shape}
+    params = {"schedule": "silo", **fit["params"], "lag": int(lag), "p": float(p), "shape": shape,
+              **dict(shape_params or {})}
     if use_measured:
         params["use_measured"] = True
     unc = {**fit["se"], "ci": {k: list(v) for k, v in fit["ci"].items()}, "level": level,
@@ -399,6 +402,24 @@ def calibrate_points(points: pd.DataFrame, *, p: float, lag: int = 1, shape: str
     rise = null_gate(pts["x"], np.log(pts["implied_max_lr"].to_numpy(float)), dens, level=level, min_dof=min_dof)
     return Calibration(params, unc, points.reset_index(drop=True), dict(source or {}), fit,
                        status=rise["status"], flags=_flags(fit, fix_lo), rise=rise)
+
+
+def _run_shape(rounds_df, asked: Optional[str]) -> tuple[str, dict]:
+    """(shape, its parameters): the profiled run's within-round shape as its rounds recorded it
+    (round 0's schedule), unless another shape is asked for (then that shape's defaults)."""
+    from gradscope.schedules import get_shape  # noqa: PLC0415
+
+    recorded: dict = {}
+    if rounds_df is not None and "schedule" in rounds_df and len(rounds_df):
+        try:
+            recorded = json.loads(rounds_df.sort_values("round")["schedule"].iloc[0] or "{}")
+        except (TypeError, ValueError):
+            recorded = {}
+    shape = asked or recorded.get("shape") or "warmup-step"
+    if recorded.get("shape") != shape:
+        return shape, {}
+    keys = get_shape(shape).defaults
+    return shape, {k: recorded[k] for k in keys if k in recorded}
 
 
 def _config_get(reader, section: str, key: str):
@@ -522,7 +543,7 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
         if x == "planned":
             raise GradscopeError("the run's prune rate is unknown; pass p=... (or use measured sparsity, x='measured')")
         p, p_source = estimate_prune_rate(measured), "estimated from the measured sparsities"
-    shape = shape or _config_get(reader, "schedule", "shape") or "warmup-step"
+    shape, shape_params = _run_shape(rounds_df, shape or _config_get(reader, "schedule", "shape"))
     n = fit.narrowing
     n = n[(n["layer"] == "pooled") & (n["statistic"] == statistic)]
     if n.empty:
@@ -544,7 +565,8 @@ def calibrate_run(path, *, gamma: float = 1.0, statistic: str = "std", lo: Optio
            "rounds_used": [int(r) for r in rounds], "rounds_planned": rounds_planned}
     cal = calibrate_points(pts, p=float(p), lag=lag, shape=shape, bounds=bounds,
                            fix_lo=lo if fix_lo else None, source=src, min_points=min_points,
-                           use_measured=(x == "measured" and lag <= 1), min_dof=min_dof)
+                           use_measured=(x == "measured" and lag <= 1), min_dof=min_dof,
+                           shape_params=shape_params)
     if view == "relative":
         cal.flags.append("view relative: |g|/|w| also shrinks because pruning keeps the large weights; the gate "
                          "splits off no such selection effect (use --view survivors for the gate's verdict)")

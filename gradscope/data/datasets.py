@@ -3,6 +3,7 @@ as uint8 tensors. ``load_dataset`` adds the seeded validation split, subsets and
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -288,12 +289,13 @@ def validation_count(n_train: int, val_fraction: float, val_size: int | None, tr
 def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.1, seed: int = 0,
                  train_subset: int | None = None, test_subset: int | None = None,
                  cache_dir: str | None = None, download: bool = False,
-                 val_size: int | None = None) -> DataBundle:
+                 val_size: int | None = None, released_split: bool = False) -> DataBundle:
     """Load dataset ``name`` with a seeded, stratified validation split held out of train.
 
     Validation: ``validation_count`` images held out of the train split; ``train_subset`` is
     drawn (seeded) from what is left; ``test_subset`` from the test split. Mean/std come from
-    the final training images.
+    the final training images. ``released_split``: first merge train and test and re-split
+    them as the released SILO code (``released_merged_split``).
     """
     key = DATASETS.key(name)
     if root is not None and not DATASETS.meta(key)["needs_root"]:
@@ -302,6 +304,8 @@ def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.
     if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         raise GradscopeError(f"--cache-dir {cache_dir} is a file, not a folder")
     raw = DATASETS.get(key)(root, cache_dir, download)
+    if released_split:
+        raw = released_merged_split(raw, seed)
     if not 0.0 <= val_fraction < 1.0:
         raise GradscopeError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = validation_count(len(raw.train_y), val_fraction, val_size, train_subset)
@@ -318,9 +322,34 @@ def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.
         num_classes=raw.num_classes, mean=mean, std=std, augment=raw.augment)
 
 
+RELEASED_SPLIT_NOTE = (
+    "--released-split: the dataset's train and test sets are merged and re-split 80/20, then 75/25 "
+    "(CIFAR-10: 36000 train / 12000 val / 12000 'test'), as the released SILO code does "
+    "(resnet_20_cifar_10.py l.85-97); the original test images are trained on, and 'test' is a "
+    "held-out part of the merged pool, not the dataset's test set")
+
+
+def released_merged_split(raw, seed: int):
+    """Train and test merged and re-split as the released SILO scripts (seeded permutation):
+    ``int(0.8·N)`` for train+val (the rest is test), of which ``int(0.75·n)`` train, the rest val.
+    Returned as a raw dataset whose train split holds train+val (validation is then held out of
+    it with ``val_fraction`` 0.25 of it by the caller's setting) and whose test split is the 20 %."""
+    x = torch.cat([raw.train_x, raw.test_x])
+    y = torch.cat([raw.train_y, raw.test_y])
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))
+    n_tv = int(0.8 * len(y))
+    tv, te = perm[:n_tv], perm[n_tv:]
+    return replace(raw, train_x=x[tv], train_y=y[tv], test_x=x[te], test_y=y[te])
+
+
 def load_dataset_from_config(cfg, seed: int) -> DataBundle:
     """``load_dataset`` from a ``gradscope.config.DataConfig``; ``cfg.augment=False`` gives augment "none"."""
-    b = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=seed,
+    released = bool(getattr(cfg, "released_split", False))
+    if released:
+        print(f"gradscope: note: {RELEASED_SPLIT_NOTE}", file=sys.stderr)
+    b = load_dataset(cfg.dataset, cfg.data_root, val_fraction=0.25 if released and cfg.val_size is None
+                     else cfg.val_fraction, seed=seed,
                      train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                     cache_dir=cfg.cache_dir, download=cfg.download, val_size=getattr(cfg, "val_size", None))
+                     cache_dir=cfg.cache_dir, download=cfg.download, val_size=getattr(cfg, "val_size", None),
+                     released_split=released)
     return b if cfg.augment else replace(b, augment="none")

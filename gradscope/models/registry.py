@@ -16,6 +16,7 @@ from gradscope.models.cifar_resnet import CifarResNet
 from gradscope.models.init import kaiming_init
 from gradscope.models.small import LeNet300100, SmallCNN
 from gradscope.models.vgg import PLANS, CifarVGG
+from gradscope.models.vgg_silo import build as vgg19_silo
 from gradscope.models.vit import deit_tiny, vit_tiny
 from gradscope.registry import Registry
 
@@ -53,6 +54,10 @@ register("resnet18")(lambda s, k: _torchvision_resnet("resnet18", s, k))
 register("resnet50")(lambda s, k: _torchvision_resnet("resnet50", s, k))
 register("lenet_300_100")(lambda s, k: LeNet300100(s, k))
 register("small_cnn")(lambda s, k: SmallCNN(s, k))
+# The released SILO VGG-19 (its own init); _narrow: conv channels x1/8, classifier 4096 -> 256, for CPUs
+register("vgg19_silo", min_side=32, init=False)(lambda s, k: vgg19_silo(s, k))
+register("vgg19_silo_narrow", min_side=32, init=False)(
+    lambda s, k: vgg19_silo(s, k, classifier_width=1 / 16, conv_width=1 / 8))
 register("vit_tiny", min_side=4, init=False)(vit_tiny)
 register("deit_tiny", min_side=4, init=False)(deit_tiny)
 

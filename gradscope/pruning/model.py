@@ -29,14 +29,25 @@ def weight_mask(module: nn.Module) -> torch.Tensor | None:
     return None if m is None else m.bool()
 
 
-def prunable_layers(model: nn.Module, prune_first: bool = True, prune_last: bool = True) -> dict[str, nn.Module]:
-    """Conv/linear layers in definition order, optionally without the first and/or last."""
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def prunable_layers(model: nn.Module, prune_first: bool = True, prune_last: bool = True,
+                    prune_bn: bool = False) -> dict[str, nn.Module]:
+    """Conv/linear layers in definition order, optionally without the first and/or last.
+
+    ``prune_bn``: BatchNorm weights (γ) too, as the released SILO code prunes every parameter
+    whose name contains "weight" (a pruned γ silences its channel: the output is β alone)."""
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     if not layers:
         raise GradscopeError("the model has no conv or linear layer to prune")
     keep = layers[(0 if prune_first else 1): (len(layers) if prune_last else len(layers) - 1)]
     if not keep:
         raise GradscopeError("no prunable layer is left after excluding the first/last layer")
+    if prune_bn:
+        names = {n for n, _ in keep}
+        return {n: m for n, m in model.named_modules()
+                if n in names or (isinstance(m, NORMS) and m.weight is not None)}
     return dict(keep)
 
 
@@ -96,13 +107,18 @@ def load_plain_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 @torch.no_grad()
 def parameter_norm_sq(model: nn.Module) -> float:
-    """‖θ‖² over all parameters (weights as the forward sees them, biases, BatchNorm), as BIMP's ALLR."""
+    """‖θ‖² as BIMP's ALLR computes it (``utilities/utilities.py`` l.18-27): every module's
+    ``weight`` (as the forward sees it, masked) and ``bias``, nothing else (a bare parameter such
+    as a ViT's position embedding is not counted)."""
     total = 0.0
     for mod in model.modules():
-        for name, p in mod.named_parameters(recurse=False):
-            if name == "weight_orig" and hasattr(mod, "weight_mask"):
-                p = p * mod.weight_mask
-            total += float(p.double().pow(2).sum())
+        for name in ("weight", "bias"):
+            if name == "weight" and hasattr(mod, "weight_mask"):
+                p = weight_param(mod) * mod.weight_mask
+            else:
+                p = getattr(mod, name, None)
+            if isinstance(p, torch.Tensor):
+                total += float(p.double().pow(2).sum())
     return total
 
 

@@ -11,10 +11,11 @@ table), ``params`` (validation and the layering rule), ``scheduler`` (``RoundLR`
 """
 from gradscope.rounds import RoundInfo
 from gradscope.schedules.config_io import load_schedule, read_schedule_file, schedule_from_config
-from gradscope.schedules.curves import (allr_peak, constant_lr, cosine_lr, linear_lr, one_cycle_lr,
-                                        one_cycle_momentum, planned_pruned_fraction, s_curve,
-                                        triangular_lr, warmup_step_lr)
-from gradscope.schedules.factories import (SILO_PRESETS, AllrSchedule, FixedPeakSchedule,
+from gradscope.schedules.curves import (allr_peak, bimp_linear_lr, constant_lr, cosine_lr, linear_lr,
+                                        milestone_step, one_cycle_lr, one_cycle_momentum,
+                                        planned_pruned_fraction, s_curve, silo_released_lr, triangular_lr,
+                                        triangular_momentum, warmup_step_lr)
+from gradscope.schedules.factories import (SILO_PRESETS, AllrSchedule, FixedPeakSchedule, LrrSchedule,
                                            ScheduleFactory, SiloSchedule, planned_round_info)
 from gradscope.schedules.registry import (SCHEDULES, get_schedule, implied_rewind, list_schedules,
                                           register_schedule)
@@ -24,7 +25,8 @@ from gradscope.schedules.shapes import SHAPES, Shape, get_shape
 SHAPE_DEFAULTS = {name: dict(s.defaults) for name, s in SHAPES.items()}  # read-only view, for docs
 
 __all__ = [
-    "SCHEDULES", "SHAPES", "SHAPE_DEFAULTS", "SILO_PRESETS", "AllrSchedule", "FixedPeakSchedule",
+    "SCHEDULES", "SHAPES", "SHAPE_DEFAULTS", "SILO_PRESETS", "AllrSchedule", "FixedPeakSchedule", "LrrSchedule",
+    "bimp_linear_lr", "milestone_step", "silo_released_lr", "triangular_momentum",
     "RoundInfo", "RoundLR", "ScheduleFactory", "Shape", "SiloSchedule", "allr_peak", "constant_lr",
     "cosine_lr", "get_schedule", "get_shape", "implied_rewind", "linear_lr", "list_schedules",
     "one_cycle_lr", "one_cycle_momentum", "planned_pruned_fraction", "planned_round_info",

@@ -6,7 +6,7 @@ them survive pickling, ``state_dict`` round-trips and mid-round resumes exactly.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy.special import expit, logit
@@ -15,8 +15,8 @@ from gradscope.rounds import pruned_fraction
 
 __all__ = [
     "s_curve", "planned_pruned_fraction", "allr_peak",
-    "warmup_step_lr", "one_cycle_lr", "one_cycle_momentum", "triangular_lr", "cosine_lr", "linear_lr",
-    "constant_lr",
+    "warmup_step_lr", "one_cycle_lr", "one_cycle_momentum", "triangular_lr", "triangular_momentum",
+    "cosine_lr", "linear_lr", "constant_lr", "bimp_linear_lr", "silo_released_lr", "milestone_step",
 ]
 
 
@@ -68,20 +68,33 @@ def _warmup_steps(warmup: float, total: int) -> int:
     return int(round(warmup * total))
 
 
+def milestone_step(m: float, total: int) -> int:
+    """The first step at the LR after a drop at fraction ``m`` of ``total`` steps: ``floor(m·total)``.
+
+    Floor, as ``torch.optim.lr_scheduler.MultiStepLR`` on whole epochs: with one step per
+    epoch a drop at 0.5 of 5 epochs lands on epoch 2 (round() would give 2 for 5 and 3 for 7,
+    banker's rounding moving T = 5, 9, 13 one way and 3, 7, 11 the other). The 1e-9 absorbs
+    float error so that a fraction written as ``136/182`` lands on epoch 136 exactly.
+    """
+    return int(math.floor(m * total + 1e-9))
+
+
 def warmup_step_lr(t: int, total: int, peak: float, warmup: float = 0.0,
                    milestones: Sequence[float] = (0.5, 0.75),
-                   factors: Sequence[float] = (0.1, 0.01)) -> float:
+                   factors: Sequence[float] = (0.1, 0.01), warmup_start: int = 1) -> float:
     """Linear warm-up then step decay, all as fractions of the round's ``total`` steps.
 
-    Warm-up: ``peak·(t+1)/W`` for the first ``W = round(warmup·total)`` steps (rises from
-    near 0, reaches the peak at step W−1). From step ``round(m_i·total)`` on the LR is
+    Warm-up over the first ``W = round(warmup·total)`` steps: ``peak·(t+s)/W`` with
+    ``s = warmup_start``; s = 1 (gradscope's default) starts near 0 and peaks at step W−1;
+    s = 0 is open_lth's ``lr·min(1, it/W)`` (``training/optimizers.py`` l.46-48): 0 at step 0,
+    the peak at step W. From step ``milestone_step(m_i, total)`` (floor) on the LR is
     ``peak·factors[i]`` (factors are absolute multipliers of the peak, e.g. 0.1 then 0.01).
     """
     t = _clamp_step(t, total)
     w = _warmup_steps(warmup, total)
-    lr = peak * (t + 1) / w if t < w else peak
+    lr = peak * min(1.0, (t + warmup_start) / w) if w > 0 else peak
     for m, f in zip(milestones, factors):
-        if t >= int(round(m * total)):
+        if t >= milestone_step(m, total):
             lr = peak * f
     return float(lr)
 
@@ -131,17 +144,32 @@ def one_cycle_momentum(t: int, total: int, pct_start: float = 0.3, base_momentum
     return _phase_value(t, _one_cycle_phases(total, pct_start, three_phase), values, anneal)
 
 
-def triangular_lr(t: int, total: int, peak: float, cycles: int = 1, div_factor: float = 10.0) -> float:
-    """Triangular cyclical LR (Smith): ``cycles`` triangles per round between peak/div and peak.
-
-    Same formula as ``CyclicLR(mode='triangular')`` with ``step_size_up = total/(2·cycles)``.
-    """
-    t = _clamp_step(t, total)
-    base = peak / div_factor
+def _triangle(t: int, total: int, cycles: int) -> float:
+    """0 at the cycle's ends, 1 at its middle: CyclicLR's triangular scale at step t."""
     half = total / (2.0 * cycles)
     cycle = math.floor(1 + t / (2 * half))
     x = abs(t / half - 2 * cycle + 1)
-    return float(base + (peak - base) * max(0.0, 1.0 - x))
+    return max(0.0, 1.0 - x)
+
+
+def triangular_lr(t: int, total: int, peak: float, cycles: int = 1, div_factor: float = 10.0,
+                  **momentum: Any) -> float:
+    """Triangular cyclical LR (Smith): ``cycles`` triangles per round between peak/div and peak.
+
+    Same formula as ``CyclicLR(mode='triangular')`` with ``step_size_up = total/(2·cycles)``.
+    ``momentum`` (cycle_momentum, base_momentum, max_momentum) does not change the LR; see
+    ``triangular_momentum``.
+    """
+    t = _clamp_step(t, total)
+    base = peak / div_factor
+    return float(base + (peak - base) * _triangle(t, total, cycles))
+
+
+def triangular_momentum(t: int, total: int, cycles: int = 1, base_momentum: float = 0.8,
+                        max_momentum: float = 0.9) -> float:
+    """CyclicLR's momentum (its defaults 0.8-0.9): max where the LR is lowest, base at its peak."""
+    t = _clamp_step(t, total)
+    return float(max_momentum - (max_momentum - base_momentum) * _triangle(t, total, cycles))
 
 
 def cosine_lr(t: int, total: int, peak: float, warmup: float = 0.0, eta_min: float = 0.0) -> float:
@@ -173,3 +201,46 @@ def linear_lr(t: int, total: int, peak: float, warmup: float = 0.0, end_factor: 
 def constant_lr(t: int, total: int, peak: float) -> float:
     """The peak at every step."""
     return float(peak)
+
+
+def bimp_linear_lr(t: int, total: int, peak: float, warmup: float = 0.1) -> float:
+    """BIMP's LLR/ALLR retraining LR (Zimmer et al., ``runners/baseRunner.py`` l.526, 551-563, 595-608).
+
+    ``W = int(warmup·n)`` (BIMP: ``int(0.1 * n_total_iterations)``); steps 0..W rise as
+    ``CosineAnnealingLR(T_max=W, eta_min=peak)`` from an LR of 0, i.e. ``peak·(1−cos(πt/W))/2``
+    (0 at step 0, the peak at step W); step W+1 holds the peak (BIMP's SequentialLR switches
+    at milestone W+1) and ``LinearLR`` then decays, ``peak·(1 − (t−W−1)/(n−W))``. Without
+    warm-up (W = 0) it is ``LinearLR`` alone: ``peak·(1 − t/n)``.
+    """
+    t = _clamp_step(t, total)
+    w = int(warmup * total)
+    if w <= 0:
+        return float(peak * (1.0 - t / total))
+    if t <= w:
+        return float(peak * (1.0 - math.cos(math.pi * t / w)) / 2.0)
+    return float(peak * max(0.0, 1.0 - (t - w - 1) / (total - w)))
+
+
+def silo_released_lr(t: int, total: int, peak: float, epochs: int = 50, ramp_steps: int = 20000,
+                     ramp_cap: bool = True, hold_epoch: Optional[int] = None,
+                     drop_epochs: Sequence[int] = (25, 32), factors: Sequence[float] = (0.1, 0.01)) -> float:
+    """The within-round LR of the released SILO scripts (Martin1937/SILO), per optimizer step.
+
+    ``resnet_20_cifar_10.py`` l.36-41, 333-341 (the defaults): the LR grows by
+    ``peak/ramp_steps`` per iteration (``it = t+1``, counted over the round), up to iteration
+    ``ramp_steps`` (``ramp_cap``), and is ``peak·factors[i]`` from epoch ``drop_epochs[i]`` on.
+    ``vgg_19_cifar_10.py`` l.38-41, 336-345: ramp_steps 10000 without a cap, ``hold_epoch``
+    14 (the peak from epoch 14), drops at 80 and 120 of 160. The round's ``total`` steps must
+    be ``epochs`` whole epochs (steps per epoch = total/epochs), as the released loop counts
+    epochs; the caller checks that (``shapes``).
+    """
+    t = _clamp_step(t, total)
+    spe = total // int(epochs)
+    epoch, it = t // spe, t + 1
+    lr = peak * (min(it, ramp_steps) if ramp_cap else it) / ramp_steps
+    if hold_epoch is not None and epoch >= hold_epoch:
+        lr = peak
+    for d, f in zip(drop_epochs, factors):
+        if epoch >= d:
+            lr = peak * f
+    return float(lr)

@@ -20,7 +20,7 @@ from gradscope.schedules.curves import allr_peak, planned_pruned_fraction, s_cur
 from gradscope.schedules.scheduler import RoundLR
 from gradscope.schedules.shapes import get_shape
 
-__all__ = ["ScheduleFactory", "SiloSchedule", "FixedPeakSchedule", "AllrSchedule", "SILO_PRESETS",
+__all__ = ["ScheduleFactory", "SiloSchedule", "FixedPeakSchedule", "LrrSchedule", "AllrSchedule", "SILO_PRESETS",
            "planned_round_info"]
 
 
@@ -140,11 +140,25 @@ class ScheduleFactory:
         """``params()`` plus this round's ``max_lr`` (what the runner stores per round)."""
         return {**self.params(), "max_lr": self.peak_lr(info)}
 
+    def span(self, info: RoundInfo) -> tuple[int, int]:
+        """(steps of the schedule the round runs a part of, the round's first step in it):
+        ``(total_steps, 0)``, the whole shape over the round, except where a subclass says."""
+        total = _check_steps(info)
+        ep = self.shape_params.get("epochs")
+        if self.shape == "silo-released" and info.epochs > 1 and ep != info.epochs:
+            raise GradscopeError(f"shape 'silo-released' counts epochs as released ({ep} per round), but the round "
+                                 f"has {info.epochs}; pass the shape parameter epochs={info.epochs} (and "
+                                 "drop_epochs, ramp_steps for that length) or train --epochs "
+                                 f"{ep}")
+        return total, 0
+
     def build(self, optimizer, info: RoundInfo) -> RoundLR:
         """The per-batch LR scheduler of this round (sets the optimizer's LR for step 0)."""
         total = _check_steps(info)
+        shape_total, offset = self.span(info)
         return RoundLR(optimizer, total_steps=total, peak=self.peak_lr(info), shape=self.shape,
-                       shape_params=self.shape_params, round=info.round, name=self.name)
+                       shape_params=self.shape_params, round=info.round, name=self.name,
+                       shape_total=shape_total, offset=offset)
 
     def scheduler(self, optimizer, *, round: int, total_steps: int, sparsity: Optional[float] = None,
                   prune_rate: float = 0.2, **info: Any) -> RoundLR:
@@ -162,7 +176,10 @@ class ScheduleFactory:
     def lrs(self, info: RoundInfo) -> np.ndarray:
         """The LR at every step of the round (closed form, no optimizer needed)."""
         total, peak, shape = _check_steps(info), self.peak_lr(info), get_shape(self.shape)
-        return np.array([shape.lr(t, total, peak, self.shape_params) for t in range(total)])
+        shape_total, offset = self.span(info)
+        if shape.check_total is not None:
+            shape.check_total(shape_total, **self.shape_params)
+        return np.array([shape.lr(t + offset, shape_total, peak, self.shape_params) for t in range(total)])
 
     def __repr__(self) -> str:
         kv = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "name")
@@ -175,9 +192,18 @@ class ScheduleFactory:
 
 
 # ----------------------------------------------------------------------------- SILO
-# Released SILO constants (Liu et al., docs/references.md). p = 0.2 as released; warm-up
-# length for ResNet-20 is our choice (not stated), VGG-19's is ~14 of 160 epochs. Drops at
-# epochs 25/32 of 50 and 80/120 of 160, as fractions of the round.
+# Released SILO constants (Liu et al., docs/references.md; Martin1937/SILO). p = 0.2 as
+# released. resnet20/vgg19 approximate the released within-round LR as fractions of the
+# round: a linear warm-up over 10 % / 8.75 % (14 of 160 epochs), then max_lr, drops at epochs
+# 25/32 of 50 and 80/120 of 160. The released warm-up is stated in the code, not a fraction:
+# resnet_20_cifar_10.py l.36-41, 333-336 adds max_lr/20000 per iteration (so at 563 steps per
+# epoch the LR never exceeds 0.70·max_lr before the drop at epoch 25), vgg_19_cifar_10.py
+# l.38-41, 338-341 max_lr/10000 per iteration until epoch 14. released-resnet20 and
+# released-vgg19 are those LRs step for step (shape silo-released; docs/recipe-silo-code.md).
+_RELEASED_RESNET20 = {"shape": "silo-released", "epochs": 50, "ramp_steps": 20000, "ramp_cap": True,
+                      "hold_epoch": None, "drop_epochs": [25, 32], "factors": [0.1, 0.01]}
+_RELEASED_VGG19 = {"shape": "silo-released", "epochs": 160, "ramp_steps": 10000, "ramp_cap": False,
+                   "hold_epoch": 14, "drop_epochs": [80, 120], "factors": [0.1, 0.01]}
 SILO_PRESETS: dict[str, dict[str, Any]] = {
     "resnet20": {"lo": 0.03, "hi": 0.07, "beta": 5.0, "midpoint": 0.5, "lag": 1, "p": 0.2,
                  "shape": "warmup-step", "warmup": 0.1, "milestones": [0.5, 0.64],
@@ -185,6 +211,12 @@ SILO_PRESETS: dict[str, dict[str, Any]] = {
     "vgg19": {"lo": 0.04, "hi": 0.10, "beta": 5.0, "midpoint": 0.5, "lag": 1, "p": 0.2,
               "shape": "warmup-step", "warmup": 0.0875, "milestones": [0.5, 0.75],
               "factors": [0.1, 0.01]},
+    # cal(x, beta=5, alpha=0.04, offset=0.03) (resnet_20 l.44-49), max_lr 0.03 until round 1 (delay 1)
+    "released-resnet20": {"lo": 0.03, "hi": 0.07, "beta": 5.0, "midpoint": 0.5, "lag": 1, "p": 0.2,
+                          **_RELEASED_RESNET20},
+    # cal(x, beta=5, alpha=0.06, offset=0.04) (vgg_19 l.46-51), max_lr 0.04 until round 1
+    "released-vgg19": {"lo": 0.04, "hi": 0.10, "beta": 5.0, "midpoint": 0.5, "lag": 1, "p": 0.2,
+                       **_RELEASED_VGG19},
 }
 
 X_MODES = ("planned", "measured")
@@ -251,21 +283,53 @@ class FixedPeakSchedule(ScheduleFactory):
         return self.max_lr
 
 
+class LrrSchedule(FixedPeakSchedule):
+    """LR rewinding (Renda et al. 2020): retraining runs the **last** t epochs of the original
+    T-epoch schedule (BIMP's LRW, ``runners/baseRunner.py`` l.531-533, 573-576).
+
+    ``orig_epochs`` = T (None: the round's own epochs, so every round re-runs the whole
+    schedule, which is the same thing when all rounds are as long as the original training).
+    Round 0 is the original training: the whole schedule over its own epochs. From round 1 a
+    round of t ≤ T epochs runs steps ``(T−t)·spe .. T·spe−1`` of the T-epoch schedule. The
+    whole schedule squeezed into t epochs is ``slr`` (Le & Hua 2021).
+    """
+
+    name = "lrr"
+    PEAK_PARAMS = {"max_lr": 0.1, "orig_epochs": None}
+
+    def _check(self) -> None:
+        super()._check()
+        if self.orig_epochs is not None:
+            self.orig_epochs = V.integer("orig_epochs", self.orig_epochs, 1)
+
+    def span(self, info: RoundInfo) -> tuple[int, int]:
+        total = _check_steps(info)
+        if info.round == 0 or self.orig_epochs is None or self.orig_epochs == info.epochs:
+            return total, 0
+        if info.epochs > self.orig_epochs:
+            raise GradscopeError(f"schedule 'lrr': a round of {info.epochs} epochs cannot rewind into the last "
+                                 f"epochs of an original training of orig_epochs={self.orig_epochs}; "
+                                 "orig_epochs must be at least --epochs")
+        spe = int(info.steps_per_epoch)
+        return self.orig_epochs * spe, (self.orig_epochs - info.epochs) * spe
+
+
 class AllrSchedule(ScheduleFactory):
     """ALLR (Zimmer et al. 2023, BIMP): peak from the relative norm drop of this round's pruning.
 
     ``peak = allr_peak(info.norm_drop, info.step_pruned, max_lr, info.epochs/orig_epochs)``
-    with ``norm_drop = ‖θ−θ_pruned‖/‖θ‖`` over all parameters (weights, biases, BatchNorm), as
-    BIMP computes it; round 0 uses ``max_lr``. ``orig_epochs`` None: the original training
+    with ``norm_drop = ‖θ−θ_pruned‖/‖θ‖``, ‖θ‖ over the modules' ``weight`` and ``bias`` as
+    BIMP computes it (``utilities/utilities.py`` l.18-27); round 0 uses ``max_lr``. ``orig_epochs`` None: the original training
     is as long as a retraining round, so the lower clip ``min(T_retrain/T_orig, 1)·max_lr``
     equals max_lr and ALLR's peak is max_lr every round — by ALLR's own formula, which adapts
     only when retraining is shorter than the original training (pass ``orig_epochs``).
-    Shape: linear warm-up from 0 over the first 10 %, then linear decay to 0 (BIMP).
+    Shape ``bimp-linear``: BIMP's cosine warm-up from 0 over ``int(0.1·n)`` steps, then linear
+    decay to 0 (``curves.bimp_linear_lr``).
     """
 
     name = "allr"
     PEAK_PARAMS = {"max_lr": 0.1, "orig_epochs": None}
-    DEFAULT_SHAPE = "linear"
+    DEFAULT_SHAPE = "bimp-linear"
 
     def _check(self) -> None:
         self.max_lr = V.num("max_lr", self.max_lr, 0.0, lo_open=True)

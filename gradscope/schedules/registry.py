@@ -7,7 +7,7 @@ from typing import Any, Optional
 from gradscope import GradscopeError
 from gradscope.registry import Registry
 from gradscope.schedules import params as V
-from gradscope.schedules.factories import (SILO_PRESETS, AllrSchedule, FixedPeakSchedule,
+from gradscope.schedules.factories import (SILO_PRESETS, AllrSchedule, FixedPeakSchedule, LrrSchedule,
                                            ScheduleFactory, SiloSchedule)
 
 
@@ -28,14 +28,21 @@ _WARMUP_STEP = {"shape": "warmup-step", "milestones": [0.5, 0.75], "factors": [0
 SCHEDULES.register("silo", ScheduleEntry(
     SiloSchedule, {k: v for k, v in SILO_PRESETS["resnet20"].items() if k != "p"} | {"p": None},
     note="SILO / S-Cyc: S-curved peak over rounds (Liu et al.)"))
+_RENDA = {"max_lr": 0.1, "shape": "warmup-step", "warmup": 0.0, "milestones": [0.5, 136 / 182],
+          "factors": [0.1, 0.01]}
 SCHEDULES.register("lth", ScheduleEntry(
-    FixedPeakSchedule, {"max_lr": 0.1, **_WARMUP_STEP, "warmup": 0.1},
-    note="Frankle & Carbin: warm-up then step decay, same peak every round, weights rewound"))
+    FixedPeakSchedule, {"max_lr": 0.1, **_WARMUP_STEP, "warmup": 0.1, "warmup_start": 0},
+    note="Frankle & Carbin: warm-up (open_lth's lr*min(1, it/W)) then step decay, same peak every "
+         "round, weights rewound"))
 SCHEDULES.register("lrr", ScheduleEntry(
-    FixedPeakSchedule, {"max_lr": 0.1, "shape": "warmup-step", "warmup": 0.0,
-                        "milestones": [0.5, 136 / 182], "factors": [0.1, 0.01]},
-    rewind="lr", note="Renda et al. LR rewinding: the original schedule (drops at epochs 91 and 136 "
-                      "of 182) re-run each round on the trained weights"))
+    LrrSchedule, dict(_RENDA),
+    rewind="lr", note="Renda et al. LR rewinding: the last t epochs of the original T-epoch schedule "
+                      "(drops at epochs 91 and 136 of 182; T = orig_epochs, default the round's) on the "
+                      "trained weights"))
+SCHEDULES.register("slr", ScheduleEntry(
+    FixedPeakSchedule, dict(_RENDA),
+    rewind="lr", note="Le & Hua 2021 scaled LR restarting: the whole original schedule squeezed into "
+                      "each round, on the trained weights"))
 SCHEDULES.register("clr", ScheduleEntry(
     FixedPeakSchedule, {"max_lr": 0.1, "shape": "one-cycle", "pct_start": 0.1, "div_factor": 100.0,
                         "final_div_factor": 100.0},
@@ -47,9 +54,9 @@ SCHEDULES.register("finetune", ScheduleEntry(FixedPeakSchedule, {"max_lr": 0.001
                                              rewind="finetune", note="fine-tuning at the final small LR"))
 SCHEDULES.register("constant", ScheduleEntry(FixedPeakSchedule, {"max_lr": 0.01, "shape": "constant"}))
 SCHEDULES.register("allr", ScheduleEntry(
-    AllrSchedule, {"shape": "linear", "warmup": 0.1},
+    AllrSchedule, {"shape": "bimp-linear", "warmup": 0.1},
     rewind="lr", note="ALLR (Zimmer et al., BIMP): peak from the pruning's relative norm drop, "
-                      "linear warm-up then decay, on the trained weights"))
+                      "BIMP's cosine warm-up from 0 then linear decay, on the trained weights"))
 
 
 def register_schedule(name: str, cls: type, defaults: Optional[dict] = None, rewind: str = "init") -> None:

@@ -23,38 +23,56 @@ class RoundLR(LRScheduler):
     Param groups are scaled by their initial LR as torch schedulers do: the group with the
     largest initial LR follows the closed form exactly, group g gets ``initial_lr_g / max``
     of it (a single-group optimizer, as the trainer builds, gets the closed form itself).
-    A shape that cycles momentum (one-cycle) sets each group's ``momentum`` (SGD) or
-    ``betas[0]`` (Adam/AdamW). Step 0's LR is set on construction; call ``step()`` after each
-    ``optimizer.step()``. Steps past ``total_steps`` keep the round's last LR.
+    A shape that cycles momentum (one-cycle, triangular) sets each group's ``momentum`` (SGD)
+    or ``betas[0]`` (Adam/AdamW); an optimizer with neither raises, as torch's OneCycleLR does.
+    Step 0's LR is set on construction; call ``step()`` after each ``optimizer.step()``.
+    Stepping more than ``total_steps`` times raises, as OneCycleLR does (a round that
+    silently ran on at its last LR would hide a wrong step count).
+
+    ``shape_total``/``offset``: the round runs steps ``offset .. offset+total_steps−1`` of a
+    schedule ``shape_total`` steps long (LR rewinding with a retraining budget shorter than
+    the original training: the last t epochs of the original T); default: the round itself.
     """
 
     def __init__(self, optimizer: Optimizer, total_steps: int, peak: float, shape: str,
                  shape_params: dict | None = None, round: int = 0, name: str = "",
-                 last_epoch: int = -1) -> None:
+                 last_epoch: int = -1, shape_total: int | None = None, offset: int = 0) -> None:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise GradscopeError(f"RoundLR needs total_steps >= 1, got {total_steps!r}")
         if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not (math.isfinite(peak) and peak > 0):
             raise GradscopeError(f"RoundLR needs a positive finite peak LR, got {peak!r}")
+        shape_total = total_steps if shape_total is None else shape_total
+        if (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0
+                or not isinstance(shape_total, int) or offset + total_steps > shape_total):
+            raise GradscopeError(f"RoundLR: steps {offset}..{offset + total_steps - 1} are not inside a "
+                                 f"schedule of {shape_total!r} steps")
         self._shape = get_shape(shape)
         # Only plain values are stored (see module docstring).
         self.name = str(name)
         self.round = int(round)
         self.total_steps = int(total_steps)
+        self.shape_total = int(shape_total)
+        self.offset = int(offset)
         self.peak = float(peak)
         self.shape = str(shape)
         self.shape_params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
                              for k, v in self._shape.resolve(shape_params).items()}
+        if self._shape.check_total is not None:
+            self._shape.check_total(self.shape_total, **self.shape_params)
+        if self.momentum_at(0) is not None and not ({"momentum", "betas"} & set(optimizer.defaults)):
+            raise GradscopeError(f"shape {self.shape!r} cycles the momentum, but {type(optimizer).__name__} has "
+                                 "neither momentum nor betas; set cycle_momentum false or use SGD/AdamW")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, step: int) -> float:
         """The closed-form LR at optimizer step ``step`` (0-based) of this round."""
-        return self._shape.lr(step, self.total_steps, self.peak, self.shape_params)
+        return self._shape.lr(step + self.offset, self.shape_total, self.peak, self.shape_params)
 
     def momentum_at(self, step: int) -> float | None:
         """The shape's momentum at ``step`` (None when the shape leaves momentum alone)."""
         if self._shape.momentum is None:
             return None
-        return self._shape.momentum(step, self.total_steps, **self.shape_params)
+        return self._shape.momentum(step + self.offset, self.shape_total, **self.shape_params)
 
     def _ratios(self) -> list[float]:
         init = [float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups]
@@ -72,6 +90,11 @@ class RoundLR(LRScheduler):
                 g["momentum"] = m
 
     def get_lr(self) -> list[float]:
+        # last_epoch == total_steps is reached by the step after the round's last optimizer
+        # step (its LR is never used); one more is a step the round does not have.
+        if self.last_epoch > self.total_steps:
+            raise GradscopeError(f"RoundLR of round {self.round} stepped {self.last_epoch} times; the round "
+                                 f"has {self.total_steps} steps (as torch's OneCycleLR, stepping past them raises)")
         self._set_momentum(self.last_epoch)
         lr = self.lr_at(self.last_epoch)
         return [lr * r for r in self._ratios()]

@@ -89,7 +89,7 @@ def build_context(c: RunConfig) -> TrainContext:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    layers = P.prunable_layers(model, c.prune.prune_first, c.prune.prune_last)
+    layers = P.prunable_layers(model, c.prune.prune_first, c.prune.prune_last, c.prune.prune_bn)
     P.attach_masks(layers)
     P.check_schedule(sum(m.weight_orig.numel() for m in layers.values()), c.prune.rounds, c.prune.prune_rate)
     net = D.wrap(model, device)

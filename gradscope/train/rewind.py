@@ -1,7 +1,10 @@
 """Weight rewinding after pruning, one registry entry per mode.
 
 A mode rewinds the model in place (or keeps the trained weights) and says what it did;
-``finetune`` also replaces the schedule of rounds after the first with ``finetune``.
+``finetune`` also replaces the schedule of rounds after the first with ``finetune``;
+``reinit`` draws new random weights (the released SILO code's default ``--prune_type
+reinit``). ``PreviousWeights`` keeps the weights one epoch before a round's end, for the
+``delta`` (|Δw|) pruning strategies.
 """
 from __future__ import annotations
 
@@ -37,6 +40,24 @@ REWINDS.register("early", Rewind(_load("early", lambda s: f"round 0 step {s['rew
 REWINDS.register("lr", Rewind(lambda m, s: "none (keep trained weights; lr)"))
 REWINDS.register("finetune", Rewind(lambda m, s: "none (keep trained weights; finetune)", schedule="finetune"))
 
+
+def _reinit(model: nn.Module, states: dict) -> str:
+    """New random weights under the kept masks, seeded per run and round: the model's own
+    ``reinitialize(generator)`` if it has one, else the released script's ``weight_init`` for
+    vgg19_silo-like models and Kaiming (gradscope's init) for the rest. BatchNorm running
+    statistics are kept, as the released ``model.apply(weight_init)`` keeps them."""
+    import torch  # noqa: PLC0415
+
+    from gradscope.models.init import reinitialize  # noqa: PLC0415
+
+    seed = int(states.get("seed", 0))
+    reinitialize(model, torch.Generator().manual_seed(seed))
+    P.refresh_weights(model.modules())
+    return f"reinit (new random weights, seed {seed})"
+
+
+REWINDS.register("reinit", Rewind(_reinit))
+
 REWIND_MODES = tuple(REWINDS.names())  # older name
 
 
@@ -57,3 +78,26 @@ def round_schedule(factory, mode: str, k: int):
 
         return get_schedule(forced)
     return factory
+
+
+class PreviousWeights:
+    """Keeps the prunable layers' effective weights at the start of each round's last epoch
+    (= after epoch T−1, what the released code saves as ``model_prev``, resnet_20_cifar_10.py
+    l.240-241), checkpointed with the run so that a resumed run prunes by the same |Δw|. With
+    one epoch per round that is the round's start (after rewinding)."""
+
+    state_key = "previous_weights"
+
+    def __init__(self, layers: dict):
+        self.layers = layers
+        self.prev: Optional[dict] = None
+
+    def on_epoch_start(self, state) -> None:
+        if state.epoch == state.epochs - 1:
+            self.prev = {k: v.detach().cpu().clone() for k, v in P.effective_weights(self.layers).items()}
+
+    def state_dict(self) -> dict:
+        return {"prev": self.prev}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.prev = d.get("prev")

@@ -22,7 +22,7 @@ from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train import distributed as D
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
-from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
+from gradscope.train.rewind import REWINDS, PreviousWeights, rewind_mode, round_schedule
 from gradscope.train.state import CHECKPOINT_FORMAT, RunState, migrate_v1
 from gradscope.train.table import format_header, format_row
 from gradscope.train.trainer import RoundTrainer
@@ -142,6 +142,10 @@ class PruningRun:
             cbs.append(_EarlyCapture(self))
         if self.probe_names and D.is_main():  # first: the recorder's round clock starts after the start probes
             cbs.insert(0, self._probe_callback())
+        self._previous = None
+        if P.STRATEGIES.get(self.cfg.prune.prune_method).needs_previous:  # |Δw| pruning
+            self._previous = PreviousWeights(self.ctx.layers)
+            cbs.append(self._previous)
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
@@ -201,11 +205,14 @@ class PruningRun:
         target = P.target_sparsity(k, c.prune.prune_rate)
         total_sq = P.parameter_norm_sq(self.ctx.model)
         before = P.effective_weights(layers)
-        achieved = P.prune_step(layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k)
+        previous = getattr(getattr(self, "_previous", None), "prev", None)
+        achieved = P.prune_step(layers, c.prune.prune_method, target, seed=c.train.seed * 1000 + k,
+                                previous=previous)
         rec = {"norm_drop": P.norm_drop(before, P.effective_weights(layers), total_sq),
                "step_pruned": c.prune.prune_rate, "achieved": achieved}
         rec["rewind_point"] = REWINDS.get(self.rewind).apply(
-            self.ctx.model, {"init": st.init, "early": st.early, "rewind_step": self.rewind_step})
+            self.ctx.model, {"init": st.init, "early": st.early, "rewind_step": self.rewind_step,
+                             "seed": c.train.seed * 1000 + k})
         st.prune[k] = rec
 
     def round_info(self, k: int) -> RoundInfo:
@@ -275,6 +282,8 @@ class PruningRun:
             res = self.rounds.train_round(self, self.round_info(k), self.factory_for_round(k), callbacks,
                                           done=list(st.epochs), opt_state=opt_state, sched_state=sched_state)
             opt_state = sched_state = None
+            if c.train.report_best_test:
+                _best_test(res, self.log)
             self._persist(res)
             D.sync_states(self._learned)
             st.round, st.stage, st.epochs = k + 1, "prune", []
@@ -308,6 +317,21 @@ def probe_settings(c: RunConfig) -> dict:
     return {"lr_min": c.probe.lr_range_min, "lr_max": c.probe.lr_range_max, "steps": c.probe.lr_range_steps,
             "batches": c.probe.probe_batches, "momentum": c.train.momentum, "weight_decay": c.train.weight_decay,
             "optimizer": c.train.optimizer}
+
+
+BEST_TEST_NOTE = ("--report-best-test: best_test_acc is the best test accuracy over the round's epochs, "
+                  "as the released SILO code reports (resnet_20_cifar_10.py l.210-214); it selects on test "
+                  "data and is biased upward: compare rounds by test_acc (last epoch; selection on validation)")
+
+
+def _best_test(res: RoundResult, log) -> None:
+    """The released scripts' reported number, labelled as what it is (selection on test data)."""
+    tests = [(e.test_acc, e.epoch) for e in res.epochs if e.test_acc is not None]
+    if tests:
+        acc, ep = max(tests)
+        res.extra["best_test_acc"], res.extra["best_test_epoch"] = float(acc), int(ep)
+    if res.round == 0 or not tests:
+        log(BEST_TEST_NOTE)
 
 
 class _EarlyCapture:

@@ -119,7 +119,8 @@ class RoundTrainer:
                                f"(max_lr {params['max_lr']:.4g} is probably too high)", info, e, loss)
             val = _evaluate(ctx, ctx.val_loader, c.amp) if ctx.val_loader is not None else math.nan
             last = e == c.epochs - 1
-            test = _evaluate(ctx, ctx.test_loader, c.amp) if (last or c.test_every == "epoch") else None
+            every = c.test_every == "epoch" or getattr(c, "report_best_test", False)
+            test = _evaluate(ctx, ctx.test_loader, c.amp) if (last or every) else None
             m = EpochMetrics(round=info.round, epoch=e, train_loss=loss, val_acc=val, test_acc=test,
                              lr=lr, time_s=time.perf_counter() - t0)
             epochs.append(m)
