@@ -13,6 +13,7 @@ Oracle, and gradscope's evidence table (gradscope/calibrate/evidence.csv).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,9 @@ def extract(runs: Path, data: Path) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             extract_profile(prof).to_csv(dest / "profile.csv", index=False)
             extract_norms(prof).to_csv(dest / "norms.csv", index=False)
+            probes = tdir / "probes" / "probes.json"
+            if probes.exists():
+                shutil.copyfile(probes, dest / "probes.json")
             np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
             (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
                                                           "oracle": cfg}, indent=1, sort_keys=True))
@@ -155,6 +159,37 @@ def load_norms(data: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+PROBE_PREDICTORS = ("lr-range", "lr-range:steep", "lr-range:torch-lr-finder", "lr-range:divergence", "noise-scale",
+                    "norm-drop", "bn-norm")
+
+
+def probe_implied(tdir: Path, opt0: float) -> tuple[dict, list]:
+    """{"probe NAME": per-round implied max_lr (Series by round)} for the probes recorded in
+    ``tdir/probes.json`` (issue 20), each rule's constant fitted on round 0 (norm-drop: round 1)
+    and anchored at the Oracle's round-0 optimum like every other predictor; and their costs."""
+    from gradscope.calibrate.predictor import predictor_points, predictor_values  # noqa: PLC0415
+    from gradscope.store.probes import read_probes  # noqa: PLC0415
+    from gradscope import GradscopeError  # noqa: PLC0415
+
+    f = tdir / "probes.json"
+    if not f.exists():
+        return {}, []
+    recs = read_probes(tdir, required=False)
+    out, cost = {}, []
+    for name in PROBE_PREDICTORS:
+        try:
+            v = predictor_values(recs, name)
+            pts = predictor_points(v, name, max_lr0=opt0, p=P, lag=1)
+        except GradscopeError:
+            continue
+        out[f"probe {name}"] = pts.set_index("round")["implied_max_lr"]
+        cost.append({"predictor": f"probe {name}", "cv_median": float(pd.to_numeric(v["cv"], errors="coerce").median()),
+                     "fb_equiv_median": float(pd.to_numeric(v["fb_equiv"], errors="coerce").median()),
+                     "share_of_oracle_round_median": float(pd.to_numeric(v["share_of_oracle_round"],
+                                                                          errors="coerce").median())})
+    return out, cost
+
+
 def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
     """Each predictor's max_lr per round, anchored at the Oracle's round-0 optimum ``opt0``."""
     from gradscope.oracle_stats import silo_max_lr  # noqa: PLC0415
@@ -185,7 +220,7 @@ def analyse(results: Path) -> None:
     data = load(results / "data")
     if not data:
         raise SystemExit(f"no extracted trajectories under {results / 'data'}: run `extract` first")
-    optima, traj_by_cfg, scores, per_round, spreads, powers = [], {}, [], [], [], []
+    optima, traj_by_cfg, scores, per_round, spreads, powers, costs = [], {}, [], [], [], [], []
     for cfg, trajs in data.items():
         rounds_all, predicted = [], {}
         for tname, (prof, orc) in trajs.items():
@@ -202,6 +237,11 @@ def analyse(results: Path) -> None:
             e0 = est[0]
             opt0 = e0.optimum if e0.status == "interior" else e0.argmax
             imp = implied_table(prof, opt0)
+            pimp, pcost = probe_implied(results / "data" / cfg / tname, opt0)
+            for name, ser in pimp.items():
+                imp[name] = imp.index.map(ser)
+            for c in pcost:
+                costs.append({"config": cfg, "trajectory": tname, **c})
             for k in ks:
                 if k == 0:
                     continue
@@ -218,6 +258,13 @@ def analyse(results: Path) -> None:
                                 "null_ratio": float(sp.loc[last, f"allw_null_ratio_{window}"]),
                                 "sqrt_recorded_density": float(np.sqrt(sp.loc[last, "recorded_density"])),
                                 "sqrt_global_density": float(np.sqrt(1 - sp.loc[last, "sparsity"]))})
+        # a predictor enters the score only where it has a value in every scored round
+        complete = {n: v for n, v in predicted.items() if len(v) == len(rounds_all) and
+                    all(np.isfinite(x) and x > 0 for x in v.values())}
+        dropped = sorted(set(predicted) - set(complete))
+        if dropped:
+            print(f"[{cfg}] not scored (missing in some trajectories or rounds): {', '.join(dropped)}")
+        predicted = complete
         sc = score_predictions(rounds_all, predicted, constant="constant max_lr")
         sc.insert(0, "config", cfg)
         scores.append(sc)
@@ -240,6 +287,11 @@ def analyse(results: Path) -> None:
     pd.concat(per_round, ignore_index=True).to_csv(out / "regret_per_round.csv", index=False)
     spreads_df = pd.DataFrame(spreads)
     spreads_df.to_csv(out / "spreads.csv", index=False)
+    costs_df = pd.DataFrame(costs)
+    if not costs_df.empty:
+        costs_df = costs_df.groupby(["config", "predictor"], as_index=False).median(numeric_only=True)
+        scores_df = scores_df.merge(costs_df, on=["config", "predictor"], how="left")
+        scores_df.to_csv(out / "scores.csv", index=False)
     write_evidence(scores_df, EVIDENCE)
     print(vt.to_string(index=False))
     print(pd.DataFrame(powers)["sentence"].to_string(index=False))
@@ -295,13 +347,18 @@ def render_tables(vt, powers, scores, spreads, optima) -> str:
           "predictor's max_lr instead of the Oracle's optimum, on the Oracle's fitted accuracy curve, its "
           "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum; "
           "95 % CI over trajectories). 'vs constant' is the paired difference (negative = fewer points lost).", "",
-          "| configuration | predictor | regret (points) | CI | vs constant | CI | Spearman rho | in Oracle CI | verdict |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "Probes (issue 20) were measured at each round's start of a third run with the profile's recipe; "
+          "cost is in forward+backward passes per measurement and as a share of an Oracle round (7 x 3), noise "
+          "is the CV over 3 repeats with different probe seeds (medians over rounds and trajectories).", "",
+          "| configuration | predictor | regret (points) | CI | vs constant | CI | Spearman rho | in Oracle CI | verdict | cost (passes; share) | noise (CV) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in scores.iterrows():
+        cost = (f"{_f(r.get('fb_equiv_median'))}; {_f(100 * r.get('share_of_oracle_round_median', np.nan), '.2g')} %"
+                if np.isfinite(r.get("fb_equiv_median", np.nan)) else "–")
         L.append(f"| {r['config']} | {r['predictor']} | {_f(r['regret_points'])} | {_f(r['regret_lo'])} .. "
                  f"{_f(r['regret_hi'])} | {_f(r['diff_vs_constant'], '+.3g')} | {_f(r['diff_lo'], '+.3g')} .. "
                  f"{_f(r['diff_hi'], '+.3g')} | {_f(r['spearman_rho'], '.2f')} | {_f(r['share_in_oracle_ci'], '.2f')} | "
-                 f"{r['verdict']} |")
+                 f"{r['verdict']} | {cost} | {_f(r.get('cv_median', np.nan), '.2g')} |")
     L += ["", "**Table C. What narrows, under which view and window** (last round; ratio of the pooled std to "
           "round 0; mean over trajectories, min .. max). The all-weights view's pruning-only null uses the "
           "recorded layers' own densities and round-0 moments.", "",

@@ -27,6 +27,10 @@ sys.path.insert(0, str(HERE))
 from predictor_study import COMMON, CONFIGS, ORACLE_EXTRA, PROFILE_EXTRA, PROFILE_LR  # noqa: E402
 
 RUNS = HERE / "runs" / "calibration"
+# issue 20's probes, measured at each round's start of a third run with the profile's recipe
+# (sharpness is left out on the CPU: ~2x an Oracle round's cost per measurement)
+PROBES = {"digits-lenet_300_100": "norm-drop,noise-scale,lr-range",
+          "digits-small_cnn": "bn-norm,norm-drop,noise-scale,lr-range"}
 RESULTS = HERE / "results" / "calibration"
 
 
@@ -59,12 +63,14 @@ def run(names: list[str], trajectories: list[int], threads: int | None, runs: Pa
             if data_root and "--data-root" in base:
                 base[base.index("--data-root") + 1] = data_root
             for kind, extra in (("profile", ["--max-lr", str(PROFILE_LR), *PROFILE_EXTRA]),
+                                ("probes", ["--max-lr", str(PROFILE_LR), "--probes", PROBES.get(name, "cheap"),
+                                            "--no-record"]),
                                 ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers), "--no-record"])):
                 if kind not in kinds:
                     continue
                 out = runs / name / f"t{t}" / kind
                 t0 = time.perf_counter()
-                code = main([kind, *base, *extra, "--out", str(out)])
+                code = main(["prune" if kind == "probes" else kind, *base, *extra, "--out", str(out)])
                 print(f"[{name} t{t} {kind}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
                 if code:
                     sys.exit(code)
@@ -78,6 +84,7 @@ def main_cli(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--runs", default=str(RUNS), help="where the runs live (default: analysis/runs/calibration)")
     p.add_argument("--data", default=str(RESULTS / "data"), help="extract: where the extracted data go")
+    p.add_argument("--only", choices=("profile", "oracle", "probes"), default=None, help="run only this kind")
     p.add_argument("--data-root", default=None, help="CIFAR-10 archive or folder (default: ../shared/data/...)")
     p.add_argument("--workers", type=int, default=1, help="Oracle candidates at a time (N > 1: Ray; default 1)")
     ns = p.parse_args(argv)
@@ -86,7 +93,9 @@ def main_cli(argv=None) -> None:
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     if ns.stage == "run":
-        run(names, parse_range(ns.trajectories), ns.threads, Path(ns.runs), workers=ns.workers, data_root=ns.data_root)
+        kinds = (ns.only,) if ns.only else ("profile", "oracle", "probes")
+        run(names, parse_range(ns.trajectories), ns.threads, Path(ns.runs), kinds, workers=ns.workers,
+            data_root=ns.data_root)
     elif ns.stage == "extract":
         from calibration_analysis import extract  # noqa: PLC0415
         extract(Path(ns.runs), Path(ns.data))
