@@ -300,7 +300,7 @@ def analyse(results: Path) -> None:
     tables += render_norms(load_norms(results / "data"))
     (out / "tables.md").write_text(tables)
     splice_findings(tables)
-    plot(pd.DataFrame(optima), pd.concat(per_round, ignore_index=True), IMG / "calibration_study.png")
+    plot(pd.DataFrame(optima), pd.concat(per_round, ignore_index=True), IMG / "calibration_study.png", verdicts)
 
 
 HERE = Path(__file__).resolve().parent
@@ -403,37 +403,45 @@ def splice_findings(tables: str) -> None:
         print(f"note: {FINDINGS} has no generated block; tables are in tables.md")
 
 
-def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path) -> None:
-    """Per configuration: each trajectory's Oracle optima with CIs against sparsity, and the
-    default predictor's and the constant's max_lr."""
+def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path, verdicts=None) -> None:
+    """Per configuration: every trajectory's interior Oracle optima (faint), their geometric mean
+    per round, the slope over trajectories with its CI (fan) beside SILO's rise, and what the
+    default predictor and a constant implied (means over trajectories)."""
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    vmap = {v.name: v for v in (verdicts or [])}
     cfgs = list(dict.fromkeys(optima["config"]))
-    fig, axes = plt.subplots(1, len(cfgs), figsize=(6.0 * len(cfgs), 5.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(5.6 * len(cfgs), 4.6), squeeze=False)
     for ax, cfg in zip(axes[0], cfgs):
         o = optima[optima["config"] == cfg]
-        trajs = list(dict.fromkeys(o["trajectory"]))
-        for j, t in enumerate(trajs):
-            u = o[(o["trajectory"] == t) & (o["status"] == "interior")]
-            dx = (j - (len(trajs) - 1) / 2) * 0.006
-            ax.errorbar(u["sparsity"] + dx, u["optimum"], yerr=[u["optimum"] - u["ci_lo"], u["ci_hi"] - u["optimum"]],
-                        fmt="o", ms=3, capsize=2, lw=0.8, color=f"C{j}", label=f"Oracle optimum, {t} (95 % CI)" if j < 8 else None)
-            e = o[(o["trajectory"] == t) & (o["status"] != "interior")]
-            ax.plot(e["sparsity"] + dx, e["argmax"], "x", color=f"C{j}", ms=5)
+        inner = o[o["status"] == "interior"]
+        n_t = o["trajectory"].nunique()
+        ax.scatter(inner["sparsity"], inner["optimum"], s=10, alpha=0.35, color="C0",
+                   label=f"Oracle optimum, one trajectory's round ({len(inner)} interior of {len(o)})")
+        g = inner.groupby("round").agg(sparsity=("sparsity", "mean"), lopt=("optimum", lambda v: np.log(v).mean()))
+        ax.plot(g["sparsity"], np.exp(g["lopt"]), "ks", ms=4, label="geometric mean over trajectories")
+        v = vmap.get(cfg)
+        if v is not None and len(inner):
+            xs = np.linspace(0, float(o["sparsity"].max()), 50)
+            xb, a = float(inner["sparsity"].mean()), float(np.log(inner["optimum"]).mean())
+            ax.plot(xs, np.exp(a + v.ci.slope * (xs - xb)), "C3-", lw=1.5,
+                    label=f"slope over trajectories x{v.ci.factor:.2g}/unit ({v.verdict})")
+            ax.fill_between(xs, np.exp(a + v.ci.lo * (xs - xb)), np.exp(a + v.ci.hi * (xs - xb)), color="C3",
+                            alpha=0.12, label=f"its {100 * v.ci.level:.1f} % CI ({v.ci.scope})")
+            ax.plot(xs, np.exp(a + v.reference * (xs - xb)), "C2--", lw=1, label=f"SILO's preset rise x{np.exp(v.reference):.2g}/unit")
         pr = per_round[per_round["config"] == cfg]
-        for name, style in (("survivors std, all windows (default)", "-"), ("constant max_lr", ":"),
-                            (SILO, "--"), ("all-weights std, all windows (papers' view)", "-.")):
-            q = pr[pr["predictor"] == name].groupby("round")[["sparsity", "max_lr"]].mean()
-            ax.plot(q["sparsity"], q["max_lr"], style, color="k", lw=1, label=f"{name} (mean over trajectories)")
+        for name, style in (("survivors std, all windows (default)", "-"), ("constant max_lr", ":")):
+            q = pr[pr["predictor"] == name].groupby("round")[["sparsity", "max_lr"]].agg(
+                {"sparsity": "mean", "max_lr": lambda m: np.exp(np.log(m).mean())})
+            ax.plot(q["sparsity"], q["max_lr"], style, color="k", lw=1, label=f"implied: {name}")
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (fraction of prunable weights pruned)")
         ax.set_ylabel("max_lr")
-        ax.plot([], [], "x", color="grey", label="edge/flat round: grid argmax (no optimum)")
-        ax.set_title(f"{cfg}: {len(trajs)} trajector{'y' if len(trajs) == 1 else 'ies'}", fontsize=9)
-        ax.legend(fontsize=5.5, loc="upper left", ncol=1 if len(trajs) < 4 else 2, framealpha=0.8)
-    fig.suptitle("Calibration study: the Oracle's best max_lr per round and what predictors implied", fontsize=10)
+        ax.set_title(f"{cfg}: {n_t} trajector{'y' if n_t == 1 else 'ies'}, 7 max_lr x 3 seeds per round", fontsize=9)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.suptitle("Calibration study (digits, CPU): does the Oracle's best max_lr rise with sparsity?", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
