@@ -444,7 +444,9 @@ class GradientRecorder:
         for v, (view, h) in enumerate(hosts):
             rows = mom[v * L: (v + 1) * L]
             rows["round"], rows["epoch"], rows["window"] = self.round, self.epoch, self._win
-            rows["step_start"], rows["step_end"] = self._win_start, self._win_last
+            # step_end: the window's last optimizer step, recorded or not (with every=k the round's
+            # length stays known: round k of an export starts where round k-1 ended)
+            rows["step_start"], rows["step_end"] = self._win_start, max(self._win_last, self._step - 1)
             rows["layer"] = [i.index for i in self.recorded]
             if "view" in mom.dtype.names:
                 rows["view"] = VIEW_CODES[view]
