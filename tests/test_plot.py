@@ -123,7 +123,7 @@ def test_many_layers_are_coloured_by_depth_with_a_colour_bar():
     n = pd.DataFrame(rows)
     depth = {f"l{i:02d}": L - 1 - i for i in range(L)}  # reverse order in the network
     ax = P.draw_narrowing(n, depth=depth)
-    assert len(ax.figure.axes) == 2 and "layer depth" in ax.figure.axes[1].get_ylabel()
+    assert len(ax.figure.axes) == 2 and "layer depth" in ax.figure.axes[1].get_xlabel()  # colour bar underneath
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["pooled (ReLU-fed layers)"]  # no 18-entry legend over the data
     per = [l for l in ax.get_lines() if l.get_label().startswith("_")][:L]
@@ -132,6 +132,61 @@ def test_many_layers_are_coloured_by_depth_with_a_colour_bar():
     np.testing.assert_allclose(per[0].get_color(), cm(0.0))
     np.testing.assert_allclose(per[0].get_ydata(), [1, 1 - 0.17, 1 - 0.34])
     assert len({tuple(l.get_color()) for l in per}) == L  # no colour repeats
+
+
+def _agg(fig):
+    """Draw ``fig`` on an Agg canvas (what savefig uses) and return its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _inside_and_apart(fig, *, apart=()):
+    """Draw ``fig``; every text (labels, titles, legends, colour-bar labels) lies inside the figure
+    (not cut off) and the bboxes in each pair of ``apart`` do not overlap."""
+    r = _agg(fig)
+    W, H = fig.bbox.width, fig.bbox.height
+    texts = [t for a in fig.axes for t in (a.xaxis.label, a.yaxis.label, a.title, *a.texts) if t.get_text()]
+    texts += [t for a in fig.axes if a.get_legend() for t in a.get_legend().get_texts()]
+    for t in texts:
+        b = t.get_window_extent(r)
+        assert b.x0 >= -1 and b.y0 >= -1 and b.x1 <= W + 1 and b.y1 <= H + 1, (t.get_text()[:40], b, W, H)
+    for a, b in apart:
+        assert not a(r).overlaps(b(r)), (a(r), b(r))
+
+
+def test_short_deep_runs_fit_their_figures():
+    """2 rounds, 21 layers (issue 24.10): ridge labels and colour-bar label inside the figure, the
+    narrowing legend apart from the depth colour bar, the calibration note off the data."""
+    L = 21
+    rows = [{"round": r, "sparsity": 0.2 * r, "layer": f"l{i:02d}", "statistic": "std", "ratio": 1 - 0.005 * i * r}
+            for i in range(L) for r in range(2)]
+    rows += [{"round": r, "sparsity": 0.2 * r, "layer": "pooled", "statistic": "std", "ratio": 1 - 0.02 * r,
+              "ratio_lo": 1 - 0.03 * r, "ratio_hi": 1 - 0.01 * r} for r in range(2)]
+    ax = P.draw_narrowing(pd.DataFrame(rows))
+    cbar = ax.figure.axes[1]
+    _inside_and_apart(ax.figure, apart=[(ax.get_legend().get_window_extent, cbar.get_window_extent)])
+
+    pos = np.geomspace(1e-6, 1.0, 30)
+    edges = np.concatenate([-pos[::-1], pos])
+    rng = np.random.default_rng(0)
+    mass = [np.histogram(rng.normal(0, s, 5000), bins=edges)[0] / 5000 for s in (1e-2, 5e-3)]
+    ax = P.draw_histograms([0, 1], np.array(mass), edges, {0: 0.0, 1: 0.2})
+    assert ax.figure.axes[1].get_ylabel()  # the colour bar is labelled, and the label fits
+    _inside_and_apart(ax.figure)
+
+    pts = pd.DataFrame({"round": [0, 1], "implied_max_lr": [0.05, 0.051], "implied_lo": [0.05, 0.0505],
+                        "implied_hi": [0.05, 0.0515]})
+    note = "no S-curve fit: calibration needs at least 3 usable rounds with pruned fraction x > 0 and 5 points"
+    ax = P.draw_calibration(pts, presets={"resnet20": [0.03, 0.03]}, note=note)
+    msg = next(t for t in ax.texts if t.get_text().startswith("no S-curve"))
+    r = _agg(ax.figure)
+    xy = ax.transData.transform(pts[["round", "implied_max_lr"]].to_numpy(float))
+    box = msg.get_window_extent(r)
+    assert not any(box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1 for x, y in xy)  # round 0's point stays visible
+    _inside_and_apart(ax.figure)
 
 
 def test_draw_calibration_shows_every_part():

@@ -63,6 +63,16 @@ def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
     return df.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}", escape=True)
 
 
+def trend_block(fit) -> str:
+    """The fit diagnostics' trend table, or the reason there is none (fewer than 3 rounds)."""
+    from gradscope.fit import TREND_WORDING, format_trend  # noqa: PLC0415
+
+    tr = format_trend(fit)
+    body = _table(tr) if len(tr) else ('<p class="note">No trend: a slope needs 3 or more rounds with a usable '
+                                       f'scale; this run has {fit.pooled["round"].nunique()}.</p>')
+    return f"<h4>Trend of each statistic: {html.escape(TREND_WORDING)}</h4>\n{body}"
+
+
 def _section(title: str, fn: Callable[[], str]) -> str:
     """A report section; a GradscopeError inside becomes a visible note, not a failed report."""
     try:
@@ -107,8 +117,6 @@ def check_run_readable(src: RunSource) -> None:
 
 
 def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: str = "all") -> str:
-    from gradscope.fit import TREND_WORDING  # noqa: PLC0415
-
     vw = {"view": view, "window": window}
     parts = [f"<h2>Run {html.escape(src.label)}</h2>",
              f'<p class="meta">{html.escape(str(src.h5 or src.run_dir))}</p>']
@@ -181,11 +189,11 @@ def _run_html(src: RunSource, bootstrap: int, view: str = "survivors", window: s
 
     def diagnostics():
         from gradscope.calibrate import calibrate_run, describe_calibration, format_calibration  # noqa: PLC0415
-        from gradscope.fit import format_summary, format_trend  # noqa: PLC0415
+        from gradscope.fit import format_summary  # noqa: PLC0415
 
         f = fit()
         out = ["<h4>Pooled fits per round</h4>", _table(format_summary(f))]
-        out += [f"<h4>Trend of each statistic: {html.escape(TREND_WORDING)}</h4>", _table(format_trend(f))]
+        out.append(trend_block(f))
         try:
             cal = calibrate_run(str(src.h5), fit=f, **vw)
             out += ["<h4>Calibrated SILO parameters (95 % CI: value ± t × SE)</h4>", _table(format_calibration(cal)),
