@@ -234,3 +234,34 @@ def test_progress_bars_follow_the_terminal(tiny_config, monkeypatch):
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
     assert progress_enabled(None) is False and progress_enabled(True) is True and progress_enabled(False) is False
+
+
+def test_a_finished_run_says_so_and_more_rounds_extend_it(tiny_config):
+    """Re-running a finished run: one 'already complete; nothing to do' line. --rounds 3 on a
+    finished 2-round run trains round 2 only; earlier rounds stay as they were; fewer rounds
+    than finished, or any other change, is refused before anything is written (issue 24.6)."""
+    import json
+
+    tiny_config.prune.rounds = 2
+    first = PruningRun(tiny_config, log=lambda s: None).run()
+    out = Path(tiny_config.out)
+    before = (out / "round_1.pt").read_bytes()
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert any("already complete; nothing to do" in l for l in lines), lines
+    tiny_config.prune.rounds = 3
+    lines = []
+    table = PruningRun(tiny_config, log=lines.append).run()
+    assert any(l.startswith(f"extending {out} from 2 to 3 rounds") for l in lines), lines
+    assert not any("nothing to do" in l for l in lines)
+    assert list(table["round"]) == [0, 1, 2]
+    assert table["test_acc"][:2].tolist() == first["test_acc"].tolist()  # rounds 0 and 1 untouched
+    assert (out / "round_1.pt").read_bytes() == before
+    assert json.loads((out / "config.json").read_text())["prune"]["rounds"] == 3
+    tiny_config.prune.rounds = 2
+    with pytest.raises(GradscopeError, match="already holds 3 finished rounds"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+    assert json.loads((out / "config.json").read_text())["prune"]["rounds"] == 3  # nothing rewritten
+    tiny_config.prune.rounds, tiny_config.prune.prune_rate = 4, 0.3
+    with pytest.raises(GradscopeError, match=r"different config \(prune.prune_rate\); only --rounds may change"):
+        PruningRun(tiny_config, log=lambda s: None).run()

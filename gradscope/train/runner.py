@@ -28,6 +28,9 @@ from gradscope.train.table import format_header, format_row
 from gradscope.train.trainer import RoundTrainer
 
 _VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}
+# May change on resume without making a finished round wrong: more rounds extend a run (as
+# OpenLTH adds levels); each round depends only on the rounds before it, never on the total.
+_EXTENSIBLE = {("prune", "rounds")}
 
 
 def comparable_config(cfg: dict) -> dict:
@@ -73,6 +76,7 @@ class PruningRun:
         self.ctx: Optional[TrainContext] = None
         self.trainer: Optional[RoundTrainer] = None
         self.state: Optional[RunState] = None
+        self._saved_rounds: Optional[int] = None  # prune.rounds of the config already in --out
         self.rewind_step = 0
 
     # ------------------------------------------------------------------ set-up
@@ -87,10 +91,25 @@ class PruningRun:
             except (OSError, ValueError):
                 raise GradscopeError(f"{self.paths.config} is unreadable; use another --out or delete it") from None
             mine, theirs = comparable_config(self.cfg.to_dict()), comparable_config(theirs)
-            if theirs != mine:
-                diff = sorted(f"{s}.{k}" for s, sec in mine.items() for k in sec if theirs.get(s, {}).get(k) != sec[k])
-                raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); "
-                                     f"use another --out to start a new run")
+            diff = sorted(f"{s}.{k}" for s, sec in mine.items() for k in sec
+                          if theirs.get(s, {}).get(k) != sec[k] and (s, k) not in _EXTENSIBLE)
+            if diff:
+                raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); only "
+                                     f"--rounds may change (to extend the run); use another --out to start a new run")
+            self._saved_rounds = theirs.get("prune", {}).get("rounds")
+            done = self._finished_rounds()
+            if done > self.cfg.prune.rounds:
+                raise GradscopeError(f"{root} already holds {done} finished rounds; --rounds {self.cfg.prune.rounds} "
+                                     f"would drop some (give --rounds {done} or more)")
+
+    def _finished_rounds(self) -> int:
+        """How many rounds rounds.json lists as finished (0 if there is none yet)."""
+        try:
+            rows = json.loads(self.paths.rounds.read_text())
+        except (OSError, ValueError):
+            return 0
+        return max((int(r.get("round", -1)) + 1 for r in rows if isinstance(r, dict)), default=0) \
+            if isinstance(rows, list) else 0
 
     @D.main_only
     def _write_config(self) -> None:
@@ -245,6 +264,10 @@ class PruningRun:
         self._write_config()
         opt_state, sched_state = self._load_or_start()
         st = self.state
+        saved = self._saved_rounds
+        if saved is not None and c.prune.rounds > saved:
+            self.log(f"extending {self.paths.root} from {saved} to {c.prune.rounds} rounds (the {st.round} finished "
+                     f"rounds are kept as they are)")
         resumed = st.round > 0 or bool(st.epochs)
         callbacks = self._callbacks(recorder)
         call_all(callbacks, "on_run_start", TrainState(model=self.ctx.net, device=self.ctx.device,
@@ -252,6 +275,7 @@ class PruningRun:
         self.log(format_header())
         for r in st.results:
             self.log(format_row(r.row()))
+        trained = st.round < c.prune.rounds
         while st.round < c.prune.rounds:
             k = st.round
             if st.stage == "prune":
@@ -266,6 +290,9 @@ class PruningRun:
             D.sync_states(self._learned)
             st.round, st.stage, st.epochs = k + 1, "prune", []
             self.save_checkpoint()
+        if not trained:
+            self.log(f"all {c.prune.rounds} rounds of {self.paths.root} are already complete; nothing to do "
+                     f"(--rounds {c.prune.rounds + 1} or more extends the run)")
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
         return pd.DataFrame([r.row() for r in st.results])
 
