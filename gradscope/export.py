@@ -301,10 +301,12 @@ def _cmd_export(ns) -> int:
 def register(subparsers) -> None:
     """Add the ``export`` subcommand to the ``gradscope`` parser."""
     s = subparsers.add_parser("export", help="write a run file in another tool's format (TensorBoard)",
-                              description="Histograms with their exact bucket counts and per-round/epoch "
-                                          "scalars, as TensorBoard event files.")
+                              description="Gradient histograms (exact counts of the occupied buckets, and "
+                                          "log10|g|) and per-round/epoch scalars as TensorBoard event files, "
+                                          "every series on one x axis: optimizer steps counted across rounds.")
     s.add_argument("format", choices=("tensorboard",), help="the target format")
     s.add_argument("run", metavar="RUN.h5", help="the run file (or a run directory holding run.h5)")
     s.add_argument("logdir", metavar="LOGDIR", help="folder for the event files (created)")
-    s.add_argument("--views", default=None, help="comma-separated views to export (default: every stored view)")
+    s.add_argument("--views", default=None, metavar="LIST",
+                   help="comma-separated views to export: survivors, all, relative (default: every stored view)")
     s.set_defaults(func=_cmd_export)
