@@ -265,3 +265,25 @@ def test_a_finished_run_says_so_and_more_rounds_extend_it(tiny_config):
     tiny_config.prune.rounds, tiny_config.prune.prune_rate = 4, 0.3
     with pytest.raises(GradscopeError, match=r"different config \(prune.prune_rate\); only --rounds may change"):
         PruningRun(tiny_config, log=lambda s: None).run()
+
+
+def test_silo_defaults_are_said_and_stored(tiny_config):
+    """--schedule silo without lo/hi/preset/file: one line names the released ResNet-20 constants
+    and that they were not made for this model; config.json stores every value used (issue 24.2)."""
+    tiny_config.prune.rounds = 1
+    tiny_config.schedule.schedule, tiny_config.schedule.max_lr = "silo", None
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    note = [l for l in lines if l.startswith("schedule silo:")]
+    assert len(note) == 1 and "lo 0.03, hi 0.07, beta 5, midpoint 0.5" in note[0], lines
+    assert "not for small_cnn" in note[0] and "--schedule-file" in note[0]
+    saved = json.loads((Path(tiny_config.out) / "config.json").read_text())
+    assert saved["schedule"]["lo"] is None  # what was given ...
+    used = saved["schedule_used"]  # ... and what ran
+    assert used["name"] == "silo" and (used["lo"], used["hi"], used["beta"], used["midpoint"]) == (0.03, 0.07, 5.0, 0.5)
+    tiny_config.schedule.lo, tiny_config.schedule.hi = 0.02, 0.04  # given: no line
+    tiny_config.schedule.beta, tiny_config.schedule.midpoint = 4.0, 0.4
+    tiny_config.out += "-given"
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert not any(l.startswith("schedule silo:") for l in lines)

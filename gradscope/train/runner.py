@@ -117,9 +117,30 @@ class PruningRun:
 
         self.paths.root.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
-        save_json(self.cfg.to_dict(), self.paths.config, what="run config")
+        # schedule_used: every parameter the schedule runs with, defaults included (the flags
+        # above may leave them out: config.json says what was run)
+        params = getattr(self.factory, "params", None)
+        save_json({**self.cfg.to_dict(), "schedule_used": params() if callable(params) else None},
+                  self.paths.config, what="run config")
         save_json({"versions": package_versions(), "git_commit": source_commit()}, self.paths.versions,
                   what="versions file")
+
+    def schedule_note(self) -> Optional[str]:
+        """A line saying which SILO constants a run uses when no flag, preset or file gave them."""
+        sc = self.cfg.schedule
+        if sc.schedule != "silo" or sc.schedule_file or sc.preset or not hasattr(self.factory, "params"):
+            return None
+        missing = [k for k in ("lo", "hi", "beta", "midpoint") if getattr(sc, k) is None]
+        if not missing:
+            return None
+        p = self.factory.params()
+        used = ", ".join(f"{k} {p[k]:g}" for k in missing)
+        model = self.cfg.model.model
+        tail = "" if model == "resnet20" else (
+            f", not for {model}: calibrate them for it (gradscope profile, then gradscope calibrate RUN -o FILE, "
+            f"then --schedule-file FILE) or give --lo/--hi")
+        return (f"schedule silo: {used} are the released ResNet-20 constants (no --{'/--'.join(missing)}, "
+                f"--preset or --schedule-file given), made for ResNet-20 on CIFAR-10{tail}")
 
     def _rewind_step(self) -> int:
         c = self.cfg
@@ -272,6 +293,9 @@ class PruningRun:
         callbacks = self._callbacks(recorder)
         call_all(callbacks, "on_run_start", TrainState(model=self.ctx.net, device=self.ctx.device,
                                                        config=c.to_dict(), resumed=resumed))
+        note = self.schedule_note()
+        if note:
+            self.log(note)
         self.log(format_header())
         for r in st.results:
             self.log(format_row(r.row()))
