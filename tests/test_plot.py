@@ -355,3 +355,27 @@ def test_views_and_windows_reach_every_run_figure(profile_run, tmp_path):
     assert _cli(["plot", "spread", str(h5), "--window", "last", "--absolute", "-o", str(tmp_path / "x.png")]) == 0
     with pytest.raises(GradscopeError, match="unknown statistic"):
         P.plot_narrowing(h5, statistic="variance")
+
+
+def test_plot_schedule_of_runs_draws_what_they_ran(profile_run, tmp_path):
+    """plot schedule RUN...: each run's own max_lr (not the schedule's default 0.1), from config.json's
+    schedule_used, so it holds even when the schedule file the run read is gone (issue 24.4)."""
+    import json
+    import shutil
+
+    ax = P.plot_run_schedules([profile_run], peaks=True)
+    (line,) = [l for l in ax.get_lines() if not l.get_label().startswith("_")]
+    assert line.get_label() == "run (silo)"  # the fixture runs silo with its defaults, 0.03 -> 0.07
+    assert 0.03 <= min(line.get_ydata()) < max(line.get_ydata()) <= 0.07
+    other = tmp_path / "silo-run"
+    shutil.copytree(profile_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["schedule"].update(schedule="silo", schedule_file=str(tmp_path / "gone.yaml"), max_lr=None)
+    cfg["schedule_used"] = {"name": "silo", "lo": 0.02, "hi": 0.04, "beta": 5.0, "midpoint": 0.5}
+    (other / "config.json").write_text(json.dumps(cfg))
+    (other / "run.h5").unlink()  # the config comes from config.json
+    ax = P.plot_run_schedules([profile_run, other], peaks=True, labels=["default", "calibrated"])
+    peaks = {l.get_label(): l.get_ydata() for l in ax.get_lines() if not l.get_label().startswith("_")}
+    assert set(peaks) == {"default (silo)", "calibrated (silo)"}
+    assert 0.02 <= min(peaks["calibrated (silo)"]) < max(peaks["calibrated (silo)"]) <= 0.04
+    assert _cli(["plot", "schedule", str(profile_run), "--peaks", "-o", str(tmp_path / "s.png")]) == 0

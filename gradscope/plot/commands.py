@@ -41,9 +41,10 @@ def _cmd_plot(ns) -> int:
     check_view(ns.view)
     check_window(ns.window)
     vw = {"view": ns.view, "window": ns.window}
-    if ns.kind == "schedule":
-        if ns.runs:
-            raise GradscopeError("plot schedule takes --schedules names and --schedule-file files, not runs")
+    if ns.kind == "schedule" and ns.runs:  # the schedules those runs used, with their own parameters
+        labels = [x for x in ns.labels.split(",")] if ns.labels else None
+        ax = P.plot_run_schedules(ns.runs, peaks=ns.peaks, steps_per_round=ns.steps, labels=labels)
+    elif ns.kind == "schedule":
         ax = P.plot_schedule(ns.schedules, rounds=ns.rounds, prune_rate=ns.prune_rate,
                              steps_per_round=ns.steps, peaks=ns.peaks, files=ns.schedule_file or ())
     elif not ns.runs:
@@ -78,7 +79,8 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("plot", help="one figure (PNG/PDF/SVG) of a run, several runs or schedules",
                               description="KIND: " + " | ".join(KINDS))
     s.add_argument("kind", choices=KINDS, metavar="KIND", help=" | ".join(KINDS))
-    s.add_argument("runs", nargs="*", metavar="RUN", help="RUN.h5 or RUN_DIR (accuracy: several)")
+    s.add_argument("runs", nargs="*", metavar="RUN",
+                   help="RUN.h5 or RUN_DIR (accuracy, schedule: several; schedule draws what those runs used)")
     s.add_argument("-o", "--out", default=None, metavar="FILE",
                    help="output file, .png, .pdf or .svg (default: KIND.png in the current folder)")
     s.add_argument("--dpi", type=int, default=150, metavar="N", help="PNG resolution (default: 150)")

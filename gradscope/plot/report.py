@@ -233,25 +233,10 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
         "drawn wider so both stay visible.")))
 
     def schedules():
-        from gradscope.config import RunConfig  # noqa: PLC0415
-        from gradscope.plot.schedules import plot_schedules  # noqa: PLC0415
-        from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+        from gradscope.plot.runs import plot_run_schedules  # noqa: PLC0415
 
-        factories = {}
-        for s in srcs:
-            cfg = run_config(s)
-            if not cfg.get("schedule"):
-                continue
-            sc = RunConfig.from_dict(cfg).schedule
-            if sc.schedule == "silo-auto":
-                import gradscope.calibrate  # noqa: F401,PLC0415 - registers silo-auto
-            factories[f"{s.label} ({sc.schedule})"] = schedule_from_config(sc)
-        if not factories:
-            raise GradscopeError("the runs' configs name no schedule")
-        rounds = max(int(run_rounds(s)["round"].max()) + 1 for s in srcs)
+        ax = plot_run_schedules(srcs, steps_per_round=50, ax=new_axes(None, (9, 3.4)))
         p = (run_config(srcs[0]).get("prune") or {}).get("prune_rate", 0.2)
-        ax = new_axes(None, (9, 3.4))
-        plot_schedules(factories, rounds, 50, float(p), ax=ax)
         ax.set_title("LR over rounds of each run's schedule (its parameters, planned sparsity)", fontsize="medium")
         return _figure(ax, "schedules", "Learning rate per step of each run's schedule over its rounds, computed "
                        f"from the run's schedule parameters at the planned sparsity 1-(1-p)^k (p = {float(p):g}); "
