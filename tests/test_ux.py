@@ -120,3 +120,58 @@ def test_output_options_are_one_convention(cli):
     for name in ("calibrate", "plot", "report"):
         opts = {o for a in commands[name]._actions for o in a.option_strings}
         assert {"-o", "--out"} <= opts, name
+
+
+def test_notebooks_open_on_the_gradscope_kernel_with_readable_figures():
+    """JupyterLab opens them on the kernel scripts/_venv.sh installs; no 16-inch side-by-side
+    figures (tiny text at notebook width); no YAML dump, no 24-row trend table; notebook 03 runs
+    SILO from notebook 02's calibrated file, or says it is not calibrated (issue 24.11, 24.2)."""
+    import nbformat
+
+    venv = (ROOT / "scripts" / "_venv.sh").read_text()
+    src = {}
+    for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(p, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "gradscope", p.name
+        assert f'--name {nb.metadata["kernelspec"]["name"]} ' in venv
+        assert f'--display-name "{nb.metadata["kernelspec"]["display_name"]}"' in venv
+        src[p.stem[:2]] = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        for w, h in re.findall(r"figsize=\((\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\)", src[p.stem[:2]]):
+            assert float(w) <= 10, (p.name, w)
+    assert "read_text()" not in src["02"] and "rounds=25" not in src["02"]
+    assert 'format_trend(fit, statistic="std")' in src["01"]
+    assert 'silo-calibrated.yaml' in src["02"] and 'silo-calibrated.yaml' in src["03"]
+    assert "schedule_file = str(silo_path)" in src["03"] and "NOT calibrated" in src["03"]
+    assert "plot_run_schedules" in src["03"]
+
+
+def test_compile_cache_and_no_cuda_notice(tmp_path, monkeypatch):
+    """Before torch.compile: Inductor caches under gradscope's cache folder (a user's own
+    TORCHINDUCTOR_CACHE_DIR wins), and cpp_extension's "No CUDA runtime is found" line is gone on
+    CPU while other warnings stay (issue 24.8)."""
+    import subprocess
+
+    from conftest import PY, cli_env
+    from gradscope.compile_env import inductor_cache_dir
+
+    code = ("import logging, os\n"
+            "from gradscope.compile_env import prepare_compile; prepare_compile()\n"
+            "import torch, torch.utils.cpp_extension as ext\n"
+            "log = logging.getLogger('torch.utils.cpp_extension')\n"
+            "log.warning('another warning')\n"
+            "print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), torch.cuda.is_available(), flush=True)\n"
+            "print('--- without the filter', file=os.sys.stderr, flush=True)\n"
+            "log.filters.clear(); ext._find_cuda_home()\n")
+    env = {**cli_env(), "CUDA_HOME": str(tmp_path), "GRADSCOPE_CACHE": str(tmp_path / "cache")}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    p = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    cache, cuda = p.stdout.split()
+    assert cache == str(tmp_path / "cache" / "inductor")
+    before, after = p.stderr.split("--- without the filter")
+    assert "another warning" in before
+    if cuda == "False":
+        assert "No CUDA runtime is found" not in before, before
+        assert "No CUDA runtime is found" in after  # what the filter removes
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "own"))
+    assert inductor_cache_dir() == str(tmp_path / "own")
