@@ -175,3 +175,33 @@ def test_compile_cache_and_no_cuda_notice(tmp_path, monkeypatch):
         assert "No CUDA runtime is found" in after  # what the filter removes
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "own"))
     assert inductor_cache_dir() == str(tmp_path / "own")
+
+
+def test_ddp_wrap_and_global_batchnorm_raise_no_future_warning(tmp_path, monkeypatch):
+    """torchrun printed two FutureWarnings per rank (DDP's broadcast_buffers, the deprecated
+    differentiable all_reduce); both are ours to avoid, other warnings still show (issue 24.8)."""
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gradscope.train import distributed as D
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            DDP(nn.Linear(3, 2), **D.no_buffer_sync(DDP))
+            monkeypatch.setattr(D, "active", lambda: True)  # the all-reduce path, on a 1-rank group
+            bn = D.GlobalBatchNorm(4).train()
+            x = torch.randn(8, 4, 3, 3, requires_grad=True)
+            y = bn(x)
+            y.sum().backward()
+        ref = nn.BatchNorm2d(4).train()(x.detach())
+        assert torch.allclose(y, ref, atol=1e-5)  # the same numbers as torch's BatchNorm on one rank
+        with pytest.warns(UserWarning, match="still shown"):
+            warnings.warn("still shown", UserWarning)
+    finally:
+        dist.destroy_process_group()
