@@ -205,3 +205,24 @@ def test_ddp_wrap_and_global_batchnorm_raise_no_future_warning(tmp_path, monkeyp
             warnings.warn("still shown", UserWarning)
     finally:
         dist.destroy_process_group()
+
+
+def test_local_ray_is_started_with_explicit_token_auth(monkeypatch):
+    """--workers N starts a local Ray: token auth is asked for explicitly (Ray's own default, so no
+    'enabled by default' notice); a user's RAY_AUTH_MODE and a cluster address are left alone."""
+    import os
+    import types
+
+    from gradscope.train import ray_jobs
+
+    seen = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda address=None, **kw: seen.append((address, os.environ.get("RAY_AUTH_MODE"))))
+    monkeypatch.setattr(ray_jobs, "import_ray", lambda: fake)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    ray_jobs.ensure_ray(None, num_cpus=1)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_jobs.ensure_ray(None, num_cpus=1)
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    ray_jobs.ensure_ray("head:6379")
+    assert seen == [(None, "token"), (None, "disabled"), ("head:6379", None)]
