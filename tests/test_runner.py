@@ -287,3 +287,24 @@ def test_silo_defaults_are_said_and_stored(tiny_config):
     lines = []
     PruningRun(tiny_config, log=lines.append).run()
     assert not any(l.startswith("schedule silo:") for l in lines)
+
+
+def test_off_a_terminal_a_heartbeat_line_per_epoch(tiny_config, monkeypatch):
+    """No progress bars (not a terminal): with GRADSCOPE_HEARTBEAT_S=0 every epoch (and step) says
+    it is alive; with the default 30 s a seconds-long run prints only its table (issue 24.9)."""
+    tiny_config.prune.rounds, tiny_config.train.epochs = 1, 2
+    monkeypatch.setenv("GRADSCOPE_HEARTBEAT_S", "0")
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    done = [l for l in lines if " done: train_loss " in l]
+    assert [l.split(" done")[0] for l in done] == ["  round 0 epoch 1/2", "  round 0 epoch 2/2"]
+    assert all("val_acc " in l and "s into the round" in l for l in done)
+    assert any(l.startswith("  round 0 epoch 1/2: step 1/") for l in lines)
+    monkeypatch.delenv("GRADSCOPE_HEARTBEAT_S")
+    tiny_config.out += "-quiet"
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert not any("s into the round" in l for l in lines)
+    monkeypatch.setenv("GRADSCOPE_HEARTBEAT_S", "soon")
+    with pytest.raises(GradscopeError, match="GRADSCOPE_HEARTBEAT_S must be a number"):
+        PruningRun(tiny_config, log=lambda s: None).run()

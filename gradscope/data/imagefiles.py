@@ -105,11 +105,14 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decodi
     """
     from tqdm.auto import tqdm
 
+    from gradscope.progress import bar_size  # noqa: PLC0415
+
     h, w = size
     out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = pool.map(_decode_one, blobs, chunksize=256) if workers > 1 else map(_decode_one, blobs)
-        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not _show_progress(progress), leave=False)):
+        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not _show_progress(progress),
+                                   leave=False, **bar_size())):
             if a.shape != (h, w, 3):
                 raise GradscopeError(f"image {i} of {desc} has shape {a.shape[:2]}, expected {h}x{w}; the dataset files look wrong")
             out[i] = a

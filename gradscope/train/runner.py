@@ -9,6 +9,8 @@ e.g. the Oracle's); this module only sequences rounds and persists them.
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -179,6 +181,8 @@ class PruningRun:
             cbs += self._learned
         if self.rewind == "early" and self.state.early is None:
             cbs.append(_EarlyCapture(self))
+        if not self.trainer.progress:  # no bars (not a terminal): a line every so often instead
+            cbs.append(_Heartbeat(self.log, heartbeat_interval()))
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
@@ -319,6 +323,58 @@ class PruningRun:
                      f"(--rounds {c.prune.rounds + 1} or more extends the run)")
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
         return pd.DataFrame([r.row() for r in st.results])
+
+
+HEARTBEAT_ENV = "GRADSCOPE_HEARTBEAT_S"
+HEARTBEAT_S = 30.0
+
+
+def heartbeat_interval() -> float:
+    """Seconds between sign-of-life lines off a terminal ($GRADSCOPE_HEARTBEAT_S, default 30)."""
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return HEARTBEAT_S
+    try:
+        v = float(raw)
+    except ValueError:
+        raise GradscopeError(f"{HEARTBEAT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not v >= 0:
+        raise GradscopeError(f"{HEARTBEAT_ENV} must be >= 0 seconds, got {raw!r}")
+    return v
+
+
+class _Heartbeat:
+    """Off a terminal (no progress bars): after an epoch, or during a long one, a line when
+    ``interval`` seconds have passed since the last line, so a log shows the run is alive. Short
+    runs (epochs under the interval) print nothing more than the round table."""
+
+    def __init__(self, log: Callable[[str], None], interval: float):
+        self.log, self.interval = log, float(interval)
+        self.last = self.t0 = time.monotonic()
+
+    def on_round_start(self, state: TrainState) -> None:
+        self.t0 = time.monotonic()
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self._due():
+            spe = max(int(state.steps_per_epoch), 1)
+            self.log(f"  round {state.round} epoch {state.epoch + 1}/{state.epochs}: step "
+                     f"{state.step - state.epoch * spe}/{spe} ({time.monotonic() - self.t0:.0f} s into the round)")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self._due():
+            m = state.metrics or {}
+            val = m.get("val_acc")
+            acc = f", val_acc {100 * val:.2f} %" if isinstance(val, float) and val == val else ""
+            self.log(f"  round {state.round} epoch {state.epoch + 1}/{state.epochs} done: train_loss "
+                     f"{m.get('train_loss', float('nan')):.4f}{acc} ({time.monotonic() - self.t0:.0f} s into the round)")
 
 
 class _EarlyCapture:
