@@ -226,3 +226,24 @@ def test_local_ray_is_started_with_explicit_token_auth(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE")
     ray_jobs.ensure_ray("head:6379")
     assert seen == [(None, "token"), (None, "disabled"), ("head:6379", None)]
+
+
+def test_decoding_into_the_cache_says_so_once(tmp_path, capsys):
+    """A dataset decoded into the cache prints one line before and one after (off a terminal too:
+    stderr), and a later load from the cache prints nothing (issue 24.9)."""
+    import torch
+
+    from gradscope.data import imagefiles
+
+    src = tmp_path / "images.tar"
+    src.write_bytes(b"x")
+    def build():
+        split = {"x": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "y": torch.zeros(2, dtype=torch.int64)}
+        return {"classes": ["a"], **{f"{s}_{k}": v for s in ("train", "test") for k, v in split.items()}}
+
+    imagefiles.cached(str(tmp_path / "cache"), "toy", str(src), build)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("gradscope: decoding toy from ") and "into the dataset cache" in err[0]
+    assert re.fullmatch(r"gradscope: decoded toy in [0-9.]+ s", err[1])
+    imagefiles.cached(str(tmp_path / "cache"), "toy", str(src), build)
+    assert capsys.readouterr().err == ""

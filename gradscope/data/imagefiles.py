@@ -9,6 +9,7 @@ import io
 import os
 import sys
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional
 
@@ -129,6 +130,11 @@ def cached(cache_dir: Optional[str], name: str, source: str, build: Callable[[],
     path = os.path.join(resolve_cache_dir(cache_dir), f"{name}-{source_key(source)}.pt")
     data = load_cache(path)
     if data is None:
+        # one line each way (stderr, even off a terminal): decoding a large archive takes minutes
+        print(f"gradscope: decoding {name} from {source} into the dataset cache {path} (once; later runs "
+              f"read the cache)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         data = build()
         save_cache(data, path)
+        print(f"gradscope: decoded {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return data
