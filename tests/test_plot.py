@@ -379,3 +379,24 @@ def test_plot_schedule_of_runs_draws_what_they_ran(profile_run, tmp_path):
     assert set(peaks) == {"default (silo)", "calibrated (silo)"}
     assert 0.02 <= min(peaks["calibrated (silo)"]) < max(peaks["calibrated (silo)"]) <= 0.04
     assert _cli(["plot", "schedule", str(profile_run), "--peaks", "-o", str(tmp_path / "s.png")]) == 0
+
+
+def test_accuracy_points_carry_their_binomial_uncertainty():
+    """With the test-set size (rounds.json's n_test) each accuracy gets its 95 % Wilson interval:
+    two runs 1.4 points apart on 359 images overlap, which the bare lines hide (issue 24.4)."""
+    from gradscope.plot.figures import wilson_interval
+
+    lo, hi = wilson_interval([344 / 359], [359])
+    p, n, z = 344 / 359, 359, 1.959963984540054  # the Wilson score interval in closed form
+    c, h = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert lo[0] == pytest.approx(c - h, rel=1e-9) and hi[0] == pytest.approx(c + h, rel=1e-9)
+    runs = {"silo": pd.DataFrame({"sparsity": [0, 0.2], "test_acc": [0.966, 0.958], "n_test": [359, 359]}),
+            "lth": pd.DataFrame({"sparsity": [0, 0.2], "test_acc": [0.952, 0.955], "n_test": [359, 359]})}
+    ax = P.draw_accuracy(runs)
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert len(bars) == 2
+    segs = np.concatenate([np.asarray(b.get_segments()) for b in bars])  # (4, 2, 2): x, y of each bar's ends
+    assert np.allclose(segs[:, 0, 0], segs[:, 1, 0]) and (segs[:, 1, 1] - segs[:, 0, 1] > 3).all()  # > 3 points wide
+    assert any("95 % Wilson" in t.get_text() for t in ax.get_legend().get_texts())
+    plain = P.draw_accuracy({k: v.drop(columns="n_test") for k, v in runs.items()})
+    assert not [c for c in plain.collections if c.__class__.__name__ == "LineCollection"]

@@ -279,6 +279,8 @@ def test_silo_defaults_are_said_and_stored(tiny_config):
     assert "not for small_cnn" in note[0] and "--schedule-file" in note[0]
     saved = json.loads((Path(tiny_config.out) / "config.json").read_text())
     assert saved["schedule"]["lo"] is None  # what was given ...
+    rows = json.loads((Path(tiny_config.out) / "rounds.json").read_text())
+    assert rows[0]["n_test"] > 100 and rows[0]["n_val"] > 100  # the sizes behind each accuracy's uncertainty
     used = saved["schedule_used"]  # ... and what ran
     assert used["name"] == "silo" and (used["lo"], used["hi"], used["beta"], used["midpoint"]) == (0.03, 0.07, 5.0, 0.5)
     tiny_config.schedule.lo, tiny_config.schedule.hi = 0.02, 0.04  # given: no line

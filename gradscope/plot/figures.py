@@ -358,22 +358,49 @@ def draw_calibration(points: pd.DataFrame, curve: Optional[pd.DataFrame] = None,
 
 
 # ----------------------------------------------------------------------------- accuracy
+def wilson_interval(p, n, level: float = 0.95):
+    """(lo, hi) arrays: the Wilson score interval of each accuracy ``p`` measured on ``n`` images
+    (scipy.stats.binomtest on the correct count round(p * n))."""
+    from scipy.stats import binomtest  # noqa: PLC0415
+
+    lo, hi = [], []
+    for pi, ni in zip(np.asarray(p, float), np.asarray(n, float)):
+        ci = binomtest(int(round(pi * ni)), int(ni)).proportion_ci(confidence_level=level, method="wilson")
+        lo.append(ci.low)
+        hi.append(ci.high)
+    return np.array(lo), np.array(hi)
+
+
 def draw_accuracy(runs: Mapping[str, pd.DataFrame], metric: str = "test_acc", ax=None,
                   title: Optional[str] = None):
     """Accuracy (%) vs sparsity (%), one line per run (label -> per-round table with
-    ``sparsity`` and ``metric`` as fractions). Runs with identical results stay visible."""
+    ``sparsity`` and ``metric`` as fractions). Runs with identical results stay visible. Where a
+    table says how many images the accuracy was measured on (``n_test`` / ``n_val``, as
+    rounds.json does), each point gets its 95 % Wilson interval as an error bar."""
     if not runs:
         raise GradscopeError("accuracy plot needs at least one run")
     ax = new_axes(ax)
-    xy, names = [], []
+    xy, names, bars = [], [], []
+    size_col = {"test_acc": "n_test", "val_acc": "n_val"}.get(metric)
     for label, t in runs.items():
         _need(t, ["sparsity", metric], f"round table of {label}")
         t = t.sort_values("sparsity")
         xy.append((100 * t["sparsity"].to_numpy(float), 100 * t[metric].to_numpy(float)))
         names.append(str(label))
+        n = t[size_col].to_numpy(float) if size_col in t else None
+        bars.append(None if n is None or not np.isfinite(n).all() else
+                    wilson_interval(t[metric].to_numpy(float), n))
     names = label_identical(names, xy)
-    for (x, y), name, st in zip(xy, names, series_styles(len(xy))):
+    shown = [n for n, b in zip(names, bars) if b is not None]
+    for (x, y), name, st, b in zip(xy, names, series_styles(len(xy)), bars):
         ax.plot(x, y, label=name, **st)
+        if b is not None:
+            lo, hi = 100 * b[0], 100 * b[1]
+            ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), fmt="none", ecolor=st.get("color"), capsize=3,
+                        lw=1, alpha=0.7, zorder=st.get("zorder", 2))
+    if shown:
+        ax.plot([], [], " ", label="error bars: 95 % Wilson interval of each accuracy (binomial, its test-set size)"
+                if metric == "test_acc" else "error bars: 95 % Wilson interval (binomial, validation-set size)")
     what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric.replace("_", " "))
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
     ax.set_ylabel(f"{what} (%)")

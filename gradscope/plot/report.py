@@ -230,7 +230,8 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
         plot_accuracy(srcs, "test_acc"), "accuracy vs sparsity",
         "Test accuracy (%) against sparsity (% of prunable weights pruned), one line per run; 0 % is the dense "
         "round 0. A run whose values equal an earlier run's is labelled “(= that run)”, and earlier lines are "
-        "drawn wider so both stay visible.")))
+        "drawn wider so both stay visible. Error bars (runs that record their test-set size in rounds.json): the "
+        "95 % Wilson interval of each accuracy.")))
 
     def schedules():
         from gradscope.plot.runs import plot_run_schedules  # noqa: PLC0415

@@ -267,12 +267,22 @@ class PruningRun:
                     "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
                    self.paths.round_file(res.round), what="round file")
         faults.point("round-file", res.round)
-        save_json([r.row() for r in st.results], self.paths.rounds, what="round table")
+        sizes = self._eval_sizes()  # so each accuracy's binomial uncertainty can be drawn
+        save_json([{**r.row(), **sizes} for r in st.results], self.paths.rounds, what="round table")
         faults.point("rounds-json", res.round)
         self.log(format_row(row))
         note = res.schedule.get("note")
         if note:
             self.log(f"      {note}")
+
+    def _eval_sizes(self) -> dict:
+        """How many images the validation and test accuracies are measured on (all ranks together)."""
+        out = {}
+        for key, loader in (("n_val", self.ctx.val_loader), ("n_test", self.ctx.test_loader)):
+            x = getattr(loader, "x", None)
+            if x is not None:
+                out[key] = int(len(x))
+        return out
 
     def run(self):
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
