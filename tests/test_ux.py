@@ -35,7 +35,10 @@ def test_tutorial_writes_only_under_runs():
     assert len(written) >= 12
     outside = [w for w in written if not w.startswith("runs/")]
     assert not outside, outside
-    assert "runs/" in (ROOT / ".gitignore").read_text().split()
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "runs/" in ignored
+    # the commands' own defaults (report.html, plot's KIND.png) in the checkout's root are ignored too
+    assert {"/report.html", "/*.png", "/tb/"} <= set(ignored)
 
 
 @pytest.fixture(scope="module")
