@@ -397,6 +397,6 @@ def test_accuracy_points_carry_their_binomial_uncertainty():
     assert len(bars) == 2
     segs = np.concatenate([np.asarray(b.get_segments()) for b in bars])  # (4, 2, 2): x, y of each bar's ends
     assert np.allclose(segs[:, 0, 0], segs[:, 1, 0]) and (segs[:, 1, 1] - segs[:, 0, 1] > 3).all()  # > 3 points wide
-    assert any("95 % Wilson" in t.get_text() for t in ax.get_legend().get_texts())
+    assert "95 % Wilson" in ax.get_ylabel() and [l.get_label() for l in ax.get_lines()] == ["silo", "lth"]
     plain = P.draw_accuracy({k: v.drop(columns="n_test") for k, v in runs.items()})
     assert not [c for c in plain.collections if c.__class__.__name__ == "LineCollection"]

@@ -396,14 +396,12 @@ def draw_accuracy(runs: Mapping[str, pd.DataFrame], metric: str = "test_acc", ax
         ax.plot(x, y, label=name, **st)
         if b is not None:
             lo, hi = 100 * b[0], 100 * b[1]
-            ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), fmt="none", ecolor=st.get("color"), capsize=3,
-                        lw=1, alpha=0.7, zorder=st.get("zorder", 2))
-    if shown:
-        ax.plot([], [], " ", label="error bars: 95 % Wilson interval of each accuracy (binomial, its test-set size)"
-                if metric == "test_acc" else "error bars: 95 % Wilson interval (binomial, validation-set size)")
+            # bars only (a LineCollection, no cap lines): the data lines stay the axes' only lines
+            ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), fmt="none", ecolor=st.get("color"), capsize=0,
+                        lw=1.5, alpha=0.6, zorder=st.get("zorder", 2))
     what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric.replace("_", " "))
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
-    ax.set_ylabel(f"{what} (%)")
+    ax.set_ylabel(f"{what} (%)" + ("\nbars: 95 % Wilson interval (binomial)" if shown else ""))
     ax.set_title(title or f"{what.capitalize()} vs sparsity", fontsize="medium")
     ax.grid(alpha=0.3)
     place_legend(ax)
