@@ -62,7 +62,9 @@ def _tb():
 
 def round_lengths(moments) -> dict[int, int]:
     """Round -> optimizer steps it took (its last window's step_end + 1; step_end is the last step a
-    window covers, so this holds when only every k-th step was recorded)."""
+    window covers, so this holds when only every k-th step was recorded; in files written before
+    the recorder stored that span, step_end is the last recorded step and a round may come out up
+    to k-1 steps short)."""
     ends = moments.groupby("round")["step_end"].max().sort_index()
     return {int(k): int(e) + 1 for k, e in ends.items()}
 
