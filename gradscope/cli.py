@@ -171,7 +171,7 @@ def _cmd_calibrate_predictor(ns) -> int:
     print(cal.points.to_string(index=False, float_format=fmt))
     print("\nFitted SILO S-curve (value, standard error, confidence interval):")
     print(format_calibration(cal).to_string(index=False, float_format=fmt))
-    print("\n" + "\n".join(lines[1:-1] + ([f"shape: {note}"] if note else [])))
+    print("\n" + "\n".join(lines[1:] + ([f"shape: {note}"] if note else [])))
     print("\nPredicted max_lr per round (95 % band):")
     print(cal.predict(ns.rounds_planned).to_string(index=False, float_format=fmt))
     if ns.output:
@@ -223,6 +223,50 @@ def _cmd_list(ns) -> int:
     print("prune methods:  ", ", ".join(STRATEGIES.names()))
     print("rewind modes:   ", ", ".join(REWINDS.names()))
     return 0
+
+
+VIEW_METAVAR = "{survivors,all,relative}"
+WINDOW_METAVAR = "{all,last}"
+STATISTIC_METAVAR = "NAME"
+
+# One or two real examples per command (the tutorial's), shown at the end of its --help.
+EXAMPLES = {
+    "prune": ["gradscope prune --rounds 8 --epochs 5 --schedule lth --max-lr 0.05 --out runs/digits-lth",
+              "gradscope prune --schedule silo --schedule-file runs/silo-digits.yaml --out runs/digits-silo"],
+    "profile": ["gradscope profile --out runs/digits",
+                "gradscope profile --model resnet20 --dataset cifar10 --data-root DATA --epochs 3 --out runs/r20"],
+    "oracle": ["gradscope oracle --rounds 4 --grid 0.02,0.05,0.1 --seeds 2 --out runs/oracle"],
+    "oracle-candidate": ["gradscope oracle-candidate --out /abs/runs/oracle --round 1 --max-lr 0.05 --seed 0"],
+    "fit": ["gradscope fit runs/digits/run.h5 --bootstrap 100",
+            "gradscope fit runs/digits/run.h5 --window last --no-store"],
+    "calibrate": ["gradscope calibrate runs/digits/run.h5 --view survivors -o runs/silo-digits.yaml"],
+    "list": ["gradscope list"],
+    "plot": ["gradscope plot narrowing runs/digits/run.h5 -o runs/narrowing.png",
+             "gradscope plot accuracy runs/digits-silo runs/digits-lth -o runs/accuracy.png"],
+    "report": ["gradscope report runs/digits/run.h5 runs/digits-silo runs/digits-lth -o runs/report.html"],
+    "repair": ["gradscope repair runs/digits/run.h5 --check"],
+    "export": ["gradscope export tensorboard runs/digits runs/tb"],
+}
+DOCS_POINTER = "More: docs/tutorial.md (a worked example) and docs/cli.md (every command and flag)."
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but lines that start with two spaces (the examples) stay as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.split("\n"):
+            out.append(indent + para if para.startswith("  ") or not para.strip()
+                       else super()._fill_text(para, width, indent))
+        return "\n".join(out)
+
+
+def finish_help(commands: dict) -> None:
+    """Every command's --help ends with its examples and a pointer to the docs."""
+    for name, sp in commands.items():
+        sp.formatter_class = HelpFormatter
+        lines = ["examples:", *(f"  {e}" for e in EXAMPLES.get(name, ())), "", DOCS_POINTER]
+        sp.epilog = "\n".join(lines if name in EXAMPLES else [DOCS_POINTER])
 
 
 def _nonneg_int(s: str) -> int:
@@ -322,14 +366,16 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
                                    "sqrt(p(1-p)/N), 1.6 points at N=1000 and p=0.5); cost = grid points x seeds "
                                    "rounds of training per round.")
     add_run_arguments(s, _with_recipe(ORACLE_DEFAULTS, recipe))
-    s.add_argument("--grid", default=None, help="comma-separated max_lr values (default: geometric lo/2 ... 2*hi)")
-    s.add_argument("--grid-points", type=_pos_int, default=7, help="points of the default geometric grid (default: 7)")
-    s.add_argument("--seeds", type=_pos_int, default=3,
+    s.add_argument("--grid", default=None, metavar="LR,LR,...",
+                   help="comma-separated max_lr values (default: geometric lo/2 ... 2*hi)")
+    s.add_argument("--grid-points", type=_pos_int, default=7, metavar="N",
+                   help="points of the default geometric grid (default: 7)")
+    s.add_argument("--seeds", type=_pos_int, default=3, metavar="N",
                    help="training seeds per max_lr (data order, augmentation): the optimum's CI covers "
                         "training noise only with several (default: 3)")
-    s.add_argument("--max-extend", type=_nonneg_int, default=3,
+    s.add_argument("--max-extend", type=_nonneg_int, default=3, metavar="N",
                    help="grid points added beyond an edge when the best is at the edge (default: 3)")
-    s.add_argument("--workers", type=_nonneg_int, default=1,
+    s.add_argument("--workers", type=_nonneg_int, default=1, metavar="N",
                    help="candidates at a time: 1 = one after the other here; N > 1 = N at a time on a local "
                         "Ray instance (needs gradscope[ray]); 0 = print the candidate commands for another "
                         "scheduler and stop (exit 0) (default: 1)")
@@ -346,52 +392,65 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_oracle)
 
     s = sub.add_parser("oracle-candidate", help="train one Oracle candidate (for cluster schedulers)")
-    s.add_argument("--out", required=True, help="the Oracle run directory")
-    s.add_argument("--round", type=_nonneg_int, required=True)
-    s.add_argument("--max-lr", type=_pos_float, required=True)
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="candidate seed (default: 0, the run's own)")
-    s.add_argument("--model", default=None, help="confirm the run's user model (module:callable) may be imported")
+    s.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="the Oracle run directory (absolute on a cluster: the job may start elsewhere)")
+    s.add_argument("--round", type=_nonneg_int, required=True, metavar="K",
+                   help="the pruning round whose start state the candidate trains from")
+    s.add_argument("--max-lr", type=_pos_float, required=True, metavar="LR",
+                   help="the candidate's peak learning rate (one grid value)")
+    s.add_argument("--seed", type=_nonneg_int, default=0, metavar="N",
+                   help="candidate seed (default: 0, the run's own)")
+    s.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="confirm the run's user model may be imported (default: none; built-in models need none)")
     s.set_defaults(func=_cmd_oracle_candidate)
 
     s = sub.add_parser("fit", help="fit the recorded gradient distributions; print the narrowing per round")
     s.add_argument("run", metavar="RUN", help="RUN.h5 or a run directory")
-    s.add_argument("--per", choices=("round", "window"), default="round", help="fit per round (default) or per window")
-    s.add_argument("--models", default="normal,laplace,t,gennorm", help="comma-separated distribution families "
-                   "(default: normal,laplace,t,gennorm)")
-    s.add_argument("--statistic", default="std",
+    s.add_argument("--per", choices=("round", "window"), default="round",
+                   help="fit per round or per window (default: round)")
+    s.add_argument("--models", default="normal,laplace,t,gennorm", metavar="LIST",
+                   help="comma-separated distribution families (default: normal,laplace,t,gennorm)")
+    s.add_argument("--statistic", default="std", metavar=STATISTIC_METAVAR,
                    help="statistic whose narrowing is printed: std, meanabs (exact), iqr, mad (from the histogram), "
                         "or a fitted family's scale (default: std)")
-    s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
-    s.add_argument("--view", default=DEFAULT_VIEW,
-                   help=f"survivors, all or relative (see docs/method.md) (default: {DEFAULT_VIEW}, as every verb)")
-    s.add_argument("--window", default=DEFAULT_WINDOW,
-                   help=f"all epochs of a round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
+    s.add_argument("--bootstrap", type=_nonneg_int, default=200, metavar="N",
+                   help="bootstrap replicates for confidence intervals (default: 200)")
+    s.add_argument("--seed", type=_nonneg_int, default=0, metavar="N",
+                   help="seed of the bootstrap resampling (default: 0)")
+    s.add_argument("--view", default=DEFAULT_VIEW, metavar=VIEW_METAVAR,
+                   help="gradients of: survivors (unpruned weights), all (pruned weights as zeros), relative "
+                        f"(|g|/|w|); see docs/method.md (default: {DEFAULT_VIEW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW, metavar=WINDOW_METAVAR,
+                   help=f"all epochs of each round, or only the last epoch (default: {DEFAULT_WINDOW}, as every verb)")
     s.add_argument("--no-store", action="store_true", help="do not store the fit tables in the run file")
     s.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("calibrate", help="SILO S-curve parameters from the measured narrowing")
     s.add_argument("run", metavar="RUN", help="RUN.h5 or a run directory")
-    s.add_argument("-o", "--output", default=None, help="write the parameters (JSON, or YAML by extension)")
-    s.add_argument("--lo", type=_pos_float, default=None, help="max_lr of round 0 (default: the run's)")
-    s.add_argument("--p", "--prune-rate", dest="p", type=_fraction, default=None,
+    s.add_argument("-o", "--out", "--output", dest="output", default=None, metavar="FILE",
+                   help="write the parameters to FILE (JSON, or YAML by extension) (default: none, only print)")
+    s.add_argument("--lo", type=_pos_float, default=None, metavar="LR",
+                   help="max_lr of round 0 (default: the run's round-0 max_lr)")
+    s.add_argument("--p", "--prune-rate", dest="p", type=_fraction, default=None, metavar="RATE",
                    help="prune rate per round (default: the run's config, else estimated from measured sparsity)")
-    s.add_argument("--gamma", type=_pos_float, default=1.0, help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma (default: 1)")
-    s.add_argument("--statistic", default="std",
+    s.add_argument("--gamma", type=_pos_float, default=1.0, metavar="X",
+                   help="exponent: max_lr(k) = lo * (scale0/scale_k)^gamma (default: 1)")
+    s.add_argument("--statistic", default="std", metavar=STATISTIC_METAVAR,
                    help="spread statistic: std, meanabs, iqr, mad, or a fitted family (normal, laplace, t, gennorm) "
                         "(default: std)")
-    s.add_argument("--view", default=DEFAULT_VIEW,
+    s.add_argument("--view", default=DEFAULT_VIEW, metavar=VIEW_METAVAR,
                    help="survivors, all or relative (see docs/method.md); under 'all' (pruned weights as zero "
                         "gradients) the sqrt(density) part of the rise is split off and not counted as evidence "
                         f"(default: {DEFAULT_VIEW}, as every verb)")
-    s.add_argument("--window", default=DEFAULT_WINDOW,
-                   help=f"all epochs of a round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW, metavar=WINDOW_METAVAR,
+                   help=f"all epochs of each round, or only the last epoch (default: {DEFAULT_WINDOW}, as every verb)")
     s.add_argument("--force", action="store_true",
                    help="write -o even when the data do not support a rising S-curve (status flat/falling)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",
                    help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
-    s.add_argument("--rounds-planned", type=_pos_int, default=None, help="predict max_lr up to this many rounds")
-    s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr")
+    s.add_argument("--rounds-planned", type=_pos_int, default=None, metavar="N",
+                   help="predict max_lr up to this many rounds (default: the run's rounds)")
+    s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr (default: fitted)")
     s.add_argument("--predictor", default=None, metavar="NAME",
                    help="calibrate from a probe recorded with --probes (RUN is then the run directory): lr-range, "
                         "lr-range:steep|slide|minimum|torch-lr-finder|divergence, sharpness, bn-norm, noise-scale, "
@@ -406,8 +465,43 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
 
     for register in _EXTRA:
         register(sub)
+    _explain_schedule_defaults(sub.choices)
+    finish_help(sub.choices)
     p.commands = sub.choices  # name -> subparser, for errors about a command's arguments
     return p
+
+
+def _set_help(parser: argparse.ArgumentParser, flag: str, text: str) -> None:
+    for a in parser._actions:
+        if flag in a.option_strings:
+            a.help = text
+
+
+def _explain_schedule_defaults(commands: dict) -> None:
+    """Say what a run uses when a schedule flag is left out (the generated "(default: none)"
+    hides the values: SILO's are the released ResNet-20 constants, profile's peak is 0.05)."""
+    from gradscope.schedules import SCHEDULES, get_schedule  # noqa: PLC0415
+
+    silo = SCHEDULES.get("silo").cls.PEAK_PARAMS
+    peaks: dict = {}
+    for n in SCHEDULES.names():
+        v = get_schedule(n).params().get("max_lr") if "max_lr" in SCHEDULES.get(n).cls.PEAK_PARAMS else None
+        if v is not None:
+            peaks.setdefault(v, []).append(n)
+    each = "; ".join(f"{v:g} for {', '.join(ns)}" for v, ns in peaks.items())
+    words = {"lo": "lower bound of max_lr", "hi": "upper bound of max_lr", "beta": "steepness of the S-curve",
+             "midpoint": "pruned fraction at the S-curve's midpoint", "lag": "rounds of lag in the pruned fraction"}
+    for name in ("prune", "profile", "oracle"):
+        sp = commands.get(name)
+        if sp is None:
+            continue
+        for k, w in words.items():
+            _set_help(sp, f"--{k}", f"SILO: {w} (default: {silo[k]:g}, the released ResNet-20 constant, made for "
+                                    f"ResNet-20 on CIFAR-10; calibrate it for other models: `gradscope calibrate "
+                                    f"-o FILE`, then --schedule-file FILE)")
+        default = (f"{PROFILE_MAX_LR:g} here, so that a rising LR does not confound the measurement"
+                   if name != "prune" else each)
+        _set_help(sp, "--max-lr", f"peak LR of the fixed-peak schedules (default: {default})")
 
 
 def _register_plot(sub) -> None:

@@ -119,7 +119,7 @@ plt.show()"""
 
 # Notebook 02: calibrate's default view and the Oracle's measured optima.
 CAL_VIEW_PARAMS = '''
-view = "all"                 # gradients of: all (pruned as zeros; calibrate's default view), survivors, relative
+view = "survivors"           # gradients of: survivors (calibrate's default, as every verb's), all (pruned as zeros), relative
 window = "all"               # all epochs of each round, or "last" epoch only'''
 
 ORACLE_PARAMS = '''
@@ -133,8 +133,10 @@ The ground truth a calibration should match: per round, the powered Oracle's bes
 values x 3 seeds; the vertex of a quadratic in log `max_lr` through the best grid value and its
 neighbours) with its 95 % bootstrap CI, from the committed predictor-study results (`oracle_rounds_csv`;
 default: CIFAR-10 ResNet-20, 5,000-image subset, 4 epochs per round, seed 0, on an H200). That seed's
-optima rise (x3.3 per unit of sparsity, 95 % CI x1.4-x6.9); the second seed's
-(`analysis/results/cifar10_h200_seed1`) are flat within their CIs (docs/findings.md, section 1).
+optima rise (x3.3 per unit of sparsity, 95 % CI x1.4-x6.9, a CI that holds one trajectory's noise only);
+the second seed's (`analysis/results/cifar10_h200_seed1`) are flat within theirs, and with two
+trajectories no verdict across trajectories is possible (docs/findings.md; the calibration study's
+several-trajectory verdicts are in its Table A).
 
 Those points come from **that** run, not from this notebook's profile: with the default digits profile
 the two differ in data, model and recipe, so compare shapes, not levels. The dashed curve moves the
@@ -213,7 +215,8 @@ def _nb(cells):
     for i, c in enumerate(cells):  # fixed ids: regenerating an unchanged notebook changes nothing
         c.id = f"cell-{i:02d}"
     nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # the kernel scripts/_venv.sh installs (.venv's Python, where gradscope is); papermill -k overrides it
+    nb.metadata["kernelspec"] = {"name": "gradscope", "display_name": "Python 3 (gradscope)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
 
@@ -245,17 +248,21 @@ def narrowing():
         new_markdown_cell("The spread per round at a glance: each percentile of |g| and the std relative to "
                           "round 0 (below 1 = narrower than the dense network), and the quantile bands themselves."),
         new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_spread\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(16, 4.8), layout="constrained")\n'
+                      'fig, axes = plt.subplots(2, 1, figsize=(9, 8.5), layout="constrained")  # one above the other: '
+                      'readable text at notebook width\n'
                       'plot_spread(run, relative=True, view=view, window=window, ax=axes[0])\n'
                       'plot_spread(run, relative=False, view=view, window=window, ax=axes[1])\nplt.show()'),
         new_markdown_cell("Distribution fits per layer and pooled (normal, Laplace, Student-t, generalized "
                           "normal, plus the exact std / mean |g| and the binned IQR / MAD), and the trend of each "
-                          "statistic against log density (`narrows` = the slope's confidence interval lies "
-                          "above 0: the scale falls as the density falls)."),
+                          "statistic against log density (`verdict`: narrows = the slope's 95 % confidence "
+                          "interval lies above 0, the scale falls as the density falls; widens = below 0; cannot "
+                          "tell = it includes 0). Shown for the exact std; `format_trend(fit)` lists every "
+                          "statistic."),
         new_code_cell('from gradscope.fit import fit_run, format_trend\n\n'
-                      'fit = fit_run(run, bootstrap=100, store=True, view=view, window=window)\nformat_trend(fit)'),
+                      'fit = fit_run(run, bootstrap=100, store=True, view=view, window=window)\n'
+                      'format_trend(fit, statistic="std")'),
         new_code_cell('from gradscope.plot import plot_histograms, plot_narrowing\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), layout="constrained")\n'
+                      'fig, axes = plt.subplots(2, 1, figsize=(9, 10), layout="constrained")\n'
                       'plot_histograms(run, view=view, window=window, ax=axes[0])\n'
                       'plot_narrowing(run, fit=fit, view=view, window=window, ax=axes[1])\nplt.show()'),
         new_markdown_cell(VIEWS_MD),
@@ -276,12 +283,15 @@ def calibrate():
                           "SILO's S-curve (lo, hi, beta, midpoint) is fitted to those points and compared with "
                           "the released constants (ResNet-20: lo 0.03, hi 0.07, beta 5; docs/references.md). "
                           "`status` says whether the data support a rising curve at all.\n\n"
-                          "The spread is measured, by default, under view `all` (pruned weights as zero "
-                          "gradients): `calibrate`'s default, the statistic that came closest to the Oracle's "
-                          "best `max_lr` in gradscope's predictor study. That is a weak claim: no measured "
-                          "statistic beat a constant `max_lr` beyond noise (docs/findings.md), and the "
-                          "calibration prints that evidence. The last plot draws the Oracle's measured optima "
-                          "beside the calibrated curve."),
+                          "The spread is measured, by default, on the surviving weights over every epoch "
+                          "of a round (the one default view and window of every verb). Under view `all` "
+                          "(pruned weights as zero gradients, the papers' view) the spread shrinks by "
+                          "sqrt(density) by arithmetic: `calibrate` splits that part off and judges only what "
+                          "the measured gradients add (the gate; docs/method.md). `status` needs 6 rounds for "
+                          "a verdict ('underdetermined' below). The calibration prints what the calibration "
+                          "study measured for this model and dataset, read from its table: no predictor has "
+                          "beaten a constant `max_lr` on accuracy beyond noise (docs/findings.md). The last "
+                          "plot draws the Oracle's measured optima beside the calibrated curve."),
         _params(CAL_VIEW_PARAMS + '\nprofile = None             # an existing RUN.h5 to calibrate from; None: run a profile here\n'
                 'gamma = 1.0                # max_lr ~ scale^-gamma\nstatistic = "std"          # spread statistic'
                 + ORACLE_PARAMS),
@@ -301,17 +311,22 @@ def calibrate():
                           "`to_file` refuses when the status is not \"supported\" (the data do not support a "
                           "rising S-curve); `force=True` writes it anyway, with the status inside."),
         new_code_cell('schedule_file = Path(out_dir) / "silo-calibrated.yaml"\n'
-                      'if cal.status == "supported":\n    cal.to_file(schedule_file)\n    print(schedule_file.read_text())\n'
-                      'else:\n    print(f"status {cal.status}: no schedule file written")'),
+                      'if cal.status == "supported":\n    cal.to_file(schedule_file)\n'
+                      '    print(f"wrote {schedule_file} (notebook 03 runs SILO from it): " + ", ".join(\n'
+                      '        f"{k} {cal.params[k]:.4g}" for k in ("lo", "hi", "beta", "midpoint")))\n'
+                      'else:\n    print(f"status {cal.status}: no schedule file written (notebook 03 then runs SILO with '
+                      'the released ResNet-20 constants, and says so)")'),
         new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_calibration, plot_peaks\n'
                       'from gradscope.schedules import get_schedule\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(16, 5), layout="constrained")\n'
+                      'fig, axes = plt.subplots(2, 1, figsize=(9, 9), layout="constrained")\n'
                       'plot_calibration(profile, statistic=statistic, gamma=gamma, view=view, window=window, ax=axes[0])\n'
                       'p = cal.params\n'
                       'silo_cal = get_schedule("silo", lo=p["lo"], hi=p["hi"], beta=p["beta"], midpoint=p["midpoint"])\n'
                       'plot_peaks({f"calibrated ({cal.status})": silo_cal,\n'
                       '            "released resnet20": get_schedule("silo", preset="resnet20")},\n'
-                      '           rounds=25, prune_rate=p["p"], ax=axes[1])\nplt.show()'),
+                      '           rounds=len(cal.points), prune_rate=p["p"], ax=axes[1])  # the measured rounds only\n'
+                      'axes[1].set_title(f"max_lr per round over the {len(cal.points)} measured rounds (no band: see the '
+                      'calibration above for it)", fontsize="medium")\nplt.show()'),
         new_markdown_cell(ORACLE_MD),
         new_code_cell(ORACLE_READ),
         new_code_cell(ORACLE_PLOT),
@@ -323,19 +338,34 @@ def schedules():
         new_markdown_cell("# 03 - SILO vs the baselines on accuracy vs sparsity\n\n"
                           "The same pruning run under several LR schedules (SILO's S-curved `max_lr` against "
                           "fixed-peak LTH warm-up+step and one-cycle CLR), and the Oracle when its run "
-                          "directory is given (`gradscope oracle`)."),
-        _params('\nschedules = ["silo", "lth", "clr"]  # schedule names\noracle_dir = None          # a `gradscope oracle` run directory, if any'),
+                          "directory is given (`gradscope oracle`).\n\n"
+                          "SILO runs from the schedule file notebook 02 calibrated for this model "
+                          "(`out_dir/silo-calibrated.yaml`, written when its status was \"supported\"). Without "
+                          "that file it runs with the released ResNet-20 constants (max_lr 0.03 to 0.07), made for "
+                          "ResNet-20 on CIFAR-10, not for this model: the cell below says which one ran, and an "
+                          "uncalibrated SILO's accuracy says nothing about SILO."),
+        _params('\nschedules = ["silo", "lth", "clr"]  # schedule names\noracle_dir = None          # a `gradscope oracle` run directory, if any\n'
+                'silo_file = None           # SILO schedule file; None: the one notebook 02 wrote, out_dir/silo-calibrated.yaml'),
         new_code_cell(MAKE_CONFIG),
-        new_code_cell('runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False, max_lr=None)\n'
+        new_code_cell('silo_path = Path(silo_file) if silo_file else Path(out_dir) / "silo-calibrated.yaml"\n'
+                      'runs = {}\nfor name in schedules:\n    cfg = make_config(f"schedule-{name}", schedule=name, record=False, max_lr=None)\n'
+                      '    if name == "silo":\n'
+                      '        if silo_path.is_file():\n'
+                      '            cfg.schedule.schedule_file = str(silo_path)\n'
+                      '            print(f"silo: calibrated, from {silo_path} (notebook 02)")\n'
+                      '        else:\n'
+                      '            print(f"silo: NOT calibrated: no {silo_path} (run notebook 02 first; it writes the file "\n'
+                      '                  "when its status is supported): the released ResNet-20 constants, max_lr 0.03 to 0.07")\n'
                       '    PruningRun(cfg, log=lambda s: None).run()\n    runs[name] = cfg.out\n'
                       'if oracle_dir:\n    runs["oracle"] = oracle_dir\nruns'),
         new_code_cell('import pandas as pd\nfrom gradscope.plot import run_rounds\n\n'
                       'table = pd.concat({n: run_rounds(d).set_index("round")[["sparsity", "max_lr", "test_acc"]]\n'
                       '                   for n, d in runs.items()}, axis=1)\ntable'),
-        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_accuracy, plot_schedule\n\n'
-                      'fig, axes = plt.subplots(1, 2, figsize=(16, 4.8), layout="constrained")\n'
+        new_code_cell('import matplotlib.pyplot as plt\nfrom gradscope.plot import plot_accuracy, plot_run_schedules\n\n'
+                      'fig, axes = plt.subplots(2, 1, figsize=(9, 8), layout="constrained")\n'
                       'plot_accuracy(list(runs.values()), labels=list(runs), ax=axes[0])\n'
-                      'plot_schedule(schedules, rounds=rounds, prune_rate=0.2, peaks=True, ax=axes[1])\nplt.show()'),
+                      '# the max_lr each run actually used, round by round (its own parameters)\n'
+                      'plot_run_schedules(list(runs.values()), labels=list(runs), peaks=True, ax=axes[1])\nplt.show()'),
     ])
 
 

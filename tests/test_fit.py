@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gradscope import GradscopeError
-from gradscope.fit import fit_histograms, fit_run, fit_samples, trend_slope
+from gradscope.fit import fit_histograms, fit_run, fit_samples, format_trend, trend_slope, trend_verdict
 from gradscope.fit.synthetic import draw, log_edges, make_synthetic_run, summarize
 
 EDGES = log_edges(0.05, n_half=100, min_abs=1e-6)  # 199 bins, log-spaced, central bin at 0
@@ -143,6 +143,22 @@ def test_no_narrowing_is_rarely_reported_as_narrowing():
         tr = res.trend.set_index(["layer", "statistic"])
         flagged += bool(tr.loc[("pooled", "std"), "narrows"])
     assert flagged <= 2
+
+
+def test_trend_verdict_says_widens_narrows_or_cannot_tell():
+    """A significantly widening distribution is "widens", not the same "False" as an
+    inconclusive one (issue 24.3)."""
+    assert trend_verdict(-0.354, -0.153) == "widens"
+    assert trend_verdict(0.02, 0.25) == "narrows" and trend_verdict(-0.06, 0.21) == "cannot tell"
+    # scale ~ density ** slope: slope -0.5 = widens as the net gets sparser, +0.5 narrows, 0 flat
+    verdicts = {}
+    for slope in (-0.5, 0.0, 0.5):
+        d = 0.8 ** np.arange(6)
+        run = make_synthetic_run({"a": 0.01 * d ** slope}, n=20_000, seed=7)
+        t = format_trend(fit_run(run, models=(), bootstrap=0, store=False))
+        assert "narrows" not in t.columns  # the bool is replaced by the verdict in words
+        verdicts[slope] = t.set_index(["layer", "statistic"]).loc[("pooled", "std"), "verdict"]
+    assert verdicts == {-0.5: "widens", 0.0: "cannot tell", 0.5: "narrows"}
 
 
 def test_fit_run_bad_inputs():

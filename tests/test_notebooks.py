@@ -70,13 +70,15 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         cell = next(c for c in nb.cells if c.cell_type == "code" and "survivors x sqrt(density)" in c.source)
         gap = re.search(r"largest \|all / \(survivors x sqrt\(density\)\) - 1\| over rounds: ([0-9.]+)", _text(cell))
         assert gap and float(gap.group(1)) < 0.02, _text(cell)
-    if path.stem.startswith("02"):  # calibrated under view all, the Oracle's CIs read and drawn
+    if path.stem.startswith("02"):  # calibrated under the one default view, the Oracle's CIs read and drawn
+        from gradscope.views import DEFAULT_VIEW
+
         cal = next(c for c in nb.cells if c.cell_type == "code" and "describe_calibration(cal)" in c.source)
-        assert "view all" in _text(cal)
+        assert f"view {DEFAULT_VIEW}" in _text(cal) and "gate:" in _text(cal)
         read = next(c for c in nb.cells if c.cell_type == "code" and "find_file(" in c.source)
         assert "Oracle: best max_lr per round with 95 % bootstrap CI" in _text(read)
         assert "drawn: Oracle 2 rounds with an interior optimum (95 % CI), 1 not interior (grid argmax); " \
-               "calibrated curve 5 rounds, view all" in _text(_next_code(nb, read))
+               f"calibrated curve 5 rounds, view {DEFAULT_VIEW}" in _text(_next_code(nb, read))
 
 
 def _text(cell) -> str:
@@ -97,7 +99,7 @@ def test_notebook_02_defaults_follow_calibrate_and_the_committed_study():
     """Notebook 02 calibrates with calibrate's default view and reads an Oracle table that exists."""
     import ast
 
-    from gradscope.calibrate.core import DEFAULT_VIEW
+    from gradscope.views import DEFAULT_VIEW
 
     params = papermill.inspect_notebook(str(ROOT / "notebooks" / "02-calibrate-silo.ipynb"))
     assert ast.literal_eval(params["view"]["default"]) == DEFAULT_VIEW

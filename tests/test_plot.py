@@ -123,7 +123,7 @@ def test_many_layers_are_coloured_by_depth_with_a_colour_bar():
     n = pd.DataFrame(rows)
     depth = {f"l{i:02d}": L - 1 - i for i in range(L)}  # reverse order in the network
     ax = P.draw_narrowing(n, depth=depth)
-    assert len(ax.figure.axes) == 2 and "layer depth" in ax.figure.axes[1].get_ylabel()
+    assert len(ax.figure.axes) == 2 and "layer depth" in ax.figure.axes[1].get_xlabel()  # colour bar underneath
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["pooled (ReLU-fed layers)"]  # no 18-entry legend over the data
     per = [l for l in ax.get_lines() if l.get_label().startswith("_")][:L]
@@ -132,6 +132,61 @@ def test_many_layers_are_coloured_by_depth_with_a_colour_bar():
     np.testing.assert_allclose(per[0].get_color(), cm(0.0))
     np.testing.assert_allclose(per[0].get_ydata(), [1, 1 - 0.17, 1 - 0.34])
     assert len({tuple(l.get_color()) for l in per}) == L  # no colour repeats
+
+
+def _agg(fig):
+    """Draw ``fig`` on an Agg canvas (what savefig uses) and return its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _inside_and_apart(fig, *, apart=()):
+    """Draw ``fig``; every text (labels, titles, legends, colour-bar labels) lies inside the figure
+    (not cut off) and the bboxes in each pair of ``apart`` do not overlap."""
+    r = _agg(fig)
+    W, H = fig.bbox.width, fig.bbox.height
+    texts = [t for a in fig.axes for t in (a.xaxis.label, a.yaxis.label, a.title, *a.texts) if t.get_text()]
+    texts += [t for a in fig.axes if a.get_legend() for t in a.get_legend().get_texts()]
+    for t in texts:
+        b = t.get_window_extent(r)
+        assert b.x0 >= -1 and b.y0 >= -1 and b.x1 <= W + 1 and b.y1 <= H + 1, (t.get_text()[:40], b, W, H)
+    for a, b in apart:
+        assert not a(r).overlaps(b(r)), (a(r), b(r))
+
+
+def test_short_deep_runs_fit_their_figures():
+    """2 rounds, 21 layers (issue 24.10): ridge labels and colour-bar label inside the figure, the
+    narrowing legend apart from the depth colour bar, the calibration note off the data."""
+    L = 21
+    rows = [{"round": r, "sparsity": 0.2 * r, "layer": f"l{i:02d}", "statistic": "std", "ratio": 1 - 0.005 * i * r}
+            for i in range(L) for r in range(2)]
+    rows += [{"round": r, "sparsity": 0.2 * r, "layer": "pooled", "statistic": "std", "ratio": 1 - 0.02 * r,
+              "ratio_lo": 1 - 0.03 * r, "ratio_hi": 1 - 0.01 * r} for r in range(2)]
+    ax = P.draw_narrowing(pd.DataFrame(rows))
+    cbar = ax.figure.axes[1]
+    _inside_and_apart(ax.figure, apart=[(ax.get_legend().get_window_extent, cbar.get_window_extent)])
+
+    pos = np.geomspace(1e-6, 1.0, 30)
+    edges = np.concatenate([-pos[::-1], pos])
+    rng = np.random.default_rng(0)
+    mass = [np.histogram(rng.normal(0, s, 5000), bins=edges)[0] / 5000 for s in (1e-2, 5e-3)]
+    ax = P.draw_histograms([0, 1], np.array(mass), edges, {0: 0.0, 1: 0.2})
+    assert ax.figure.axes[1].get_ylabel()  # the colour bar is labelled, and the label fits
+    _inside_and_apart(ax.figure)
+
+    pts = pd.DataFrame({"round": [0, 1], "implied_max_lr": [0.05, 0.051], "implied_lo": [0.05, 0.0505],
+                        "implied_hi": [0.05, 0.0515]})
+    note = "no S-curve fit: calibration needs at least 3 usable rounds with pruned fraction x > 0 and 5 points"
+    ax = P.draw_calibration(pts, presets={"resnet20": [0.03, 0.03]}, note=note)
+    msg = next(t for t in ax.texts if t.get_text().startswith("no S-curve"))
+    r = _agg(ax.figure)
+    xy = ax.transData.transform(pts[["round", "implied_max_lr"]].to_numpy(float))
+    box = msg.get_window_extent(r)
+    assert not any(box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1 for x, y in xy)  # round 0's point stays visible
+    _inside_and_apart(ax.figure)
 
 
 def test_draw_calibration_shows_every_part():
@@ -300,3 +355,48 @@ def test_views_and_windows_reach_every_run_figure(profile_run, tmp_path):
     assert _cli(["plot", "spread", str(h5), "--window", "last", "--absolute", "-o", str(tmp_path / "x.png")]) == 0
     with pytest.raises(GradscopeError, match="unknown statistic"):
         P.plot_narrowing(h5, statistic="variance")
+
+
+def test_plot_schedule_of_runs_draws_what_they_ran(profile_run, tmp_path):
+    """plot schedule RUN...: each run's own max_lr (not the schedule's default 0.1), from config.json's
+    schedule_used, so it holds even when the schedule file the run read is gone (issue 24.4)."""
+    import json
+    import shutil
+
+    ax = P.plot_run_schedules([profile_run], peaks=True)
+    (line,) = [l for l in ax.get_lines() if not l.get_label().startswith("_")]
+    assert line.get_label() == "run (silo)"  # the fixture runs silo with its defaults, 0.03 -> 0.07
+    assert 0.03 <= min(line.get_ydata()) < max(line.get_ydata()) <= 0.07
+    other = tmp_path / "silo-run"
+    shutil.copytree(profile_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["schedule"].update(schedule="silo", schedule_file=str(tmp_path / "gone.yaml"), max_lr=None)
+    cfg["schedule_used"] = {"name": "silo", "lo": 0.02, "hi": 0.04, "beta": 5.0, "midpoint": 0.5}
+    (other / "config.json").write_text(json.dumps(cfg))
+    (other / "run.h5").unlink()  # the config comes from config.json
+    ax = P.plot_run_schedules([profile_run, other], peaks=True, labels=["default", "calibrated"])
+    peaks = {l.get_label(): l.get_ydata() for l in ax.get_lines() if not l.get_label().startswith("_")}
+    assert set(peaks) == {"default (silo)", "calibrated (silo)"}
+    assert 0.02 <= min(peaks["calibrated (silo)"]) < max(peaks["calibrated (silo)"]) <= 0.04
+    assert _cli(["plot", "schedule", str(profile_run), "--peaks", "-o", str(tmp_path / "s.png")]) == 0
+
+
+def test_accuracy_points_carry_their_binomial_uncertainty():
+    """With the test-set size (rounds.json's n_test) each accuracy gets its 95 % Wilson interval:
+    two runs 1.4 points apart on 359 images overlap, which the bare lines hide (issue 24.4)."""
+    from gradscope.plot.figures import wilson_interval
+
+    lo, hi = wilson_interval([344 / 359], [359])
+    p, n, z = 344 / 359, 359, 1.959963984540054  # the Wilson score interval in closed form
+    c, h = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert lo[0] == pytest.approx(c - h, rel=1e-9) and hi[0] == pytest.approx(c + h, rel=1e-9)
+    runs = {"silo": pd.DataFrame({"sparsity": [0, 0.2], "test_acc": [0.966, 0.958], "n_test": [359, 359]}),
+            "lth": pd.DataFrame({"sparsity": [0, 0.2], "test_acc": [0.952, 0.955], "n_test": [359, 359]})}
+    ax = P.draw_accuracy(runs)
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert len(bars) == 2
+    segs = np.concatenate([np.asarray(b.get_segments()) for b in bars])  # (4, 2, 2): x, y of each bar's ends
+    assert np.allclose(segs[:, 0, 0], segs[:, 1, 0]) and (segs[:, 1, 1] - segs[:, 0, 1] > 3).all()  # > 3 points wide
+    assert "95 % Wilson" in ax.get_ylabel() and [l.get_label() for l in ax.get_lines()] == ["silo", "lth"]
+    plain = P.draw_accuracy({k: v.drop(columns="n_test") for k, v in runs.items()})
+    assert not [c for c in plain.collections if c.__class__.__name__ == "LineCollection"]

@@ -320,8 +320,10 @@ def test_every_k_records_every_kth_step_and_windows_count_optimizer_steps(tmp_pa
     seen = _train(net, rec, 10)
     rec.close()
     m = open_run(tmp_path / "e.h5").moments(layer="0")
-    # steps 0..9 in windows of 4 optimizer steps; recorded steps 0, 3, 6, 9
-    assert list(m.window) == [0, 1, 2] and list(m.step_start) == [0, 6, 9] and list(m.step_end) == [3, 6, 9]
+    # steps 0..9 in windows of 4 optimizer steps; recorded steps 0, 3, 6, 9; a window's span is
+    # its optimizer steps (recorded or not), `steps` how many it recorded
+    assert list(m.window) == [0, 1, 2] and list(m.step_start) == [0, 4, 8] and list(m.step_end) == [3, 7, 9]
+    assert list(m.steps) == [2, 1, 1]
     assert list(m["count"]) == [2 * 35, 35, 35]
     ref = sum(float((seen[s][0].double() ** 2).sum()) for s in (0, 3))
     assert m["sumsq"][0] == pytest.approx(ref, rel=1e-9)

@@ -132,3 +132,19 @@ def test_calibrate_plot_and_report_give_one_verdict_on_one_file(profile_run, cap
         cli_status = re.search(r"^status: (\w+):", capsys.readouterr().out, re.M).group(1)
         assert cal.status == plot_cal.status == report_status == cli_status, view
     assert cal.status == "underdetermined"  # 5 rounds: 3 residual dof, below the gate's 4
+
+
+def test_a_two_round_report_says_why_there_is_no_trend():
+    """Too few rounds for a slope: a message in place of a header-only table (issue 24.10)."""
+    import numpy as np
+
+    from gradscope.fit import fit_run
+    from gradscope.fit.synthetic import make_synthetic_run
+    from gradscope.plot.report import trend_block
+
+    two = fit_run(make_synthetic_run({"a": np.array([0.01, 0.009])}, n=5000), models=(), bootstrap=0, store=False)
+    text = trend_block(two)
+    assert "No trend: a slope needs 3 or more rounds" in text and "this run has 2." in text and "<table" not in text
+    three = fit_run(make_synthetic_run({"a": np.array([0.01, 0.009, 0.008])}, n=5000), models=(), bootstrap=0,
+                    store=False)
+    assert "<th>verdict</th>" in trend_block(three) and "No trend" not in trend_block(three)

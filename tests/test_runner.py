@@ -234,3 +234,79 @@ def test_progress_bars_follow_the_terminal(tiny_config, monkeypatch):
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
     assert progress_enabled(None) is False and progress_enabled(True) is True and progress_enabled(False) is False
+
+
+def test_a_finished_run_says_so_and_more_rounds_extend_it(tiny_config):
+    """Re-running a finished run: one 'already complete; nothing to do' line. --rounds 3 on a
+    finished 2-round run trains round 2 only; earlier rounds stay as they were; fewer rounds
+    than finished, or any other change, is refused before anything is written (issue 24.6)."""
+    import json
+
+    tiny_config.prune.rounds = 2
+    first = PruningRun(tiny_config, log=lambda s: None).run()
+    out = Path(tiny_config.out)
+    before = (out / "round_1.pt").read_bytes()
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert any("already complete; nothing to do" in l for l in lines), lines
+    tiny_config.prune.rounds = 3
+    lines = []
+    table = PruningRun(tiny_config, log=lines.append).run()
+    assert any(l.startswith(f"extending {out} from 2 to 3 rounds") for l in lines), lines
+    assert not any("nothing to do" in l for l in lines)
+    assert list(table["round"]) == [0, 1, 2]
+    assert table["test_acc"][:2].tolist() == first["test_acc"].tolist()  # rounds 0 and 1 untouched
+    assert (out / "round_1.pt").read_bytes() == before
+    assert json.loads((out / "config.json").read_text())["prune"]["rounds"] == 3
+    tiny_config.prune.rounds = 2
+    with pytest.raises(GradscopeError, match="already holds 3 finished rounds"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+    assert json.loads((out / "config.json").read_text())["prune"]["rounds"] == 3  # nothing rewritten
+    tiny_config.prune.rounds, tiny_config.prune.prune_rate = 4, 0.3
+    with pytest.raises(GradscopeError, match=r"different config \(prune.prune_rate\); only --rounds may change"):
+        PruningRun(tiny_config, log=lambda s: None).run()
+
+
+def test_silo_defaults_are_said_and_stored(tiny_config):
+    """--schedule silo without lo/hi/preset/file: one line names the released ResNet-20 constants
+    and that they were not made for this model; config.json stores every value used (issue 24.2)."""
+    tiny_config.prune.rounds = 1
+    tiny_config.schedule.schedule, tiny_config.schedule.max_lr = "silo", None
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    note = [l for l in lines if l.startswith("schedule silo:")]
+    assert len(note) == 1 and "lo 0.03, hi 0.07, beta 5, midpoint 0.5" in note[0], lines
+    assert "not for small_cnn" in note[0] and "--schedule-file" in note[0]
+    saved = json.loads((Path(tiny_config.out) / "config.json").read_text())
+    assert saved["schedule"]["lo"] is None  # what was given ...
+    rows = json.loads((Path(tiny_config.out) / "rounds.json").read_text())
+    assert rows[0]["n_test"] > 100 and rows[0]["n_val"] > 100  # the sizes behind each accuracy's uncertainty
+    used = saved["schedule_used"]  # ... and what ran
+    assert used["name"] == "silo" and (used["lo"], used["hi"], used["beta"], used["midpoint"]) == (0.03, 0.07, 5.0, 0.5)
+    tiny_config.schedule.lo, tiny_config.schedule.hi = 0.02, 0.04  # given: no line
+    tiny_config.schedule.beta, tiny_config.schedule.midpoint = 4.0, 0.4
+    tiny_config.out += "-given"
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert not any(l.startswith("schedule silo:") for l in lines)
+
+
+def test_off_a_terminal_a_heartbeat_line_per_epoch(tiny_config, monkeypatch):
+    """No progress bars (not a terminal): with GRADSCOPE_HEARTBEAT_S=0 every epoch (and step) says
+    it is alive; with the default 30 s a seconds-long run prints only its table (issue 24.9)."""
+    tiny_config.prune.rounds, tiny_config.train.epochs = 1, 2
+    monkeypatch.setenv("GRADSCOPE_HEARTBEAT_S", "0")
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    done = [l for l in lines if " done: train_loss " in l]
+    assert [l.split(" done")[0] for l in done] == ["  round 0 epoch 1/2", "  round 0 epoch 2/2"]
+    assert all("val_acc " in l and "s into the round" in l for l in done)
+    assert any(l.startswith("  round 0 epoch 1/2: step 1/") for l in lines)
+    monkeypatch.delenv("GRADSCOPE_HEARTBEAT_S")
+    tiny_config.out += "-quiet"
+    lines = []
+    PruningRun(tiny_config, log=lines.append).run()
+    assert not any("s into the round" in l for l in lines)
+    monkeypatch.setenv("GRADSCOPE_HEARTBEAT_S", "soon")
+    with pytest.raises(GradscopeError, match="GRADSCOPE_HEARTBEAT_S must be a number"):
+        PruningRun(tiny_config, log=lambda s: None).run()

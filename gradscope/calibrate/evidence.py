@@ -57,7 +57,8 @@ def evidence_lines(model: Optional[str], dataset: Optional[str], view: str, wind
                 f"measured {measured}: docs/findings.md); check a calibrated schedule with `gradscope oracle`"]
     study, metric = here["study"].iloc[0], here["metric"].iloc[0]
     out = [f"evidence ({study}; docs/findings.md) for {model} on {dataset}: {metric}, CI over trajectories"]
-    mine = here[(here["view"] == view) & (here["window"] == window) & (here["statistic"] == statistic)]
+    mine = here[((here["view"] == view) & (here["window"] == window) & (here["statistic"] == statistic)) |
+                (here["predictor"] == statistic)]  # a probe predictor is named as in the table ("probe NAME")
     others = here.drop(mine.index)
     if mine.empty:
         out.append(f"  this choice (view {view}, window {window}, statistic {statistic}) was not scored")

@@ -150,7 +150,9 @@ def calibrate_predictor(run_dir, name: str, *, at: str = "start", lo: Optional[f
     spec, variant = split_predictor(name)
     src = {"run": str(run_dir), "predictor": name, "rule": spec.rule, "at": at, "max_lr0": max_lr0, "x": x,
            "describe": f"predictor {name} ({spec.label}), measured at each round's {at}",
-           "statistic": name, "rounds_used": [int(r) for r in pts["round"]]}
+           "statistic": f"probe {name}", "rounds_used": [int(r) for r in pts["round"]],
+           "model": (cfg.get("model") or {}).get("model"), "dataset": (cfg.get("data") or {}).get("dataset"),
+           "view": "-", "window": "-"}
     kw = {} if min_points is None else {"min_points": min_points}
     cal = calibrate_points(pts, p=float(p), lag=lag, source=src, **kw)
     return cal, values, curve_shape(pts)

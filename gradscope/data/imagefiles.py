@@ -9,6 +9,7 @@ import io
 import os
 import sys
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional
 
@@ -105,11 +106,14 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], desc: str = "decodi
     """
     from tqdm.auto import tqdm
 
+    from gradscope.progress import bar_size  # noqa: PLC0415
+
     h, w = size
     out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = pool.map(_decode_one, blobs, chunksize=256) if workers > 1 else map(_decode_one, blobs)
-        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not _show_progress(progress), leave=False)):
+        for i, a in enumerate(tqdm(it, total=len(blobs), desc=desc, unit="img", disable=not _show_progress(progress),
+                                   leave=False, **bar_size())):
             if a.shape != (h, w, 3):
                 raise GradscopeError(f"image {i} of {desc} has shape {a.shape[:2]}, expected {h}x{w}; the dataset files look wrong")
             out[i] = a
@@ -126,6 +130,11 @@ def cached(cache_dir: Optional[str], name: str, source: str, build: Callable[[],
     path = os.path.join(resolve_cache_dir(cache_dir), f"{name}-{source_key(source)}.pt")
     data = load_cache(path)
     if data is None:
+        # one line each way (stderr, even off a terminal): decoding a large archive takes minutes
+        print(f"gradscope: decoding {name} from {source} into the dataset cache {path} (once; later runs "
+              f"read the cache)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         data = build()
         save_cache(data, path)
+        print(f"gradscope: decoded {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return data

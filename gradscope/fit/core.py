@@ -21,7 +21,18 @@ BINNED_STATS = ("iqr", "mad")  # from the binned cdf (resolution: the bin width,
 STATISTICS = MOMENT_STATS + BINNED_STATS + MODELS
 STATUSES = ("ok", "empty", "degenerate", "nonfinite", "out-of-range", "no-convergence")
 TREND_WORDING = ("slope of log scale against log density (density = 1 - sparsity; "
-                 "> 0: narrows as the net gets sparser)")
+                 "> 0: narrows as the net gets sparser); 95 % t-based CI; verdict: narrows (CI above 0), "
+                 "widens (CI below 0), cannot tell (CI includes 0)")
+VERDICTS = ("narrows", "widens", "cannot tell")
+
+
+def trend_verdict(lo: float, hi: float) -> str:
+    """What a slope CI says: "narrows" (entirely above 0), "widens" (entirely below), else "cannot tell"."""
+    if lo > 0:
+        return "narrows"
+    if hi < 0:
+        return "widens"
+    return "cannot tell"
 _Z95 = stats.norm.ppf(0.975)
 
 
@@ -297,13 +308,13 @@ def trend_slope(sparsity, scale, level: float = 0.95):
 
 
 def trend_table(narrowing: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per layer and statistic: slope of log scale on log density, its CI, and whether the
-    distribution narrows (CI entirely above 0). Layers with < 3 rounds are left out."""
+    """Per layer and statistic: slope of log scale on log density, its CI, and the verdict
+    (narrows / widens / cannot tell; ``narrows`` kept as a bool). Layers with < 3 rounds are left out."""
     rows = []
     for (layer, stat), g in narrowing.groupby(["layer", "statistic"], sort=False):
         sl, lo, hi, n = trend_slope(g["sparsity"], g["scale"], level)
         if np.isfinite(sl):
             rows.append({"layer": layer, "statistic": stat, "n_rounds": n, "slope": sl,
-                         "slope_lo": lo, "slope_hi": hi, "narrows": bool(lo > 0)})
-    cols = ["layer", "statistic", "n_rounds", "slope", "slope_lo", "slope_hi", "narrows"]
+                         "slope_lo": lo, "slope_hi": hi, "verdict": trend_verdict(lo, hi), "narrows": bool(lo > 0)})
+    cols = ["layer", "statistic", "n_rounds", "slope", "slope_lo", "slope_hi", "verdict", "narrows"]
     return pd.DataFrame(rows, columns=cols)

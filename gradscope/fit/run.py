@@ -15,7 +15,7 @@ import pandas as pd
 
 from gradscope import GradscopeError
 from gradscope.fit.core import (BINNED_STATS, MODELS, MOMENT_STATS, check_bootstrap, check_statistic,
-                                fit_histograms, fit_samples, narrowing_table, trend_table)
+                                fit_histograms, fit_samples, narrowing_table, trend_table, trend_verdict)
 from gradscope.fit.families import get_family
 
 _SUMS = ["count", "sum", "sumsq", "sumabs", "sum3", "sum4"]
@@ -413,11 +413,15 @@ def format_narrowing(res: FitResult, statistic: str = "std", layer: Optional[str
 
 
 def format_trend(res: FitResult, statistic: Optional[str] = None) -> pd.DataFrame:
-    """Trend slopes (all statistics, or one) for printing."""
+    """Trend slopes (all statistics, or one) for printing, with the verdict in words (narrows /
+    widens / cannot tell) in place of the ``narrows`` bool."""
     t = res.trend
     if statistic is not None:
         check_statistic(statistic, res.meta.get("models", MODELS))
-    return (t if statistic is None else t[t["statistic"] == statistic]).reset_index(drop=True)
+    t = (t if statistic is None else t[t["statistic"] == statistic]).reset_index(drop=True)
+    if "verdict" not in t:  # a trend table stored by an older gradscope
+        t.insert(len(t.columns), "verdict", [trend_verdict(lo, hi) for lo, hi in zip(t["slope_lo"], t["slope_hi"])])
+    return t.drop(columns=["narrows"], errors="ignore")
 
 
 def narrowing_heading(res: FitResult, statistic: str = "std") -> str:

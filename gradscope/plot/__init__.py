@@ -11,8 +11,9 @@ _WHERE = {
                      "integer_ticks", "label_identical", "new_axes", "round_histograms", "series_styles"],
                     "gradscope.plot.figures"),
     **dict.fromkeys(["RunSource", "calibration_data", "layer_depth", "oracle_intervals", "plot_accuracy",
-                     "plot_calibration", "plot_histograms", "plot_narrowing", "plot_schedule", "plot_spread",
-                     "resolve_run", "run_config", "run_fit", "run_rounds", "schedule_factories",
+                     "plot_calibration", "plot_histograms", "plot_narrowing", "plot_run_schedules", "plot_schedule",
+                     "plot_spread", "resolve_run", "run_config", "run_fit", "run_rounds", "run_schedules",
+                     "schedule_factories",
                      "schedule_from_file", "view_label"], "gradscope.plot.runs"),
     **dict.fromkeys(["plot_peaks", "plot_schedules"], "gradscope.plot.schedules"),
 }

@@ -42,9 +42,10 @@ def _cmd_plot(ns) -> int:
     check_view(ns.view)
     check_window(ns.window)
     vw = {"view": ns.view, "window": ns.window}
-    if ns.kind == "schedule":
-        if ns.runs:
-            raise GradscopeError("plot schedule takes --schedules names and --schedule-file files, not runs")
+    if ns.kind == "schedule" and ns.runs:  # the schedules those runs used, with their own parameters
+        labels = [x for x in ns.labels.split(",")] if ns.labels else None
+        ax = P.plot_run_schedules(ns.runs, peaks=ns.peaks, steps_per_round=ns.steps, labels=labels)
+    elif ns.kind == "schedule":
         ax = P.plot_schedule(ns.schedules, rounds=ns.rounds, prune_rate=ns.prune_rate,
                              steps_per_round=ns.steps, peaks=ns.peaks, files=ns.schedule_file or ())
     elif not ns.runs:
@@ -66,7 +67,7 @@ def _cmd_plot(ns) -> int:
     else:
         labels = [x for x in ns.labels.split(",")] if ns.labels else None
         ax = P.plot_accuracy(ns.runs, metric=ns.metric, labels=labels)
-    _save(ax, ns.out, ns.dpi)
+    _save(ax, ns.out or f"{ns.kind}.png", ns.dpi)
     return 0
 
 
@@ -83,30 +84,39 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("plot", help="one figure (PNG/PDF/SVG) of a run, several runs or schedules",
                               description="KIND: " + " | ".join(KINDS))
     s.add_argument("kind", choices=KINDS, metavar="KIND", help=" | ".join(KINDS))
-    s.add_argument("runs", nargs="*", metavar="RUN", help="RUN.h5 or RUN_DIR (accuracy: several)")
-    s.add_argument("-o", "--out", required=True, help="output file (.png, .pdf or .svg)")
-    s.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
-    s.add_argument("--view", default=DEFAULT_VIEW,
+    s.add_argument("runs", nargs="*", metavar="RUN",
+                   help="RUN.h5 or RUN_DIR (accuracy, schedule: several; schedule draws what those runs used)")
+    s.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="output file, .png, .pdf or .svg (default: KIND.png in the current folder)")
+    s.add_argument("--dpi", type=int, default=150, metavar="N", help="PNG resolution (default: 150)")
+    s.add_argument("--view", default=DEFAULT_VIEW, metavar="{survivors,all,relative}",
                    help="gradients of: survivors (unpruned weights), all (pruned as zeros), relative (|g|/|w|) "
                         f"(default: {DEFAULT_VIEW}, as every verb)")
-    s.add_argument("--window", default=DEFAULT_WINDOW,
-                   help=f"all epochs of each round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
-    s.add_argument("--layer", default=None, help="histograms/spread: one layer (default: pooled ReLU-fed layers)")
+    s.add_argument("--window", default=DEFAULT_WINDOW, metavar="{all,last}",
+                   help=f"all epochs of each round, or only the last epoch (default: {DEFAULT_WINDOW}, as every verb)")
+    s.add_argument("--layer", default=None, metavar="NAME",
+                   help="histograms/spread: one layer (default: pooled ReLU-fed layers)")
     s.add_argument("--absolute", action="store_true",
                    help="spread: quantile bands of |g| per round on a log axis instead of ratios to round 0")
-    s.add_argument("--layers", default=None, help="narrowing: comma-separated layers (default: all)")
-    s.add_argument("--statistic", default="std",
-                   help="narrowing/calibration: std, meanabs, iqr, mad, normal, laplace, t or gennorm (default std)")
-    s.add_argument("--gamma", type=float, default=1.0, help="calibration: max_lr ~ scale^-gamma (default 1)")
-    s.add_argument("--presets", default="resnet20", help="calibration: released SILO presets to show (comma-separated)")
-    s.add_argument("--metric", default="test_acc", help="accuracy: test_acc or val_acc (default test_acc)")
-    s.add_argument("--labels", default=None, help="accuracy: comma-separated legend labels, one per run")
-    s.add_argument("--schedules", default="silo,lth,clr", help="schedule: comma-separated schedule names ('' for none)")
+    s.add_argument("--layers", default=None, metavar="LIST", help="narrowing: comma-separated layers (default: all)")
+    s.add_argument("--statistic", default="std", metavar="NAME",
+                   help="narrowing/calibration: std, meanabs, iqr, mad, normal, laplace, t or gennorm (default: std)")
+    s.add_argument("--gamma", type=float, default=1.0, metavar="X",
+                   help="calibration: max_lr ~ scale^-gamma (default: 1)")
+    s.add_argument("--presets", default="resnet20", metavar="LIST",
+                   help="calibration: released SILO presets to show, comma-separated (default: resnet20)")
+    s.add_argument("--metric", default="test_acc", metavar="{test_acc,val_acc}",
+                   help="accuracy: test_acc or val_acc (default: test_acc)")
+    s.add_argument("--labels", default=None, metavar="LIST",
+                   help="accuracy: comma-separated legend labels, one per run (default: the run names)")
+    s.add_argument("--schedules", default="silo,lth,clr", metavar="LIST",
+                   help="schedule: comma-separated schedule names, '' for none (default: silo,lth,clr)")
     s.add_argument("--schedule-file", action="append", default=None, metavar="FILE",
                    help="schedule: a schedule parameters file (JSON/YAML, e.g. from `gradscope calibrate -o`); repeatable")
-    s.add_argument("--rounds", type=int, default=10, help="schedule: pruning rounds (default 10)")
-    s.add_argument("--prune-rate", type=float, default=0.2, help="schedule: fraction pruned per round (default 0.2)")
-    s.add_argument("--steps", type=int, default=100, help="schedule: steps per round drawn (default 100)")
+    s.add_argument("--rounds", type=int, default=10, metavar="N", help="schedule: pruning rounds (default: 10)")
+    s.add_argument("--prune-rate", type=float, default=0.2, metavar="P",
+                   help="schedule: fraction pruned per round (default: 0.2)")
+    s.add_argument("--steps", type=int, default=100, metavar="N", help="schedule: steps per round drawn (default: 100)")
     s.add_argument("--peaks", action="store_true", help="schedule: plot max_lr per round instead of the per-step LR")
     s.add_argument("--probe", default=None, help="probes: one predictor (e.g. sharpness, lr-range:steep), or "
                    "lr-range for the range test's curves (default: the implied max_lr of every recorded probe)")
@@ -116,12 +126,15 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("report", help="self-contained HTML report of one or more runs")
     s.add_argument("runs", nargs="+", metavar="RUN", help="RUN.h5 or RUN_DIR")
-    s.add_argument("-o", "--out", default="report.html", help="output HTML file (default report.html)")
-    s.add_argument("--title", default=None)
-    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the confidence bands")
-    s.add_argument("--view", default=DEFAULT_VIEW,
+    s.add_argument("-o", "--out", default="report.html", metavar="FILE",
+                   help="output HTML file (default: report.html in the current folder)")
+    s.add_argument("--title", default=None, metavar="TEXT",
+                   help="the page's title (default: 'gradscope report: ' and the run names)")
+    s.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                   help="bootstrap resamples for the confidence bands (default: 200)")
+    s.add_argument("--view", default=DEFAULT_VIEW, metavar="{survivors,all,relative}",
                    help="gradients of: survivors (unpruned weights), all (pruned as zeros), relative (|g|/|w|) "
                         f"(default: {DEFAULT_VIEW}, as every verb)")
-    s.add_argument("--window", default=DEFAULT_WINDOW,
-                   help=f"all epochs of each round, or only the last (default: {DEFAULT_WINDOW}, as every verb)")
+    s.add_argument("--window", default=DEFAULT_WINDOW, metavar="{all,last}",
+                   help=f"all epochs of each round, or only the last epoch (default: {DEFAULT_WINDOW}, as every verb)")
     s.set_defaults(func=_cmd_report)

@@ -137,7 +137,7 @@ def draw_histograms(rounds, mass, edges, sparsity: Optional[Mapping[int, float]]
         raise GradscopeError(f"mass must be [rounds, bins] = [{len(rounds)}, {len(edges) - 1}], got {mass.shape}")
     if len(rounds) == 0:
         raise GradscopeError("no recorded rounds to plot")
-    ax = new_axes(ax, (7.5, 1.2 + 0.55 * len(rounds)))
+    ax = new_axes(ax, (7.5, max(3.6, 1.2 + 0.55 * len(rounds))))  # tall enough for the axis labels
     sp = np.array([float((sparsity or {}).get(int(r), np.nan)) for r in rounds])
     has_sp = np.isfinite(sp).any()
     top = np.nanmax(sp) if has_sp else 1.0
@@ -169,12 +169,13 @@ def draw_histograms(rounds, mass, edges, sparsity: Optional[Mapping[int, float]]
     ax.set_yticks(np.arange(len(rounds)))
     ax.set_yticklabels([f"round {int(r)}" + (f"\n{100 * s:.0f}% pruned" if np.isfinite(s) else "")
                         for r, s in zip(rounds, sp)], fontsize="small")
-    ax.set_ylabel("round; ridge height = fraction of values per bin\n(each round scaled to its tallest bin)",
+    ax.set_ylabel("round (ridge height: fraction of values\nper bin, each round scaled to its tallest bin)",
                   fontsize="small")
     ax.set_ylim(-0.1, len(rounds) - 1 + overlap + 0.2)
     if has_sp:
         sm = mpl.cm.ScalarMappable(norm=norm, cmap=cm)
-        ax.figure.colorbar(sm, ax=ax, label="sparsity (fraction of weights pruned)", pad=0.01)
+        cb = ax.figure.colorbar(sm, ax=ax, pad=0.01)
+        cb.set_label("sparsity (fraction pruned)", fontsize="small")
     if title:
         ax.set_title(title)
     return ax
@@ -284,12 +285,12 @@ def draw_narrowing(narrowing: pd.DataFrame, statistic: str = "std", layers: Opti
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
     ax.set_ylabel(f"{statistic} relative to round 0 (ratio; < 1: narrower)")
     ax.set_title(title or f"Narrowing of the weight-gradient distribution ({statistic})", fontsize="medium")
-    if many:
+    if many:  # the depth colour bar goes under the axes, so the legend beside them covers nothing
         sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(1, len(per)), cmap=cm)
-        cb = ax.figure.colorbar(sm, ax=ax, pad=0.01)
-        cb.set_label(f"layer depth (1 = first of {len(per)} layers, thin lines)")
-        integer_ticks(cb.ax.yaxis)
-    place_legend(ax, bbox_to_anchor=(1.01 if not many else 1.3, 1.0))
+        cb = ax.figure.colorbar(sm, ax=ax, location="bottom", pad=0.02, fraction=0.06, aspect=40)
+        cb.set_label(f"layer depth (1 = first of {len(per)} layers, thin lines)", fontsize="small")
+        integer_ticks(cb.ax.xaxis)
+    place_legend(ax)
     return ax
 
 
@@ -349,32 +350,58 @@ def draw_calibration(points: pd.DataFrame, curve: Optional[pd.DataFrame] = None,
     if note:
         import textwrap  # noqa: PLC0415
 
-        ax.text(0.02, 0.97, "\n".join(textwrap.wrap(note, 75)), transform=ax.transAxes, va="top", fontsize="small",
-                color="C3", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "C3", "lw": 0.6}, zorder=30)
+        # under the axes, never over a data point
+        ax.annotate("\n".join(textwrap.wrap(note, 95)), xy=(0, 0), xycoords="axes fraction", xytext=(0, -34),
+                    textcoords="offset points", va="top", ha="left", fontsize="small", color="C3")
     place_legend(ax)
     return ax
 
 
 # ----------------------------------------------------------------------------- accuracy
+def wilson_interval(p, n, level: float = 0.95):
+    """(lo, hi) arrays: the Wilson score interval of each accuracy ``p`` measured on ``n`` images
+    (scipy.stats.binomtest on the correct count round(p * n))."""
+    from scipy.stats import binomtest  # noqa: PLC0415
+
+    lo, hi = [], []
+    for pi, ni in zip(np.asarray(p, float), np.asarray(n, float)):
+        ci = binomtest(int(round(pi * ni)), int(ni)).proportion_ci(confidence_level=level, method="wilson")
+        lo.append(ci.low)
+        hi.append(ci.high)
+    return np.array(lo), np.array(hi)
+
+
 def draw_accuracy(runs: Mapping[str, pd.DataFrame], metric: str = "test_acc", ax=None,
                   title: Optional[str] = None):
     """Accuracy (%) vs sparsity (%), one line per run (label -> per-round table with
-    ``sparsity`` and ``metric`` as fractions). Runs with identical results stay visible."""
+    ``sparsity`` and ``metric`` as fractions). Runs with identical results stay visible. Where a
+    table says how many images the accuracy was measured on (``n_test`` / ``n_val``, as
+    rounds.json does), each point gets its 95 % Wilson interval as an error bar."""
     if not runs:
         raise GradscopeError("accuracy plot needs at least one run")
     ax = new_axes(ax)
-    xy, names = [], []
+    xy, names, bars = [], [], []
+    size_col = {"test_acc": "n_test", "val_acc": "n_val"}.get(metric)
     for label, t in runs.items():
         _need(t, ["sparsity", metric], f"round table of {label}")
         t = t.sort_values("sparsity")
         xy.append((100 * t["sparsity"].to_numpy(float), 100 * t[metric].to_numpy(float)))
         names.append(str(label))
+        n = t[size_col].to_numpy(float) if size_col in t else None
+        bars.append(None if n is None or not np.isfinite(n).all() else
+                    wilson_interval(t[metric].to_numpy(float), n))
     names = label_identical(names, xy)
-    for (x, y), name, st in zip(xy, names, series_styles(len(xy))):
+    shown = [n for n, b in zip(names, bars) if b is not None]
+    for (x, y), name, st, b in zip(xy, names, series_styles(len(xy)), bars):
         ax.plot(x, y, label=name, **st)
+        if b is not None:
+            lo, hi = 100 * b[0], 100 * b[1]
+            # bars only (a LineCollection, no cap lines): the data lines stay the axes' only lines
+            ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), fmt="none", ecolor=st.get("color"), capsize=0,
+                        lw=1.5, alpha=0.6, zorder=st.get("zorder", 2))
     what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric.replace("_", " "))
     ax.set_xlabel("sparsity (% of prunable weights pruned)")
-    ax.set_ylabel(f"{what} (%)")
+    ax.set_ylabel(f"{what} (%)" + ("\nbars: 95 % Wilson interval (binomial)" if shown else ""))
     ax.set_title(title or f"{what.capitalize()} vs sparsity", fontsize="medium")
     ax.grid(alpha=0.3)
     place_legend(ax)

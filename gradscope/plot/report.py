@@ -64,6 +64,16 @@ def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
     return df.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}", escape=True)
 
 
+def trend_block(fit) -> str:
+    """The fit diagnostics' trend table, or the reason there is none (fewer than 3 rounds)."""
+    from gradscope.fit import TREND_WORDING, format_trend  # noqa: PLC0415
+
+    tr = format_trend(fit)
+    body = _table(tr) if len(tr) else ('<p class="note">No trend: a slope needs 3 or more rounds with a usable '
+                                       f'scale; this run has {fit.pooled["round"].nunique()}.</p>')
+    return f"<h4>Trend of each statistic: {html.escape(TREND_WORDING)}</h4>\n{body}"
+
+
 def _section(title: str, fn: Callable[[], str]) -> str:
     """A report section; a GradscopeError inside becomes a visible note, not a failed report."""
     try:
@@ -108,8 +118,6 @@ def check_run_readable(src: RunSource) -> None:
 
 
 def _run_html(src: RunSource, bootstrap: int, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> str:
-    from gradscope.fit import TREND_WORDING  # noqa: PLC0415
-
     vw = {"view": view, "window": window}
     parts = [f"<h2>Run {html.escape(src.label)}</h2>",
              f'<p class="meta">{html.escape(str(src.h5 or src.run_dir))}</p>']
@@ -182,11 +190,11 @@ def _run_html(src: RunSource, bootstrap: int, view: str = DEFAULT_VIEW, window: 
 
     def diagnostics():
         from gradscope.calibrate import calibrate_run, describe_calibration, format_calibration  # noqa: PLC0415
-        from gradscope.fit import format_summary, format_trend  # noqa: PLC0415
+        from gradscope.fit import format_summary  # noqa: PLC0415
 
         f = fit()
         out = ["<h4>Pooled fits per round</h4>", _table(format_summary(f))]
-        out += [f"<h4>Trend of each statistic: {html.escape(TREND_WORDING)}</h4>", _table(format_trend(f))]
+        out.append(trend_block(f))
         try:
             cal = calibrate_run(str(src.h5), fit=f, **vw)
             out += ["<h4>Calibrated SILO parameters (95 % CI: value ± t × SE)</h4>", _table(format_calibration(cal)),
@@ -223,28 +231,14 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
         plot_accuracy(srcs, "test_acc"), "accuracy vs sparsity",
         "Test accuracy (%) against sparsity (% of prunable weights pruned), one line per run; 0 % is the dense "
         "round 0. A run whose values equal an earlier run's is labelled “(= that run)”, and earlier lines are "
-        "drawn wider so both stay visible.")))
+        "drawn wider so both stay visible. Error bars (runs that record their test-set size in rounds.json): the "
+        "95 % Wilson interval of each accuracy.")))
 
     def schedules():
-        from gradscope.config import RunConfig  # noqa: PLC0415
-        from gradscope.plot.schedules import plot_schedules  # noqa: PLC0415
-        from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+        from gradscope.plot.runs import plot_run_schedules  # noqa: PLC0415
 
-        factories = {}
-        for s in srcs:
-            cfg = run_config(s)
-            if not cfg.get("schedule"):
-                continue
-            sc = RunConfig.from_dict(cfg).schedule
-            if sc.schedule == "silo-auto":
-                import gradscope.calibrate  # noqa: F401,PLC0415 - registers silo-auto
-            factories[f"{s.label} ({sc.schedule})"] = schedule_from_config(sc)
-        if not factories:
-            raise GradscopeError("the runs' configs name no schedule")
-        rounds = max(int(run_rounds(s)["round"].max()) + 1 for s in srcs)
+        ax = plot_run_schedules(srcs, steps_per_round=50, ax=new_axes(None, (9, 3.4)))
         p = (run_config(srcs[0]).get("prune") or {}).get("prune_rate", 0.2)
-        ax = new_axes(None, (9, 3.4))
-        plot_schedules(factories, rounds, 50, float(p), ax=ax)
         ax.set_title("LR over rounds of each run's schedule (its parameters, planned sparsity)", fontsize="medium")
         return _figure(ax, "schedules", "Learning rate per step of each run's schedule over its rounds, computed "
                        f"from the run's schedule parameters at the planned sparsity 1-(1-p)^k (p = {float(p):g}); "

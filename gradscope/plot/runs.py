@@ -328,6 +328,53 @@ def schedule_from_file(path) -> tuple:
     return label, fac
 
 
+def run_schedules(runs: Sequence, labels: Optional[Sequence[str]] = None) -> tuple[dict, int, float]:
+    """({label: ScheduleFactory}, rounds, prune rate) of the schedules runs actually used: config.json's
+    ``schedule_used`` (every parameter, defaults included) where written, else the run's config."""
+    from gradscope.config import RunConfig  # noqa: PLC0415
+    from gradscope.schedules import get_schedule, schedule_from_config  # noqa: PLC0415
+
+    srcs = [r if isinstance(r, RunSource) else resolve_run(r) for r in runs]
+    names = list(labels) if labels else [s.label for s in srcs]
+    if len(names) != len(srcs):
+        raise GradscopeError(f"got {len(names)} labels for {len(srcs)} runs")
+    factories, rounds, p = {}, 1, None
+    for s, name in zip(srcs, names):
+        f = s.run_dir / "config.json" if s.run_dir is not None else None
+        saved = json.loads(f.read_text()) if f is not None and f.exists() else {}
+        cfg = saved or run_config(s)
+        if not cfg.get("schedule"):
+            continue
+        sc = RunConfig.from_dict(cfg).schedule
+        if sc.schedule == "silo-auto":
+            import gradscope.calibrate  # noqa: F401,PLC0415 - registers silo-auto
+        used = saved.get("schedule_used")
+        fac = get_schedule(**used) if isinstance(used, dict) and used.get("name") else schedule_from_config(sc)
+        label = f"{name} ({sc.schedule})"
+        while label in factories:
+            label += "'"
+        factories[label] = fac
+        rounds = max(rounds, int(run_rounds(s)["round"].max()) + 1)
+        if p is None:
+            p = (cfg.get("prune") or {}).get("prune_rate")
+    if not factories:
+        raise GradscopeError("the runs' configs name no schedule")
+    return factories, rounds, float(p if p is not None else 0.2)
+
+
+def plot_run_schedules(runs: Sequence, peaks: bool = False, steps_per_round: int = 50, ax=None,
+                       labels: Optional[Sequence[str]] = None):
+    """The schedules runs actually used (their own parameters, rounds and prune rate): the per-step
+    LR, or with ``peaks`` max_lr per round."""
+    from gradscope.plot.schedules import plot_peaks, plot_schedules  # noqa: PLC0415
+
+    f, rounds, p = run_schedules(runs, labels)
+    ax = new_axes(ax, (9, 3.6))
+    if peaks:
+        return plot_peaks(f, rounds, p, ax=ax)
+    return plot_schedules(f, rounds, steps_per_round, p, ax=ax)
+
+
 def plot_schedule(names, rounds: int = 10, prune_rate: float = 0.2, steps_per_round: int = 100,
                   peaks: bool = False, ax=None, files: Sequence = ()):
     """LR over all rounds (or, with ``peaks``, max_lr per round) of several named schedules

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from gradscope import GradscopeError, InternalError
+from gradscope.compile_env import prepare_compile
 
 RTOL = 1e-12  # documented bound on |power sum - numpy float64 sum| / Σ|x|**p (see module docstring)
 COMPILE_MIN = 1 << 18  # compile the row kernels for buffers of at least this many values (ResNet-20 and up)
@@ -467,6 +468,7 @@ class WindowAccumulator:
         x2 = self.x.view(-1, lay.B)
         if self._use_compile:
             try:
+                prepare_compile()  # Inductor's cache under gradscope's folder; no "No CUDA runtime" notice on CPU
                 k = _compiled_bin(self.binner.bits, torch.int16 if self.nb + 2 <= 32767 else torch.int32)(
                     x2.view(torch.int32), x2, self.binner.lut32, self.binner.thr)
                 return k, _compiled(moment_rows)(x2)

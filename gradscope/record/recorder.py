@@ -194,6 +194,7 @@ class GradientRecorder:
         self.round, self.epoch, self._step, self._win = 0, 0, 0, 0
         self._win_start: Optional[int] = None
         self._win_last = -1
+        self._span_start = 0  # the optimizer step the current window began at
         self._round_open = False
         self._round_meta: dict = {}
         self._round_t0 = time.perf_counter()
@@ -444,7 +445,10 @@ class GradientRecorder:
         for v, (view, h) in enumerate(hosts):
             rows = mom[v * L: (v + 1) * L]
             rows["round"], rows["epoch"], rows["window"] = self.round, self.epoch, self._win
-            rows["step_start"], rows["step_end"] = self._win_start, self._win_last
+            # the window's first and last optimizer step, recorded or not (with every=k a round's
+            # length stays known: round k of an export starts where round k-1 ended)
+            rows["step_start"] = min(self._win_start, self._span_start)
+            rows["step_end"] = max(self._win_last, self._step - 1)
             rows["layer"] = [i.index for i in self.recorded]
             if "view" in mom.dtype.names:
                 rows["view"] = VIEW_CODES[view]
@@ -460,6 +464,7 @@ class GradientRecorder:
         self.writer.add_window(mom, hist, samples)
         self._win += 1
         self._win_start = None
+        self._span_start = self._step
 
     def flush(self) -> None:
         """End the current window and write it (and any queued metadata) to the file."""
@@ -500,7 +505,7 @@ class GradientRecorder:
         if p is not None and self.writer is None:
             self._set_prune_rate(p)
         self.round, self._step, self._win, self.epoch = int(round), 0, 0, 0
-        self._win_start, self._win_last = None, -1
+        self._win_start, self._win_last, self._span_start = None, -1, 0
         self._round_meta = dict(meta)
         self._round_t0 = time.perf_counter()
         self._round_open = True
@@ -513,6 +518,7 @@ class GradientRecorder:
     def _position(self, step: int, epoch: int) -> None:
         """Continue the round at ``step`` (optimizer steps taken) in ``epoch``: used on resume."""
         self._step, self.epoch = int(step), int(epoch)
+        self._span_start = self._step
         self._win = self.epoch if self.window is None else self._step // self.window
 
     def end_round(self, **metrics: Any) -> None:

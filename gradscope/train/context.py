@@ -93,6 +93,10 @@ def build_context(c: RunConfig) -> TrainContext:
     P.attach_masks(layers)
     P.check_schedule(sum(m.weight_orig.numel() for m in layers.values()), c.prune.rounds, c.prune.prune_rate)
     net = D.wrap(model, device)
+    if c.train.compile:
+        from gradscope.compile_env import prepare_compile  # noqa: PLC0415
+
+        prepare_compile()  # Inductor's cache under gradscope's cache folder
     net = torch.compile(net) if c.train.compile else net
     why = D.check_batch(c.data.batch_size, len(data.train_y))
     if why:

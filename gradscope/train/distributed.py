@@ -11,7 +11,7 @@ DistributedDataParallel. Conventions:
 - BatchNorm is synchronised (statistics of the global batch): torch's SyncBatchNorm on
   CUDA, ``GlobalBatchNorm`` (all-reduce of sums, differentiable) on CPU where torch's is
   GPU-only; so a DDP run matches a single-process run up to float rounding.
-- Masks are buffers that DDP does not broadcast per step (``broadcast_buffers=False``): every
+- Masks are buffers that DDP does not broadcast per step (``no_buffer_sync``): every
   rank prunes the same identical weights, and rank 0's model is broadcast after each
   pruning step, so masks are identical on every rank by construction.
 - Only rank 0 writes files (checkpoints, round files, run.h5) and prints; every rank reads
@@ -116,7 +116,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xd = x.double()  # float64 sums: E[x^2] - E[x]^2 without cancellation
         local = torch.cat([xd.sum(dims), (xd * xd).sum(dims),
                            torch.full((1,), x.numel() / x.shape[1], dtype=torch.float64, device=x.device)])
-        tot = all_reduce(local)
+        with warnings.catch_warnings():
+            # deprecated in favour of a private module (_functional_collectives) without this op's
+            # autograd: we keep the public differentiable op and its FutureWarning out of every rank's log
+            warnings.filterwarnings("ignore", message=r".*distributed\.nn\.functional\.all_reduce is deprecated",
+                                    category=FutureWarning)
+            tot = all_reduce(local)
         c = x.shape[1]
         n = tot[-1]
         mean64 = tot[:c] / n
@@ -166,7 +171,18 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     # channels_last weights with a size-1 dim (a 1-channel input conv) have ambiguous strides: harmless
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids, broadcast_buffers=False)
+    return DDP(model, device_ids=ids, **no_buffer_sync(DDP))
+
+
+def no_buffer_sync(ddp_cls) -> dict:
+    """DDP's keyword for "do not broadcast buffers every forward": ``forward_sync_buffers=False``
+    where torch has it (2.13+, where ``broadcast_buffers`` warns that it is deprecated; buffers are
+    then synced once at init, which changes nothing here: rank 0's model was just broadcast),
+    else ``broadcast_buffers=False``."""
+    import inspect  # noqa: PLC0415
+
+    params = inspect.signature(ddp_cls.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def broadcast_module(model: nn.Module) -> None:

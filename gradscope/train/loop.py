@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gradscope.progress import bar_size
+
 from gradscope.callbacks import TrainState, call_all
 
 
@@ -30,7 +32,7 @@ def train_epoch(state: TrainState, loader: Iterable, callbacks: Sequence = (), *
     model.train()
     loss_sum = torch.zeros((), device=device)
     n = 0
-    it = tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0)
+    it = tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0, **bar_size())
     for b, (x, y) in enumerate(it):
         state.batch = b
         with autocast_for(device, amp):

@@ -46,6 +46,11 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None):
         kw = {"include_dashboard": False, "log_to_driver": True}
         if address is None and num_cpus is not None:
             kw["num_cpus"] = num_cpus
+        if address is None:
+            # our own local instance: token authentication, Ray's default for a new local cluster,
+            # chosen explicitly so Ray does not print its "enabled by default" notice; a user's
+            # RAY_AUTH_MODE wins, and a cluster (address given) keeps its own setting
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
             ray.init(address=address, **kw)
         except Exception as e:  # noqa: BLE001 - ray.init raises a bare Exception("node timed out during startup")

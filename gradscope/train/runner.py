@@ -9,6 +9,8 @@ e.g. the Oracle's); this module only sequences rounds and persists them.
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -28,6 +30,9 @@ from gradscope.train.table import format_header, format_row
 from gradscope.train.trainer import RoundTrainer
 
 _VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}
+# May change on resume without making a finished round wrong: more rounds extend a run (as
+# OpenLTH adds levels); each round depends only on the rounds before it, never on the total.
+_EXTENSIBLE = {("prune", "rounds")}
 
 
 def comparable_config(cfg: dict) -> dict:
@@ -74,6 +79,7 @@ class PruningRun:
         self.ctx: Optional[TrainContext] = None
         self.trainer: Optional[RoundTrainer] = None
         self.state: Optional[RunState] = None
+        self._saved_rounds: Optional[int] = None  # prune.rounds of the config already in --out
         self.rewind_step = 0
 
     # ------------------------------------------------------------------ set-up
@@ -88,10 +94,25 @@ class PruningRun:
             except (OSError, ValueError):
                 raise GradscopeError(f"{self.paths.config} is unreadable; use another --out or delete it") from None
             mine, theirs = comparable_config(self.cfg.to_dict()), comparable_config(theirs)
-            if theirs != mine:
-                diff = sorted(f"{s}.{k}" for s, sec in mine.items() for k in sec if theirs.get(s, {}).get(k) != sec[k])
-                raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); "
-                                     f"use another --out to start a new run")
+            diff = sorted(f"{s}.{k}" for s, sec in mine.items() for k in sec
+                          if theirs.get(s, {}).get(k) != sec[k] and (s, k) not in _EXTENSIBLE)
+            if diff:
+                raise GradscopeError(f"{root} holds a run with a different config ({', '.join(diff)}); only "
+                                     f"--rounds may change (to extend the run); use another --out to start a new run")
+            self._saved_rounds = theirs.get("prune", {}).get("rounds")
+            done = self._finished_rounds()
+            if done > self.cfg.prune.rounds:
+                raise GradscopeError(f"{root} already holds {done} finished rounds; --rounds {self.cfg.prune.rounds} "
+                                     f"would drop some (give --rounds {done} or more)")
+
+    def _finished_rounds(self) -> int:
+        """How many rounds rounds.json lists as finished (0 if there is none yet)."""
+        try:
+            rows = json.loads(self.paths.rounds.read_text())
+        except (OSError, ValueError):
+            return 0
+        return max((int(r.get("round", -1)) + 1 for r in rows if isinstance(r, dict)), default=0) \
+            if isinstance(rows, list) else 0
 
     @D.main_only
     def _write_config(self) -> None:
@@ -99,9 +120,30 @@ class PruningRun:
 
         self.paths.root.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
-        save_json(self.cfg.to_dict(), self.paths.config, what="run config")
+        # schedule_used: every parameter the schedule runs with, defaults included (the flags
+        # above may leave them out: config.json says what was run)
+        params = getattr(self.factory, "params", None)
+        save_json({**self.cfg.to_dict(), "schedule_used": params() if callable(params) else None},
+                  self.paths.config, what="run config")
         save_json({"versions": package_versions(), "git_commit": source_commit()}, self.paths.versions,
                   what="versions file")
+
+    def schedule_note(self) -> Optional[str]:
+        """A line saying which SILO constants a run uses when no flag, preset or file gave them."""
+        sc = self.cfg.schedule
+        if sc.schedule != "silo" or sc.schedule_file or sc.preset or not hasattr(self.factory, "params"):
+            return None
+        missing = [k for k in ("lo", "hi", "beta", "midpoint") if getattr(sc, k) is None]
+        if not missing:
+            return None
+        p = self.factory.params()
+        used = ", ".join(f"{k} {p[k]:g}" for k in missing)
+        model = self.cfg.model.model
+        tail = "" if model == "resnet20" else (
+            f", not for {model}: calibrate them for it (gradscope profile, then gradscope calibrate RUN -o FILE, "
+            f"then --schedule-file FILE) or give --lo/--hi")
+        return (f"schedule silo: {used} are the released ResNet-20 constants (no --{'/--'.join(missing)}, "
+                f"--preset or --schedule-file given), made for ResNet-20 on CIFAR-10{tail}")
 
     def _rewind_step(self) -> int:
         c = self.cfg
@@ -146,6 +188,8 @@ class PruningRun:
         if P.STRATEGIES.get(self.cfg.prune.prune_method).needs_previous:  # |Δw| pruning
             self._previous = PreviousWeights(self.ctx.layers)
             cbs.append(self._previous)
+        if not self.trainer.progress:  # no bars (not a terminal): a line every so often instead
+            cbs.append(_Heartbeat(self.log, heartbeat_interval()))
         cbs.append(_EpochCheckpoint(self))  # last: every instrument has flushed by then
         for cb in cbs + ([] if D.is_main() else self._learned):
             key = getattr(cb, "state_key", None)
@@ -243,12 +287,22 @@ class PruningRun:
                     "masks": P.current_masks(self.ctx.layers), "extra": res.extra},
                    self.paths.round_file(res.round), what="round file")
         faults.point("round-file", res.round)
-        save_json([r.row() for r in st.results], self.paths.rounds, what="round table")
+        sizes = self._eval_sizes()  # so each accuracy's binomial uncertainty can be drawn
+        save_json([{**r.row(), **sizes} for r in st.results], self.paths.rounds, what="round table")
         faults.point("rounds-json", res.round)
         self.log(format_row(row))
         note = res.schedule.get("note")
         if note:
             self.log(f"      {note}")
+
+    def _eval_sizes(self) -> dict:
+        """How many images the validation and test accuracies are measured on (all ranks together)."""
+        out = {}
+        for key, loader in (("n_val", self.ctx.val_loader), ("n_test", self.ctx.test_loader)):
+            x = getattr(loader, "x", None)
+            if x is not None:
+                out[key] = int(len(x))
+        return out
 
     def run(self):
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
@@ -265,13 +319,21 @@ class PruningRun:
         self._write_config()
         opt_state, sched_state = self._load_or_start()
         st = self.state
+        saved = self._saved_rounds
+        if saved is not None and c.prune.rounds > saved:
+            self.log(f"extending {self.paths.root} from {saved} to {c.prune.rounds} rounds (the {st.round} finished "
+                     f"rounds are kept as they are)")
         resumed = st.round > 0 or bool(st.epochs)
         callbacks = self._callbacks(recorder)
         call_all(callbacks, "on_run_start", TrainState(model=self.ctx.net, device=self.ctx.device,
                                                        config=c.to_dict(), resumed=resumed))
+        note = self.schedule_note()
+        if note:
+            self.log(note)
         self.log(format_header())
         for r in st.results:
             self.log(format_row(r.row()))
+        trained = st.round < c.prune.rounds
         while st.round < c.prune.rounds:
             k = st.round
             if st.stage == "prune":
@@ -288,6 +350,9 @@ class PruningRun:
             D.sync_states(self._learned)
             st.round, st.stage, st.epochs = k + 1, "prune", []
             self.save_checkpoint()
+        if not trained:
+            self.log(f"all {c.prune.rounds} rounds of {self.paths.root} are already complete; nothing to do "
+                     f"(--rounds {c.prune.rounds + 1} or more extends the run)")
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
         return pd.DataFrame([r.row() for r in st.results])
 
@@ -332,6 +397,58 @@ def _best_test(res: RoundResult, log) -> None:
         res.extra["best_test_acc"], res.extra["best_test_epoch"] = float(acc), int(ep)
     if res.round == 0 or not tests:
         log(BEST_TEST_NOTE)
+
+
+HEARTBEAT_ENV = "GRADSCOPE_HEARTBEAT_S"
+HEARTBEAT_S = 30.0
+
+
+def heartbeat_interval() -> float:
+    """Seconds between sign-of-life lines off a terminal ($GRADSCOPE_HEARTBEAT_S, default 30)."""
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return HEARTBEAT_S
+    try:
+        v = float(raw)
+    except ValueError:
+        raise GradscopeError(f"{HEARTBEAT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not v >= 0:
+        raise GradscopeError(f"{HEARTBEAT_ENV} must be >= 0 seconds, got {raw!r}")
+    return v
+
+
+class _Heartbeat:
+    """Off a terminal (no progress bars): after an epoch, or during a long one, a line when
+    ``interval`` seconds have passed since the last line, so a log shows the run is alive. Short
+    runs (epochs under the interval) print nothing more than the round table."""
+
+    def __init__(self, log: Callable[[str], None], interval: float):
+        self.log, self.interval = log, float(interval)
+        self.last = self.t0 = time.monotonic()
+
+    def on_round_start(self, state: TrainState) -> None:
+        self.t0 = time.monotonic()
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self._due():
+            spe = max(int(state.steps_per_epoch), 1)
+            self.log(f"  round {state.round} epoch {state.epoch + 1}/{state.epochs}: step "
+                     f"{state.step - state.epoch * spe}/{spe} ({time.monotonic() - self.t0:.0f} s into the round)")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self._due():
+            m = state.metrics or {}
+            val = m.get("val_acc")
+            acc = f", val_acc {100 * val:.2f} %" if isinstance(val, float) and val == val else ""
+            self.log(f"  round {state.round} epoch {state.epoch + 1}/{state.epochs} done: train_loss "
+                     f"{m.get('train_loss', float('nan')):.4f}{acc} ({time.monotonic() - self.t0:.0f} s into the round)")
 
 
 class _EarlyCapture:
