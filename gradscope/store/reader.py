@@ -396,8 +396,6 @@ class RunReader:
 
 
 def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
-    from gradscope.store.writer import derived_crc  # noqa: PLC0415 - writer imports reader lazily
-
     what = f"derived table {name!r}"
     cur = grp.attrs["current"]
     if not isinstance(cur, (int, np.integer)) or f"v{int(cur)}" not in grp:
@@ -419,7 +417,7 @@ def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
         except (KeyError, ValueError, TypeError):
             raise V.damaged(path, f"{what} has a damaged description") from None
         if not isinstance(col_crcs, list) or len(col_crcs) != len(cols) or \
-                derived_crc(cols, kinds, nrows, col_crcs) != int(g.attrs["crc32"]):
+                C.derived_crc(cols, kinds, nrows, col_crcs) != int(g.attrs["crc32"]):
             raise V.damaged(path, f"{what} fails its checksum")
     data = {}
     for i, (c, k) in enumerate(zip(cols, kinds)):

@@ -25,6 +25,7 @@ from gradscope.store import schema as S
 from gradscope.store import validate as V
 from gradscope.store.diskio import (check_path, error_errno, extend_to_stored_eof, file_lock, open_h5,
                                     reserved_space, stored_eof, write_error)
+from gradscope.store.reader import RunReader  # one way: the reader imports nothing of the writer
 
 __all__ = ["RunWriter", "write_derived", "package_versions", "git_commit", "file_lock", "open_h5", "LIBVER"]
 
@@ -355,8 +356,6 @@ class RunWriter:
     def _recover_truncated(self) -> None:
         """A file cut short by a failed write (full disk, size limit): the missing tail held only
         rows past the commit point, so restore its length and check every committed row."""
-        from gradscope.store.reader import RunReader  # noqa: PLC0415 - reader imports writer
-
         try:
             with file_lock(self.path, exclusive=True):
                 extend_to_stored_eof(self.path)
@@ -649,9 +648,7 @@ def _column_data(s) -> tuple[np.ndarray, str]:
                     dtype=object), "str"
 
 
-def derived_crc(columns: list, kinds: list, nrows: int, col_crcs: list) -> int:
-    """CRC-32 guarding a derived table's description (columns, kinds, rows, column CRCs)."""
-    return C.value_crc(json.dumps([columns, kinds, int(nrows), [int(x) for x in col_crcs]]))
+derived_crc = C.derived_crc  # moved to gradscope.store.checksum (kept importable here)
 
 
 def write_derived(path: str, name: str, df) -> None:
@@ -699,7 +696,7 @@ def _write_derived(f: h5py.File, name: str, df, cols: list) -> None:
     g.attrs["kinds"] = json.dumps(kinds)
     g.attrs["nrows"] = len(df)
     g.attrs["col_crc32"] = json.dumps(col_crcs)
-    g.attrs["crc32"] = derived_crc(columns, kinds, len(df), col_crcs)
+    g.attrs["crc32"] = C.derived_crc(columns, kinds, len(df), col_crcs)
     f.flush()
     if "current" in grp.attrs:
         grp.attrs.modify("current", np.int64(ver))
