@@ -175,10 +175,58 @@ def read_meta(f: h5py.File, path: str, lenient: bool = False) -> FileMeta:
     missing = [n for n in needed_ds if n not in have_ds]
     if missing:
         raise damaged(path, f"datasets {missing} are missing")
+    check_storage(f, path)
     meta.edges = read_edges(f, meta)
     counts = committed(f, meta, lenient=lenient)
     meta.layers = read_table(f, meta, "layers", counts["layers"])
     return meta
+
+
+# Dataset layouts whose bytes lie inside the file (external storage uses the contiguous layout
+# with an external file list, checked separately; virtual datasets map other files' data).
+_INTERNAL_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT)
+
+
+def check_storage(f: h5py.File, path: str) -> None:
+    """Refuse any object whose data lies outside the file: soft or external links, virtual
+    datasets and datasets with external storage (a crafted run file could otherwise make a
+    reader return the bytes of any file it can read, e.g. /etc/passwd)."""
+    def walk(g: h5py.Group, prefix: str) -> None:
+        try:
+            names = list(g.keys())
+        except H5_ERRORS as e:
+            raise damaged(path, f"cannot list {prefix or '/'} ({type(e).__name__})") from None
+        for n in names:
+            full = f"{prefix}/{n}"
+            try:
+                link = g.get(n, getlink=True)
+            except H5_ERRORS as e:
+                raise damaged(path, f"the link {full!r} cannot be read ({type(e).__name__})") from None
+            if not isinstance(link, h5py.HardLink):
+                what = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise GradscopeError(f"{path} is refused: {full!r} is {what}; a run file keeps all its data "
+                                     "inside itself")
+            try:
+                obj = g[n]
+            except H5_ERRORS as e:
+                raise damaged(path, f"{full!r} cannot be opened ({type(e).__name__})") from None
+            if isinstance(obj, h5py.Group):
+                walk(obj, full)
+                continue
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            try:
+                plist = obj.id.get_create_plist()
+                layout, external, virtual = plist.get_layout(), plist.get_external_count(), obj.is_virtual
+            except H5_ERRORS as e:
+                raise damaged(path, f"the storage of {full!r} cannot be read ({type(e).__name__})") from None
+            if virtual or external or layout not in _INTERNAL_LAYOUTS:
+                how = "a virtual dataset" if virtual or layout == h5py.h5d.VIRTUAL else \
+                    "stored in an external file" if external else f"of unknown storage layout {layout}"
+                raise GradscopeError(f"{path} is refused: dataset {full!r} is {how}; a run file keeps all its "
+                                     "data inside itself")
+
+    walk(f, "")
 
 
 def _dataset(f: h5py.File, name: str, path: str) -> h5py.Dataset:
