@@ -186,11 +186,11 @@ class RunReader:
 
     # ------------------------------------------------------------------ per-window rows
     def _moments_rows(self, f: h5py.File) -> np.ndarray:
-        n = self._counts(f)["moments"]
-        ds = f["moments"]
-        V._check_dtype(ds, S.moments_dtype(self.meta.version), "moments", self.path)
-        m = V.read(ds, slice(0, n), self.path, "moments")
-        V.check_moments(self.meta, m)
+        c = self._counts(f)
+        m = V.read_moments(f, self.meta, slice(0, c["moments"]))
+        if len(m):
+            known = {int(r) for t in ("rounds", "layer_rounds") for r in V.read_table(f, self.meta, t, c[t])["round"]}
+            V.check_window_rounds(self.meta, m, known)
         return m
 
     def _select(self, f: h5py.File, layer: Sel, round: Sel, window: Sel, view: str):

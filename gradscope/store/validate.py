@@ -9,6 +9,7 @@ values that are impossible in a real recording (negative counts, NaN sums, steps
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -248,6 +249,20 @@ def _check_dtype(ds: h5py.Dataset, want: np.dtype, name: str, path: str) -> None
         raise damaged(path, f"dataset {name!r} has data type {got}, expected {want}")
 
 
+def read_moments(f: h5py.File, meta: FileMeta, sel: Any, first_row: int = 0) -> np.ndarray:
+    """Rows ``sel`` of ``moments`` (either schema-2 dtype: with or without row CRCs), checked."""
+    ds = _dataset(f, "moments", meta.path)
+    try:
+        got = ds.dtype
+    except H5_ERRORS:
+        raise damaged(meta.path, "the data type of 'moments' cannot be read") from None
+    if got not in S.moments_dtypes(meta.version):
+        raise damaged(meta.path, f"dataset 'moments' has data type {got}, expected {S.moments_dtype(meta.version)}")
+    m = read(ds, sel, meta.path, "moments")
+    check_moments(meta, m, first_row=first_row)
+    return m
+
+
 def read_edges(f: h5py.File, meta: FileMeta) -> np.ndarray:
     ds = _dataset(f, "edges", meta.path)
     _check_dtype(ds, np.dtype("<f8"), "edges", meta.path)
@@ -356,6 +371,32 @@ def read_table(f: h5py.File, meta: FileMeta, name: str, n: int) -> np.ndarray:
     return arr
 
 
+MAX_NUMEL = 1 << 40  # weights in one layer: far above any model, far below int64 overflow
+
+
+def shape_dims(shape: Any) -> Optional[list[int]]:
+    """The sizes in a layer's shape string ("64x16x3x3"), or None if it does not parse."""
+    text = C.plain(shape)
+    if not isinstance(text, str) or not text or len(text) > 200:
+        return None
+    parts = text.split("x")
+    if not all(x.isdigit() and x.isascii() and len(x) <= 12 and int(x) > 0 for x in parts):
+        return None
+    return [int(x) for x in parts]
+
+
+def _in_range(p: str, table: str, a: np.ndarray, col: str, lo: float, hi: float, low_open: bool = False) -> None:
+    """Column ``col`` is NaN (not measured) or finite within [lo, hi] ((lo, hi] if low_open)."""
+    v = a[col].astype(np.float64)
+    have = ~np.isnan(v)
+    ok = np.isfinite(v) & (v <= hi) & ((v > lo) if low_open else (v >= lo))
+    bad = np.nonzero(have & ~ok)[0]
+    if len(bad):
+        i = int(bad[0])
+        rng = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
+        raise damaged(p, f"table {table!r} row {i} holds {col}={float(v[i])!r}, outside {rng}")
+
+
 def _uniq(keys: np.ndarray) -> bool:
     return len(np.unique(keys, axis=0)) == len(keys)
 
@@ -367,8 +408,13 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
     if name == "layers":
         if not np.array_equal(a["index"], np.arange(len(a))):
             raise damaged(p, "layer indices are not 0, 1, 2, ...")
-        if (a["numel"] < 1).any():
-            raise damaged(p, "a layer has numel < 1")
+        if (a["numel"] < 1).any() or (a["numel"] > MAX_NUMEL).any():
+            raise damaged(p, f"a layer has numel < 1 or > {MAX_NUMEL}")
+        for row in a:
+            dims = shape_dims(row["shape"])
+            if dims is None or int(np.prod(dims, dtype=object)) != int(row["numel"]):
+                raise damaged(p, f"layer {C.plain(row['layer'])!r} has shape {C.plain(row['shape'])!r}, which is not "
+                                 f"'AxBx...' positive sizes whose product is its numel {int(row['numel'])}")
         if not a["recorded"].any():
             raise damaged(p, "no layer is marked as recorded")
         n_rec = int(a["recorded"].sum())
@@ -379,11 +425,21 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
     nl = len(meta.layers)
     if (a["round"] < 0).any():
         raise damaged(p, f"table {name!r} holds a negative round")
-    if name == "rounds" and not _uniq(a["round"]):
-        raise damaged(p, "table 'rounds' holds a round twice")
+    if name == "rounds":
+        if not _uniq(a["round"]):
+            raise damaged(p, "table 'rounds' holds a round twice")
+        _in_range(p, name, a, "max_lr", 0.0, math.inf, low_open=True)
+        for c in ("sparsity", "target_sparsity", "val_acc", "test_acc"):
+            _in_range(p, name, a, c, 0.0, 1.0)
+        _in_range(p, name, a, "train_loss", 0.0, math.inf)
+        _in_range(p, name, a, "time_s", 0.0, math.inf)
     if name == "epochs":
         if (a["epoch"] < 0).any() or not _uniq(np.stack([a["round"], a["epoch"]], 1)):
             raise damaged(p, "table 'epochs' holds a negative or repeated epoch")
+        for c in ("val_acc", "test_acc"):
+            _in_range(p, name, a, c, 0.0, 1.0)
+        _in_range(p, name, a, "train_loss", 0.0, math.inf)
+        _in_range(p, name, a, "lr", 0.0, math.inf)
     if name == "layer_rounds":
         lay = a["layer"]
         if ((lay < 0) | (lay >= nl)).any():
@@ -393,6 +449,7 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
             raise damaged(p, "table 'layer_rounds' holds kept/numel counts out of range")
         if not _uniq(np.stack([a["round"], lay], 1)):
             raise damaged(p, "table 'layer_rounds' holds a (round, layer) twice")
+        _in_range(p, name, a, "sparsity", 0.0, 1.0)
     if name == "pop_meta":
         if (a["steps"] < 1).any() or not _uniq(a["round"]):
             raise damaged(p, "table 'pop_meta' holds a repeated round or steps < 1")
@@ -406,6 +463,9 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
     rpw = meta.rows_per_window
     if first_row % rpw or len(m) % rpw:
         raise damaged(p, "moments rows are not whole windows")
+    bad = C.bad_rows(m)  # files written before moment rows had a crc column have none to check
+    if len(bad):
+        raise damaged(p, f"row {first_row + int(bad[0])} of table 'moments' fails its checksum")
     v2 = meta.version >= 2
     if (m["round"] < 0).any() or (m["epoch"] < 0).any() or (m["window"] < 0).any():
         raise damaged(p, "moments hold a negative round, epoch or window (a lost chunk?)")
@@ -454,6 +514,24 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
         raise damaged(p, "a window (round, window) is stored twice")
 
 
+def check_window_rounds(meta: FileMeta, m: np.ndarray, known: set) -> None:
+    """Every window belongs to a round the file describes (in ``rounds`` or ``layer_rounds``;
+    the recorder commits a round's layer_rounds with its first window), except the one round in
+    progress of a producer that writes its metadata later: a single round after every described
+    one, whose windows are the file's last. ``known`` empty: no round metadata to compare."""
+    if not len(m) or not known:
+        return
+    rounds = m["round"].astype(np.int64)
+    stray = sorted(set(np.unique(rounds).tolist()) - known)
+    if not stray:
+        return
+    last = stray[-1]
+    first_row = int(np.argmax(rounds == last))
+    if len(stray) > 1 or last < max(known) or (rounds[first_row:] != last).any():
+        raise damaged(meta.path, f"moments hold round {stray[0]}, which neither 'rounds' nor 'layer_rounds' "
+                                 f"describes (they describe rounds {sorted(known)[:10]})")
+
+
 def check_hist(meta: FileMeta, h: np.ndarray, m: np.ndarray) -> None:
     """Histogram rows: non-negative, and in-range counts + under + over == count (per row)."""
     p = meta.path
@@ -471,5 +549,8 @@ def check_samples(meta: FileMeta, s: np.ndarray, m: np.ndarray) -> None:
         raise damaged(p, f"sample rows have shape {s.shape}, expected ({len(m)}, {meta.sample_k})")
     if (s.view(np.uint32) == np.uint32(S.SAMPLES_FILL_BITS)).any():
         raise damaged(p, "gradient samples are missing (a lost chunk)")
-    if (np.sum(~np.isnan(s), axis=1) > m["count"] + m["nonfinite"]).any():
+    have = np.sum(~np.isnan(s), axis=1)
+    if (have > m["count"] + m["nonfinite"]).any():
         raise damaged(p, "a window holds more gradient samples than values")
+    if meta.sample_k and ((have == 0) & (m["count"] > 0)).any():  # samples are drawn from the finite values
+        raise damaged(p, "a window's gradient samples are all NaN although it holds finite values")

@@ -405,8 +405,7 @@ class RunWriter:
             for d in dsn:
                 if d in f and f[d].shape[0] > c[name]:
                     f[d].resize((c[name],) + f[d].shape[1:])
-        m = V.read(f["moments"], slice(0, c["moments"]), p, "moments")
-        V.check_moments(meta, m)
+        m = V.read_moments(f, meta, slice(0, c["moments"]))
         e = V.read_table(f, meta, "epochs", c["epochs"])
         keys = {"windows": set(zip(m["round"].tolist(), m["window"].tolist())),
                 "epochs": set(zip(e["round"].tolist(), e["epoch"].tolist())),
@@ -501,7 +500,7 @@ class RunWriter:
             blocks["layer_rounds"] = C.with_row_crcs(S.make_rows(S.SMALL_TABLES["layer_rounds"],
                                                                  [r for rows in lrs for r in rows]))
         if wins:
-            blocks["moments"] = np.concatenate([w[0] for w in wins])
+            blocks["moments"] = C.with_row_crcs(np.concatenate([w[0] for w in wins]))
             blocks["hist"] = np.concatenate([w[1] for w in wins])
             if self.sample_k:
                 blocks["samples"] = np.concatenate([w[2] for w in wins])
@@ -580,6 +579,8 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
         for name, rows in blocks.items():
             cnt = _BLOCK_COUNT[name]
             held[name] = f[name]  # held until the file is closed: a failed dataset must not flush on its own
+            if rows.dtype.names and held[name].dtype != rows.dtype:  # a file from before moment row CRCs
+                rows = _fields_of(rows, held[name].dtype)
             end = _append(held[name], c[cnt], rows)
             if name in _LEADERS:
                 new[cnt] = end
@@ -587,6 +588,17 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
         f.attrs.modify("committed", committed_array(new))
 
     _write_in_place(path, need, what, append)
+
+
+def _fields_of(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``rows`` in a file's older compound ``dtype`` (its fields a subset of the rows')."""
+    missing = [n for n in dtype.names if n not in rows.dtype.names]
+    if missing:
+        raise InternalError(f"rows lack the file's columns {missing}")
+    out = np.zeros(len(rows), dtype=dtype)
+    for n in dtype.names:
+        out[n] = rows[n]
+    return out
 
 
 def _write_in_place(path: str, need: int, what: str, body: Callable[[h5py.File, dict], None]) -> None:
