@@ -386,6 +386,8 @@ class GradientRecorder:
         params = [weight_param(i.module) for i in self.recorded]
         self._check_accumulation(params, scaler)
         if self._win_start is None:
+            if self.window is not None:  # window = step // N (a window without recorded steps leaves a gap)
+                self._win = s // self.window
             self.check_masks(f"found at the start of window {self._win} of round {self.round}")
             self._win_start = s
         self._masks()
@@ -395,6 +397,10 @@ class GradientRecorder:
                        "scaled, gradients are recorded multiplied by the loss scale. Pass the scaler, "
                        "rec.step(scaler): it divides by the scale, or does nothing once scaler.unscale_(optimizer) ran")
         grads = [None if p.grad is None else p.grad.detach() for p in params]  # None: no gradient, left out
+        if all(g is None for g in grads):  # no recorded layer has a gradient: nothing of this step to record
+            self._warn("no-grad", f"step() found no .grad on any recorded layer (round {self.round}, step {s}): "
+                       "the step is not recorded; call rec.step() after loss.backward()")
+            return
         # the accumulator copies the survivors (the flat mask, unchanged object while the masks are)
         # straight from each .grad into its buffer: no concatenated copy of all gradients per step
         self.acc.add(grads, self._mask, scale=inv)
@@ -448,8 +454,8 @@ class GradientRecorder:
             rows["layer"] = [i.index for i in self.recorded]
             if "view" in mom.dtype.names:
                 rows["view"] = VIEW_CODES[view]
-            if "steps" in mom.dtype.names:
-                rows["steps"] = h["steps"]
+            if "steps" in mom.dtype.names:  # per layer: a step where a layer had no .grad is not its step
+                rows["steps"] = h["layer_steps"]
             for c in S.MOMENT_COLUMNS:
                 rows[c] = h[c]
         hist = np.concatenate([h["hist"] for _, h in hosts])
@@ -593,6 +599,8 @@ class GradientRecorder:
 
     def on_epoch_start(self, state) -> None:
         self.epoch = int(state.epoch)
+        if self.window is None and self._win_start is None:  # one window per epoch: window = epoch,
+            self._win = self.epoch  # also when an earlier epoch recorded no step (every=k), as on resume
 
     def on_after_backward(self, state) -> None:
         self.step(getattr(state, "scaler", None))

@@ -350,7 +350,8 @@ class RunReader:
 
             offsets = np.concatenate([[0], np.cumsum(meta.numel[meta.recorded])[:-1]]).astype(np.int64)
             names = [str(self._layers.set_index("index")["layer"][i]) for i in meta.recorded]
-            return W.population_table(rounds, pm["steps"], read_sumsq, read_mask, N, offsets, names, refs)
+            steps = _population_steps(self._moments_rows(f), meta, rounds, pm["steps"])
+            return W.population_table(rounds, steps, read_sumsq, read_mask, N, offsets, names, refs)
 
     # ------------------------------------------------------------------ derived results
     def derived_names(self) -> list[str]:
@@ -434,6 +435,27 @@ def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
             v = pd.to_datetime(v)
         data[c] = v
     return pd.DataFrame(data, columns=cols)
+
+
+def _population_steps(m: np.ndarray, meta: V.FileMeta, rounds: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """[population rows, recorded layers]: the steps each layer's sums of g^2 hold. pop_meta
+    counts the round's recorded steps; a layer without .grad in some of them (a branch not
+    run) has fewer, which its survivors windows count (their per-layer ``steps`` add up over
+    the round). A round without windows (a producer that writes none) keeps pop_meta's count."""
+    out = np.repeat(np.asarray(steps, dtype=np.int64)[:, None], len(meta.recorded), axis=1)
+    if meta.version < 2 or not len(m):
+        return out
+    surv = m[m["view"] == 0]
+    col = {int(i): k for k, i in enumerate(meta.recorded)}
+    for r_i, r in enumerate(np.asarray(rounds).tolist()):
+        rows = surv[surv["round"] == r]
+        if not len(rows):
+            continue
+        per = np.zeros(len(meta.recorded), dtype=np.int64)
+        np.add.at(per, [col[int(x)] for x in rows["layer"]], rows["steps"].astype(np.int64))
+        if 0 < per.max() <= out[r_i, 0]:
+            out[r_i] = per
+    return out
 
 
 def _rows(ds: h5py.Dataset, rows: np.ndarray, path: str, what: str) -> np.ndarray:

@@ -472,8 +472,10 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
     if (m["step_start"] < 0).any() or (m["step_end"] < m["step_start"]).any():
         raise damaged(p, "moments hold steps out of order")
     steps = m["steps"] if v2 else m["step_end"] - m["step_start"] + 1
-    if v2 and ((steps < 1).any() or (steps > m["step_end"] - m["step_start"] + 1).any()):
+    if v2 and ((steps < 0).any() or (steps > m["step_end"] - m["step_start"] + 1).any()):
         raise damaged(p, "moments hold a window step count out of range")
+    if v2 and ((steps == 0) & ((m["count"] != 0) | (m["nonfinite"] != 0))).any():
+        raise damaged(p, "moments hold values for a layer with no recorded step in its window")
     rec = meta.recorded
     if not np.isin(m["layer"], rec).all():
         raise damaged(p, "moments refer to a layer that does not exist or is not recorded")
@@ -502,10 +504,13 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
         raise damaged(p, "moments hold min > max (or NaN) where values exist")
     # whole windows: same keys within a block, the expected (view, layer) pairs, unique blocks
     nb = len(m) // rpw
-    keys = np.stack([m["round"], m["window"], m["epoch"], m["step_start"], m["step_end"], steps],
-                    1).reshape(nb, rpw, 6)
+    # steps may differ between layers (a layer without .grad in a step does not count it)
+    keys = np.stack([m["round"], m["window"], m["epoch"], m["step_start"], m["step_end"]],
+                    1).reshape(nb, rpw, 5)
     if not (keys == keys[:, :1]).all():
         raise damaged(p, "a window's rows disagree on round/window/steps")
+    if v2 and not (steps.reshape(nb, rpw) > 0).any(axis=1).all():
+        raise damaged(p, "a window holds no recorded step")
     pair = (view * (1 << 32) + m["layer"].astype(np.int64)).reshape(nb, rpw)
     want = np.sort((codes[:, None] * (1 << 32) + rec[None, :]).ravel())
     if len(want) != rpw or not (np.sort(pair, axis=1) == want[None, :]).all():

@@ -443,8 +443,8 @@ class RunWriter:
         if pairs != want:
             raise InternalError("a window must hold one row per recorded layer and stored view")
         moments = moments.copy()
-        zero = moments["steps"] <= 0  # producers that do not count steps recorded every step
-        moments["steps"][zero] = moments["step_end"][zero] - moments["step_start"][zero] + 1
+        if (moments["steps"] <= 0).all():  # producers that do not count steps recorded every step
+            moments["steps"] = moments["step_end"] - moments["step_start"] + 1
         if self.sample_k:
             samples = np.asarray(samples, dtype=np.float32)
         self._pending["windows"].append((moments, np.asarray(hist, dtype=np.int64), samples))
