@@ -631,3 +631,24 @@ def test_run_file_with_internal_storage_still_opens(tmp_path):
         f["derived"].create_dataset("note_contiguous", data=np.arange(3))
     vals, _ = open_run(p).samples()
     assert vals.shape[1] == 4
+
+
+def test_oracle_candidate_result_of_the_wrong_type_is_one_line(oracle_copy, capsys):
+    """Issue 22 item 11: a candidate file holding {"result": 1} (a loadable file of the wrong
+    shape) is one line, from oracle-candidate and from the Oracle choosing among candidates."""
+    torch.save({"result": 1, "model": {}}, _cand(oracle_copy))
+    rc, lines = run_cli(capsys, ["oracle-candidate", "--out", str(oracle_copy), *CAND_ARGS])
+    assert_one_line(rc, lines, str(_cand(oracle_copy)), "result")
+    for v in ("0.01", "0.05", "0.25"):
+        torch.save({"result": 1, "model": {}, "epochs": [], "val_correct": torch.zeros(3, dtype=torch.uint8)},
+                   oracle_copy / "oracle" / "round_0" / f"lr_{v}.pt")
+    rc, lines = run_cli(capsys, ["oracle", *RUN_ARGS, "--grid", "0.01,0.05,0.25", "--seeds", "1", "--workers", "0",
+                                 "--out", str(oracle_copy)])
+    assert_one_line(rc, lines, "result")
+
+
+def test_oracle_candidate_with_another_model_than_its_start_state_is_one_line(oracle_copy, capsys):
+    """Issue 22 item 11: oracle-candidate --model naming another architecture than the start
+    state's is one line naming the mismatch."""
+    rc, lines = run_cli(capsys, ["oracle-candidate", "--out", str(oracle_copy), *CAND_ARGS, "--model", "lenet300"])
+    assert_one_line(rc, lines, "start state")

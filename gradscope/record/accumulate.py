@@ -314,6 +314,11 @@ class WindowAccumulator:
         self._compile_failed = False
         self.reset()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling generator (the recorder seeds each window from its key)."""
+        if self.gen is not None:
+            self.gen.manual_seed(int(seed))
+
     def reset(self) -> None:
         d = self.device
         self.counts = torch.zeros(self.L, self.S, dtype=torch.int64, device=d)

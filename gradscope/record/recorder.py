@@ -75,6 +75,12 @@ def inverse_scale(scaler) -> Optional[torch.Tensor]:
     return torch.reciprocal(scale.float())
 
 
+def _window_seed(seed: int, round: int, window: int) -> int:
+    """The sampling seed of one window, from the run's seed and the window's key."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(round), int(window)]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
 def _num(x) -> Optional[float]:
     try:
         return None if x is None else float(x)
@@ -390,6 +396,10 @@ class GradientRecorder:
                 self._win = s // self.window
             self.check_masks(f"found at the start of window {self._win} of round {self.round}")
             self._win_start = s
+            if self.sample_k:  # each window's samples from its own seed: the same after a resume
+                for acc in (self.acc, self.racc):
+                    if acc is not None:
+                        acc.reseed(_window_seed(self.seed, self.round, self._win))
         self._masks()
         inv = inverse_scale(scaler)
         if inv is None and scaler is None and self._fp16_autocast:
@@ -412,6 +422,11 @@ class GradientRecorder:
         if self.population:
             if self._pop is None:
                 self._pop = torch.zeros(int(self._offsets[-1]), dtype=torch.float32, device=self._mask.device)
+            elif self._pop.device != self._mask.device or self._pop.numel() != int(self._offsets[-1]):
+                if self._pop.numel() != int(self._offsets[-1]):
+                    raise GradscopeError("the checkpointed fixed-population sums do not match the recorded layers; "
+                                         "delete checkpoint.pt to start the run again")
+                self._pop = self._pop.to(self._mask.device)
             for j, g in enumerate(scaled):
                 if g is None:
                     continue
@@ -530,7 +545,12 @@ class GradientRecorder:
         self._queue_window(check_masks)
         if self._need_layer_rounds:
             self._store_layer_rounds()
+        if self.population and self._pop_steps and self.writer is None and self._failed is None \
+                and (self.layers_opt == "all" or any(i.seen for i in self._disc.infos)):
+            self._setup()  # resumed after the round's last epoch: its restored sums still need the file
         if self.population and self._pop_steps and self.writer is not None:
+            if self._mask is None:
+                self._masks()
             self.writer.add_population(self.round, self._pop.cpu().numpy().astype(np.float32),
                                        np.packbits(self._mask.cpu().numpy()), self._pop_steps)
         self._pop, self._pop_steps = None, 0
@@ -588,6 +608,34 @@ class GradientRecorder:
             if p is not None:
                 self._set_prune_rate(float(p))
 
+    # ------------------------------------------------------------------ checkpointed state
+    # The runner checkpoints callbacks with a state_key after every epoch: what the recorder
+    # sums over a whole round (the fixed population) must survive a kill inside the round.
+    state_key = "gradient-recorder"
+
+    def state_dict(self) -> dict:
+        """The round's running fixed-population sums (None without population), at the step reached."""
+        pop = None if self._pop is None else self._pop.detach().cpu().clone()
+        return {"round": int(self.round), "step": int(self._step), "pop": pop, "pop_steps": int(self._pop_steps)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self._resume_state = dict(d) if isinstance(d, dict) else None
+
+    def _restore_round(self, step: int) -> None:
+        """Resumed mid-round at ``step``: take back the population sums of the steps before it."""
+        d = getattr(self, "_resume_state", None)
+        self._resume_state = None
+        if not self.population:
+            return
+        if d is not None and d.get("round") == self.round and d.get("step") == step:
+            pop = d.get("pop")
+            if pop is None or (isinstance(pop, torch.Tensor) and pop.dtype == torch.float32 and pop.dim() == 1):
+                self._pop, self._pop_steps = pop, int(d.get("pop_steps") or 0)
+                return
+        self._warn("pop-resume", f"resumed inside round {self.round} without the recorder's checkpointed state "
+                   f"(a checkpoint from an older gradscope?): the round's fixed-population record holds only "
+                   f"the steps from {step} on")
+
     def on_round_start(self, state) -> None:
         info = getattr(state, "info", None)
         meta: dict = {"schedule": dict(getattr(state, "schedule", None) or {})}
@@ -596,6 +644,7 @@ class GradientRecorder:
         self.start_round(state.round, **meta)
         if int(getattr(state, "step", 0) or 0) > 0:  # resumed mid-round: continue at the trainer's position
             self._position(state.step, state.epoch)
+            self._restore_round(int(state.step))
 
     def on_epoch_start(self, state) -> None:
         self.epoch = int(state.epoch)
