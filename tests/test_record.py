@@ -805,3 +805,41 @@ def test_epoch_windows_are_epoch_numbers_uninterrupted_and_resumed(tmp_path):
         m = open_run(path).moments(layer="0")
         keys.append(list(zip(m["round"], m["window"], m["step_start"])))
     assert keys[0] == keys[1] == [(0, 0, 0), (0, 2, 10)]
+
+
+def test_huge_gradients_overflowing_population_sums_are_reported(tmp_path, capsys):
+    """Issue 22 item 8: gradients of ~1e20 overflow the float32 population sums (+inf) while
+    the float64 moments stay finite: the recorder warns, and `repair --check` no longer says OK."""
+    from gradscope.cli import main
+
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    path = tmp_path / "huge.h5"
+    with pytest.warns(RecorderWarning) as w:
+        rec = GradientRecorder(net, path, population=True, layers="all", example_input=torch.randn(2, 5))
+        for _ in range(2):
+            opt.zero_grad()
+            (F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))) * 1e21).backward()
+            rec.step()
+            opt.step()
+        rec.close()
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "|g| up to" in msgs and "overflowed float32" in msgs
+    run = open_run(path)
+    assert np.isfinite(run.moments()["sumsq"]).all()
+    assert np.isinf(run.population()["rms"]).any()
+    assert main(["repair", "--check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ": OK" not in out and "warning: the fixed-population sums of g^2 of round 0 overflowed" in out
+    assert "warning: gradients with |g| up to" in out
+
+
+def test_nonfinite_gradients_warn(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "nf.h5", layers="all", example_input=torch.randn(2, 5))
+    F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    net[0].weight.grad[0, 0] = float("nan")
+    rec.step()
+    with pytest.warns(RecorderWarning, match="1 non-finite gradient values"):
+        rec.close()
+    assert open_run(tmp_path / "nf.h5").verify()["warnings"][0].startswith("1 non-finite gradient values")

@@ -43,6 +43,7 @@ PRESETS: dict[str, dict] = {
 }
 RECORDED_VIEWS = ("survivors", "relative")  # stored as rows; "all" is derived from "survivors" by the reader
 VIEW_CODES = {"survivors": 0, "relative": 1}
+HUGE_GRAD = 1e18  # |g| above this draws a warning (g^2 overflows float32 near 1.8e19)
 RELATIVE_EPS = 1e-8  # |g| / (|w| + eps): eps only guards a surviving weight that is exactly 0
 
 
@@ -473,6 +474,7 @@ class GradientRecorder:
                 rows["steps"] = h["layer_steps"]
             for c in S.MOMENT_COLUMNS:
                 rows[c] = h[c]
+        self._check_values(hosts[0][1])
         hist = np.concatenate([h["hist"] for _, h in hosts])
         samples = np.concatenate([h["samples"] for _, h in hosts]) if self.sample_k else None
         self.acc.reset()
@@ -481,6 +483,19 @@ class GradientRecorder:
         self.writer.add_window(mom, hist, samples)
         self._win += 1
         self._win_start = None
+
+    def _check_values(self, h: dict) -> None:
+        """Warn (once each) about non-finite gradients (left out of every statistic) and huge ones."""
+        nf = int(np.sum(h["nonfinite"]))
+        if nf:
+            self._warn("nonfinite", f"{nf} non-finite gradient values (NaN/inf) in window {self._win} of round "
+                       f"{self.round}: they are counted in 'nonfinite' and left out of every statistic")
+        with np.errstate(invalid="ignore"):
+            big = float(np.nanmax(np.fmax(np.abs(h["min"]), np.abs(h["max"])), initial=0.0))
+        if big > HUGE_GRAD:
+            self._warn("huge", f"gradients with |g| up to {big:.3g} in window {self._win} of round {self.round}: "
+                       "statistics of such values mean little (the run diverged?); the fixed population's "
+                       "float32 sums overflow above ~1.8e19")
 
     def flush(self) -> None:
         """End the current window and write it (and any queued metadata) to the file."""
@@ -551,6 +566,10 @@ class GradientRecorder:
         if self.population and self._pop_steps and self.writer is not None:
             if self._mask is None:
                 self._masks()
+            n_inf = int(torch.isinf(self._pop).sum())
+            if n_inf:
+                self._warn("pop-inf", f"the fixed-population sums of g^2 of round {self.round} overflowed float32 "
+                           f"(+inf) for {n_inf} weights (|g| above ~1.8e19); their RMS is infinite")
             self.writer.add_population(self.round, self._pop.cpu().numpy().astype(np.float32),
                                        np.packbits(self._mask.cpu().numpy()), self._pop_steps)
         self._pop, self._pop_steps = None, 0

@@ -388,11 +388,19 @@ class RunReader:
             derived = sorted(k for k in f["derived"] if "current" in f["derived"][k].attrs)
             for k in derived:
                 _read_derived(self.path, k, f["derived"][k])
+        warn = value_warnings(m, meta)
         if meta.population and c["population"]:
             self.population(reference_round=max(self.population_rounds()))
+            with self._open() as f:
+                pm = V.read_table(f, meta, "pop_meta", c["population"])
+                for i, r in enumerate(pm["round"]):
+                    n_inf = int(np.isinf(V.read(f["pop_sumsq"], i, self.path, "population sums")).sum())
+                    if n_inf:
+                        warn.append(f"the fixed-population sums of g^2 of round {int(r)} overflowed float32 (+inf) "
+                                    f"for {n_inf} weights (|g| above ~1.8e19): their RMS is infinite")
         eof = stored_eof(self.path)
         return {"schema_version": meta.version, "checksums": meta.checksums, "windows": len(m) // rpw,
-                **{k: v for k, v in c.items()}, "derived": len(derived),
+                **{k: v for k, v in c.items()}, "derived": len(derived), "warnings": warn,
                 "truncated": eof is not None and eof > os.path.getsize(self.path)}
 
 
@@ -435,6 +443,30 @@ def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
             v = pd.to_datetime(v)
         data[c] = v
     return pd.DataFrame(data, columns=cols)
+
+
+HUGE = 1e18  # |g| above this: g^2 overflows float32 near 1.8e19, and sums lose all meaning well before
+
+
+def value_warnings(m: np.ndarray, meta: V.FileMeta) -> list[str]:
+    """Recorded values that are legal but make the statistics meaningless: non-finite gradients
+    (left out of every statistic) and huge ones."""
+    out = []
+    if not len(m):
+        return out
+    nf = m["nonfinite"].astype(np.int64)
+    if nf.sum():
+        i = int(np.argmax(nf > 0))
+        out.append(f"{int(nf.sum())} non-finite gradient values (NaN/inf, left out of every statistic) in "
+                   f"{int((nf > 0).sum())} window rows, first in round {int(m['round'][i])} window {int(m['window'][i])}")
+    with np.errstate(invalid="ignore"):
+        big = np.fmax(np.abs(m["min"]), np.abs(m["max"]))
+    huge = np.nan_to_num(big) > HUGE
+    if huge.any():
+        i = int(np.argmax(huge))
+        out.append(f"gradients with |g| up to {float(np.nanmax(big)):.3g} (above {HUGE:.0e}) in {int(huge.sum())} "
+                   f"window rows, first in round {int(m['round'][i])} window {int(m['window'][i])}: the run diverged?")
+    return out
 
 
 def _population_steps(m: np.ndarray, meta: V.FileMeta, rounds: np.ndarray, steps: np.ndarray) -> np.ndarray:
