@@ -237,8 +237,8 @@ def test_schedule_file_with_a_falling_calibration_warns_in_one_line(tmp_path, ca
     f.write_text('{"schedule": "silo", "lo": 0.01, "hi": 0.1, "status": "falling"}')
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        code, err = _one(["prune", *FAST, "--rounds", "1", "--out", str(tmp_path / "o"), "--schedule-file", str(f)],
-                         capsys)
+        code, err = _one(["prune", *FAST, "--rounds", "1", "--train-subset", "200", "--out", str(tmp_path / "o"),
+                          "--schedule-file", str(f)], capsys)
     msgs = [str(x.message) for x in w if "calibration status" in str(x.message)]
     assert code == 0 and len(msgs) == 1 and "'falling'" in msgs[0] and "\n" not in msgs[0], (code, err)
     from gradscope.cli import _one_line_warning

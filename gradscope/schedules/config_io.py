@@ -56,7 +56,7 @@ def _file_params(path: str) -> tuple[Any, dict]:
             raise GradscopeError(f"schedule file {path} has calibration status {status!r}; gradscope calibrate "
                                  "writes 'supported', 'flat' or 'falling'")
         warnings.warn(f"schedule file {path} has calibration status {status!r}: its data did not support a rising "
-                      "S-curve (it was written with calibrate --force); a fixed max_lr may serve as well",
+                      "S-curve (calibrate writes such a file only with --force); a fixed max_lr may serve as well",
                       ScheduleFileWarning, stacklevel=3)
     name = params.pop("name", params.pop("schedule", None))
     for key in FILE_NOTES:
