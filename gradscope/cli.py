@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from gradscope import GradscopeError, JobsPending, __version__
@@ -121,7 +122,11 @@ def _cmd_oracle_candidate(ns) -> int:
 def _cmd_fit(ns) -> int:
     from gradscope.fit import TREND_WORDING, check_fit_options, fit_run, narrowing_heading
     from gradscope.fit.run import format_narrowing, format_trend
-    models = tuple(m for m in ns.models.split(",") if m)
+    models = tuple(m.strip() for m in ns.models.split(","))
+    if models == ("",):
+        raise GradscopeError("--models is empty: name at least one family to fit (e.g. --models normal,laplace)")
+    if "" in models:
+        raise GradscopeError(f"--models {ns.models!r} has an empty name; separate families by single commas")
     path = run_file(ns.run)
     check_fit_options(per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, view=ns.view,
                       window=ns.window, statistic=ns.statistic)
@@ -535,6 +540,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ns.preset = None  # a schedule file says the schedule; the recipe's preset flag would reset it
     if extra:
         parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    fmt = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # a warning is one line, like an error
     try:
         return int(ns.func(ns) or 0)
     except JobsPending as e:
@@ -546,6 +553,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("gradscope: interrupted; start the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = fmt
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    first = str(message).strip().splitlines()
+    return f"gradscope: warning: {first[0] if first else category.__name__}\n"
 
 
 if __name__ == "__main__":

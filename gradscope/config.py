@@ -18,6 +18,15 @@ from typing import Any, Optional, Sequence
 from gradscope import GradscopeError
 
 
+# Sane ranges (issue 22): beyond them a value is a typo that would overflow (float32 learning rates,
+# 64-bit seeds), crash (torch.set_num_threads) or silently do nothing (a prune rate that prunes nothing).
+SEED_MAX = 2 ** 32 - 1  # numpy's and most seeders' range
+THREADS_MAX = 1024
+LR_MIN, LR_MAX = 1e-12, 1e3  # a peak LR outside: a typo (float32 underflows / every step diverges)
+LAG_MAX = 10_000  # SILO lag in rounds
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS, NTFS)
+
+
 def _f(default, help: str, **meta):
     """A config field. meta: ge/gt/le/lt (numeric bounds), choices, flag (CLI name), aliases."""
     return field(default=default, metadata={"help": help, **meta})
@@ -51,7 +60,7 @@ class ModelConfig:
 @dataclass
 class PruneConfig:
     rounds: int = _f(5, "pruning rounds; round 0 trains the dense net", gt=0)
-    prune_rate: float = _f(0.2, "fraction of the remaining weights pruned per round", gt=0.0, lt=1.0)
+    prune_rate: float = _f(0.2, "fraction of the remaining weights pruned per round", ge=1e-6, lt=1.0)
     prune_method: str = _f("global", "pruning strategy (see `gradscope list`)")
     prune_first: bool = _f(True, "prune the first conv/linear layer")
     prune_last: bool = _f(True, "prune the last (classifier) layer")
@@ -71,13 +80,13 @@ class TrainConfig:
     optimizer: str = _f("sgd", "sgd | adamw (max_lr is AdamW's peak lr then; see docs/method.md)",
                         choices=("sgd", "adamw"))
     momentum: float = _f(0.9, "SGD momentum (AdamW: beta1)", ge=0.0, lt=1.0)
-    weight_decay: float = _f(5e-4, "weight decay (SGD: L2; AdamW: decoupled)", ge=0.0)
-    seed: int = _f(0, "seed for init, data order, augmentation and pruning", ge=0)
+    weight_decay: float = _f(5e-4, "weight decay (SGD: L2; AdamW: decoupled)", ge=0.0, le=1.0)
+    seed: int = _f(0, "seed for init, data order, augmentation and pruning", ge=0, le=SEED_MAX)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _f(True, "channels_last memory format for conv nets")
     compile: bool = _f(False, "torch.compile the model")
-    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice)", gt=0)
+    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice)", gt=0, le=THREADS_MAX)
     progress: Optional[bool] = _f(None, "tqdm progress bars (default: on when stderr is a terminal)")
     test_every: str = _f("round", "evaluate the test set every 'epoch' or only at the end of each "
                                   "'round' (validation is evaluated every epoch)", choices=("round", "epoch"))
@@ -90,12 +99,12 @@ class ScheduleConfig:
     schedule: str = _f("silo", "LR schedule (see `gradscope list`): silo | silo-auto | lth | lrr | slr | clr | "
                                "cosine | finetune | allr | constant")
     schedule_file: Optional[str] = _f(None, "JSON/YAML file of schedule parameters (flags below override it)")
-    max_lr: Optional[float] = _f(None, "peak LR of the fixed-peak schedules", gt=0.0)
-    lo: Optional[float] = _f(None, "SILO: lower bound of max_lr", gt=0.0)
-    hi: Optional[float] = _f(None, "SILO: upper bound of max_lr", gt=0.0)
+    max_lr: Optional[float] = _f(None, "peak LR of the fixed-peak schedules", ge=LR_MIN, le=LR_MAX)
+    lo: Optional[float] = _f(None, "SILO: lower bound of max_lr", ge=LR_MIN, le=LR_MAX)
+    hi: Optional[float] = _f(None, "SILO: upper bound of max_lr", ge=LR_MIN, le=LR_MAX)
     beta: Optional[float] = _f(None, "SILO: steepness of the S-curve", gt=0.0)
     midpoint: Optional[float] = _f(None, "SILO: pruned fraction at the S-curve's midpoint", gt=0.0, lt=1.0)
-    lag: Optional[int] = _f(None, "SILO: rounds of lag in the pruned fraction", ge=0)
+    lag: Optional[int] = _f(None, "SILO: rounds of lag in the pruned fraction", ge=0, le=LAG_MAX)
     shape: Optional[str] = _f(None, "within-round shape: warmup-step | one-cycle | triangular | cosine | linear | constant | "
                                     "bimp-linear | silo-released")
     preset: Optional[str] = _f(None, "SILO preset: resnet20 | vgg19 | released-resnet20 | released-vgg19")
@@ -183,6 +192,17 @@ class RunConfig:
                 check_value(f, getattr(obj, f.name))
         if not isinstance(self.out, str) or not self.out.strip():
             raise GradscopeError("--out must name a run directory, got an empty string")
+        long = [part for part in self.out.split("/") if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX]
+        if long:
+            raise GradscopeError(f"--out has a name of {len(long[0])} characters ({long[0][:20]}...); file systems "
+                                 f"allow at most {NAME_MAX} bytes per name")
+        if not self.record.record:
+            given = [flag_name(f) for f in fields(RecordConfig)
+                     if f.name != "record" and getattr(self.record, f.name) != f.default]
+            if given:
+                raise GradscopeError(f"{', '.join(given)} {'is a recording option' if len(given) == 1 else 'are recording options'}"
+                                     " but the run records nothing (--no-record); pass --record (or use "
+                                     "`gradscope profile`), or drop them")
         return self
 
 

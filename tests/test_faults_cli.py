@@ -118,3 +118,129 @@ def test_bad_invocation_in_a_fresh_process_has_no_traceback(argv, tmp_path):
     r = subprocess.run([PY, "-m", "gradscope", *argv, *extra], env=cli_env(), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("gradscope: error:")
+
+
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+def _net(num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def wrong_classes(input_shape, num_classes):
+    return _net(num_classes + 3)
+
+
+class _Raises(nn.Module):
+    def __init__(self, exc):
+        super().__init__()
+        self.net, self.exc = _net(10), exc
+
+    def forward(self, x):
+        raise self.exc
+
+
+def forward_raises(input_shape, num_classes):
+    return _Raises(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def forward_interrupted(input_shape, num_classes):
+    return _Raises(KeyboardInterrupt())
+
+
+def forward_exits(input_shape, num_classes):
+    return _Raises(SystemExit(0))
+
+
+def build_exits(input_shape, num_classes):
+    raise SystemExit(0)
+'''
+
+
+def hostile_table(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    """Issue 22 items 11 and 12: flags that gave a traceback or were accepted (output-path
+    cases are the atomic writer's tests). (argv, a word the one error line must contain)."""
+    h5 = str(run / "run.h5")
+    outs = iter(range(1000))
+    p = lambda *a: (["prune", *FAST, "--out", str(tmp / f"o{next(outs)}"), *a])  # noqa: E731 - a new run each
+
+    def sched(name, text):
+        f = tmp / name
+        f.write_text(text)
+        return str(f)
+    return [
+        # 11: tracebacks
+        (p("--weight-decay", "1e308"), "weight-decay"),
+        (p("--schedule", "lth", "--max-lr", "1e308"), "max-lr"),
+        (p("--schedule-file", sched("huge.json", '{"lo": 1e308, "hi": 1e308}')), "lo"),
+        (p("--seed", str(2 ** 64)), "seed"),
+        (p("--threads", "100000"), "threads"),
+        (["prune", *FAST, "--out", str(tmp / ("n" * 300))], "300 characters"),
+        (["fit", h5, "--models", "normal,normal"], "normal"),
+        (p("--model", "gs_user_models:wrong_classes"), "classes"),
+        (p("--model", "gs_user_models:forward_raises"), "forward"),
+        # 12: accepted nonsense
+        (p("--train-subset", "1"), "train-subset"),
+        (p("--prune-rate", "1e-300"), "prune-rate"),
+        (p("--schedule", "lth", "--max-lr", "1e-320"), "max-lr"),
+        (p("--lag", "1000000000"), "lag"),
+        (p("--no-record", "--views", "relative"), "--views"),
+        (p("--download"), "download"),
+        (p("--schedule-file", sched("null.json", "null")), "null"),
+        (["fit", h5, "--models", ""], "models"),
+        (["fit", h5, "--seed", str(2 ** 70)], "seed"),
+        (["plot", "narrowing", h5, "--gamma", "nan", "-o", str(tmp / "n.png")], "gamma"),
+        (["plot", "calibration", h5, "--statistic", "bogus", "-o", str(tmp / "c.png")], "bogus"),
+        (p("--model", "gs_user_models:forward_exits"), "exit"),
+        (p("--model", "gs_user_models:build_exits"), "exit"),
+    ]
+
+
+def test_hostile_flags_are_one_line_and_exit_2(run_dir, tmp_path, capsys, monkeypatch):
+    """Every case: one line ``gradscope: error: ...``, exit 2; no traceback, no exit 0, no hang."""
+    (tmp_path / "gs_user_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = hostile_table(run_dir, tmp_path)
+    bad = []
+    for argv, needle in cases:
+        try:
+            code, err = _one(argv, capsys)
+        except BaseException as e:  # noqa: BLE001 - a traceback is what this suite counts
+            code, err = "traceback", f"{type(e).__name__}: {e}"
+            capsys.readouterr()
+        lines = [l for l in err.strip().splitlines() if l.strip()]
+        ok = (code == 2 and len(lines) == 1 and lines[0].startswith("gradscope: error:")
+              and "Traceback" not in err and needle.lower() in lines[0].lower())
+        if not ok:
+            bad.append((argv[-4:], code, err[-300:]))
+    print(f"{len(cases)} hostile invocations, {len(cases) - len(bad)} clean one-line errors with exit 2")
+    assert not bad, "\n".join(map(str, bad))
+
+
+def test_user_model_interrupted_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt from the user's model ends in one line saying how to resume."""
+    (tmp_path / "gs_user_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = _one(["prune", *FAST, "--out", str(tmp_path / "o"), "--model", "gs_user_models:forward_interrupted"],
+                     capsys)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 130 and len(lines) == 1 and "interrupted" in lines[0] and "again to resume" in lines[0], err
+
+
+def test_schedule_file_with_a_falling_calibration_warns_in_one_line(tmp_path, capsys):
+    """A calibrate --force file whose status is 'falling' still loads, with one warning line."""
+    import warnings
+
+    f = tmp_path / "falling.json"
+    f.write_text('{"schedule": "silo", "lo": 0.01, "hi": 0.1, "status": "falling"}')
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        code, err = _one(["prune", *FAST, "--rounds", "1", "--train-subset", "200", "--out", str(tmp_path / "o"),
+                          "--schedule-file", str(f)], capsys)
+    msgs = [str(x.message) for x in w if "calibration status" in str(x.message)]
+    assert code == 0 and len(msgs) == 1 and "'falling'" in msgs[0] and "\n" not in msgs[0], (code, err)
+    from gradscope.cli import _one_line_warning
+
+    assert _one_line_warning(msgs[0], UserWarning, "x.py", 1).count("\n") == 1

@@ -66,14 +66,49 @@ def test_prune_killed_at_every_boundary_ends_identical(tmp_path):
     assert not list(killed.glob(".*.tmp"))
 
 
+def _datasets(path: Path) -> dict:
+    """Every dataset of an HDF5 file: name -> (dtype, shape, bytes); the rounds table without
+    its wall-clock column (time_s) and the row CRC that covers it."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                a = obj[()]
+                if name == "rounds":
+                    a = a.copy()
+                    a["time_s"], a["crc"] = 0, 0
+                if a.dtype.kind == "O" or (a.dtype.names and any(a.dtype[n].kind == "O" for n in a.dtype.names)):
+                    out[name] = (str(a.dtype), a.shape, repr(a.tolist()))
+                else:
+                    out[name] = (str(a.dtype), a.shape, np.ascontiguousarray(a).tobytes())
+        f.visititems(visit)
+    return out
+
+
+def assert_same_datasets(a: Path, b: Path) -> None:
+    da, db = _datasets(a), _datasets(b)
+    assert sorted(da) == sorted(db)
+    diff = [k for k in da if da[k] != db[k]]
+    assert not diff, f"datasets differ after kills and resumes: {diff}"
+
+
 def test_profile_killed_at_every_boundary_keeps_every_hdf5_row(tmp_path):
+    """The full preset (relative view, fixed population, samples): every dataset of the run
+    file ends bit for bit as in an uninterrupted run (issue 22 item 7: a resumed round lost its
+    fixed-population steps before the kill, and its samples were drawn anew)."""
     from gradscope.store import open_run
 
-    cmd = ["profile", *TINY, "--rounds", "2"]
+    cmd = ["profile", *TINY, "--rounds", "2", "--record-preset", "full", "--sample-k", "16"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert _run(cmd, ref).returncode == 0
-    kill_at_every_boundary(cmd, killed)
+    kills = kill_at_every_boundary(cmd, killed)
+    assert "checkpoint:1:train:1" in kills  # killed right after round 1's first-epoch checkpoint
     _same_rounds(ref, killed)
+    assert_same_datasets(ref / "run.h5", killed / "run.h5")
+    with open_run(killed / "run.h5") as r:
+        assert r.population_rounds() == [0, 1] and (r.derived_names() == [])
     with open_run(ref / "run.h5") as a, open_run(killed / "run.h5") as b:
         keys = ["round", "window", "layer"]
         ma = a.moments().sort_values(keys).reset_index(drop=True)

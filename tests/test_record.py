@@ -707,3 +707,141 @@ def test_mode_existing_file_is_refused_replaced_or_continued(tmp_path):
     _train(net, rec, 2)
     rec.close()
     assert len(open_run(path).moments(layer="0")) == 1
+
+
+class _Branchy(nn.Module):
+    """Two heads; head b runs only on even steps, so after zero_grad(set_to_none=True) its
+    .grad is None on odd steps (a branch not run)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = nn.Linear(5, 4), nn.Linear(5, 4)
+        prune.random_unstructured(self.b, "weight", amount=0.5)
+        self.use_b = True
+
+    def forward(self, x):
+        return self.a(x) + (self.b(x) if self.use_b else 0)
+
+
+def test_layer_without_grad_on_some_steps_against_numpy(tmp_path):
+    """Issue 22 item 8: steps where a layer's .grad is None are not its steps: its rows count
+    only the steps it had a gradient in, so the derived 'all' view adds numel zeros per such
+    step only, and population() divides by those steps (numpy reference, float64)."""
+    net = _Branchy()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rec = GradientRecorder(net, tmp_path / "b.h5", window=4, layers="all", population=True,
+                           example_input=torch.randn(2, 5))
+    keep_b = net.b.weight_mask.bool().numpy()
+    sq = {"a": np.zeros((4, 5)), "b": np.zeros((4, 5))}
+    had = {"a": 0, "b": 0}
+    for s in range(8):
+        net.use_b = s % 2 == 0
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(torch.randn(6, 5)), torch.randint(0, 4, (6,))).backward()
+        for name in ("a", "b"):
+            g = weight_param(getattr(net, name)).grad
+            if g is not None:
+                had[name] += 1
+                sq[name] += g.double().numpy() ** 2
+        rec.step()
+        opt.step()
+    rec.close()
+    assert had == {"a": 8, "b": 4}
+    run = open_run(tmp_path / "b.h5")
+    s = run.moments(view="survivors").set_index(["window", "layer"])
+    a = run.moments(view="all").set_index(["window", "layer"])
+    for w in (0, 1):
+        assert s.loc[(w, "a"), "steps"] == 4 and s.loc[(w, "b"), "steps"] == 2
+        assert s.loc[(w, "b"), "count"] == 2 * int(keep_b.sum())
+        assert a.loc[(w, "b"), "count"] == 2 * 20 and a.loc[(w, "a"), "count"] == 4 * 20
+    tot = run.moments().groupby("layer")["sumsq"].sum()
+    assert tot["b"] == pytest.approx(sq["b"][keep_b].sum(), rel=1e-9)
+    pop = run.population(reference_round=0).set_index("layer")
+    assert pop.loc["b", "steps"] == 4 and pop.loc["a", "steps"] == 8
+    assert pop.loc["b", "rms"] == pytest.approx(np.sqrt(sq["b"][keep_b].sum() / (keep_b.sum() * 4)), rel=1e-5)
+    assert pop.loc["a", "rms"] == pytest.approx(np.sqrt(sq["a"].sum() / (20 * 8)), rel=1e-5)
+    pooled = (sq["a"].sum() + sq["b"][keep_b].sum()) / (20 * 8 + keep_b.sum() * 4)
+    assert pop.loc["pooled", "rms"] == pytest.approx(np.sqrt(pooled), rel=1e-5)
+
+
+def test_window_numbers_are_step_div_n_with_gaps(tmp_path):
+    """Issue 22 item 8: with window=N a window is numbered step // N (docs/hdf5-format.md), so a
+    window holding no recorded step leaves a gap: every=3, window=2 records steps 0, 3, 6 as
+    windows 0, 1, 3."""
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "g.h5", window=2, every=3)
+    _train(net, rec, 8)
+    rec.close()
+    m = open_run(tmp_path / "g.h5").moments(layer="0")
+    assert list(m.window) == [0, 1, 3] and list(m.step_start) == [0, 3, 6] and (m.steps == 1).all()
+
+
+def test_epoch_windows_are_epoch_numbers_uninterrupted_and_resumed(tmp_path):
+    """One window per epoch is window = epoch, also when an epoch records no step (every=10,
+    4-step epochs): an uninterrupted run and one resumed at epoch 2 give the same keys."""
+    keys = []
+    for resume in (False, True):
+        net = _mlp()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        path = tmp_path / f"e{int(resume)}.h5"
+        spans = [(0, 3, "x")] if not resume else [(0, 2, "x"), (2, 3, "a")]
+        for e0, e1, mode in spans:
+            rec = GradientRecorder(net, path, preset="economy", mode=mode, example_input=torch.randn(2, 5))
+            st = TrainState(model=net, optimizer=opt, steps_per_epoch=4, epochs=3, step=4 * e0, epoch=e0,
+                            resumed=e0 > 0)
+            call_all([rec], "on_round_start", st)
+            for e in range(e0, e1):
+                st.epoch = e
+                call_all([rec], "on_epoch_start", st)
+                for _ in range(4):
+                    opt.zero_grad()
+                    F.cross_entropy(net(torch.randn(2, 5)), torch.tensor([0, 1])).backward()
+                    call_all([rec], "on_after_backward", st)
+                    opt.step()
+                    st.step += 1
+                call_all([rec], "on_epoch_end", st)
+            if e1 == 3:
+                call_all([rec], "on_round_end", st)
+            rec.close() if e1 == 3 else rec._disc.remove()
+        m = open_run(path).moments(layer="0")
+        keys.append(list(zip(m["round"], m["window"], m["step_start"])))
+    assert keys[0] == keys[1] == [(0, 0, 0), (0, 2, 10)]
+
+
+def test_huge_gradients_overflowing_population_sums_are_reported(tmp_path, capsys):
+    """Issue 22 item 8: gradients of ~1e20 overflow the float32 population sums (+inf) while
+    the float64 moments stay finite: the recorder warns, and `repair --check` no longer says OK."""
+    from gradscope.cli import main
+
+    net = _mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    path = tmp_path / "huge.h5"
+    with pytest.warns(RecorderWarning) as w:
+        rec = GradientRecorder(net, path, population=True, layers="all", example_input=torch.randn(2, 5))
+        for _ in range(2):
+            opt.zero_grad()
+            (F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))) * 1e21).backward()
+            rec.step()
+            opt.step()
+        rec.close()
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "|g| up to" in msgs and "overflowed float32" in msgs
+    run = open_run(path)
+    assert np.isfinite(run.moments()["sumsq"]).all()
+    assert np.isinf(run.population()["rms"]).any()
+    assert main(["repair", "--check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ": OK" not in out and "warning: the fixed-population sums of g^2 of round 0 overflowed" in out
+    assert "warning: gradients with |g| up to" in out
+
+
+def test_nonfinite_gradients_warn(tmp_path):
+    net = _mlp()
+    rec = GradientRecorder(net, tmp_path / "nf.h5", layers="all", example_input=torch.randn(2, 5))
+    F.cross_entropy(net(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    net[0].weight.grad[0, 0] = float("nan")
+    rec.step()
+    with pytest.warns(RecorderWarning, match="1 non-finite gradient values"):
+        rec.close()
+    assert open_run(tmp_path / "nf.h5").verify()["warnings"][0].startswith("1 non-finite gradient values")

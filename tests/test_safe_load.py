@@ -565,3 +565,90 @@ def test_library_never_evaluates_or_unpickles_text():
             elif fn.endswith("read_pickle") or fn.endswith("read_hdf"):
                 bad.append(f"{rel}:{node.lineno} {fn}")
     assert not bad, bad
+
+
+# ----------------------------------------------------------------------------- reads outside the file (issue 22 item 3)
+def _outside_storage(path: Path, outside: Path, how: str) -> None:
+    """Replace the run file's ``samples`` with a dataset whose data lies in ``outside``."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        shape, dtype = f["samples"].shape, f["samples"].dtype
+        del f["samples"]
+        if how == "external storage":
+            f.create_dataset("samples", shape=shape, dtype=dtype, external=[(str(outside), 0, h5py.h5f.UNLIMITED)])
+        elif how == "virtual dataset":
+            with h5py.File(outside.with_suffix(".h5"), "w") as g:
+                g["x"] = np.full(shape, 7.0, dtype=dtype)
+            lay = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            lay[:] = h5py.VirtualSource(str(outside.with_suffix(".h5")), "x", shape=shape)
+            f.create_virtual_dataset("samples", lay, fillvalue=np.nan)
+        elif how == "external link":
+            with h5py.File(outside.with_suffix(".h5"), "w") as g:
+                g["x"] = np.full(shape, 7.0, dtype=dtype)
+            f["samples"] = h5py.ExternalLink(str(outside.with_suffix(".h5")), "x")
+        else:  # a soft link to another dataset of the same file
+            f["samples"] = h5py.SoftLink("/hist")
+
+
+@pytest.mark.parametrize("how", ["external storage", "virtual dataset", "external link", "soft link"])
+def test_run_file_with_data_outside_itself_is_refused(tmp_path, capsys, how):
+    """A crafted run file whose ``samples`` lives in another file (here: a 'secret' file beside
+    it) is refused at opening, in one line; `repair --check` does not say OK."""
+    from tests import faultlib as F
+
+    from gradscope.store import open_run
+
+    p = tmp_path / "run.h5"
+    F.write_run(p, sample_k=4).commit()
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(b"root:x:0:0:secret\n" * 64)
+    _outside_storage(p, outside, how)
+    with pytest.raises(GradscopeError, match=r"refused: .*'/samples' is") as e:
+        open_run(p).samples()
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    rc, lines = run_cli(capsys, ["repair", str(p), "--check"])
+    assert_one_line(rc, lines, "samples")
+    assert not any("OK" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_run_file_with_internal_storage_still_opens(tmp_path):
+    """The check refuses only outside data: an ordinary file (chunked, contiguous and compact
+    datasets) still reads."""
+    import h5py
+
+    from tests import faultlib as F
+
+    from gradscope.store import open_run
+
+    p = tmp_path / "run.h5"
+    F.write_run(p, sample_k=4).commit()
+    with h5py.File(p, "r+") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        h5py.h5d.create(f["derived"].id, b"note_compact", h5py.h5t.STD_I64LE, h5py.h5s.create_simple((3,)), dcpl=dcpl)
+        assert f["derived/note_compact"].id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+        f["derived"].create_dataset("note_contiguous", data=np.arange(3))
+    vals, _ = open_run(p).samples()
+    assert vals.shape[1] == 4
+
+
+def test_oracle_candidate_result_of_the_wrong_type_is_one_line(oracle_copy, capsys):
+    """Issue 22 item 11: a candidate file holding {"result": 1} (a loadable file of the wrong
+    shape) is one line, from oracle-candidate and from the Oracle choosing among candidates."""
+    torch.save({"result": 1, "model": {}}, _cand(oracle_copy))
+    rc, lines = run_cli(capsys, ["oracle-candidate", "--out", str(oracle_copy), *CAND_ARGS])
+    assert_one_line(rc, lines, str(_cand(oracle_copy)), "result")
+    for v in ("0.01", "0.05", "0.25"):
+        torch.save({"result": 1, "model": {}, "epochs": [], "val_correct": torch.zeros(3, dtype=torch.uint8)},
+                   oracle_copy / "oracle" / "round_0" / f"lr_{v}.pt")
+    rc, lines = run_cli(capsys, ["oracle", *RUN_ARGS, "--grid", "0.01,0.05,0.25", "--seeds", "1", "--workers", "0",
+                                 "--out", str(oracle_copy)])
+    assert_one_line(rc, lines, "result")
+
+
+def test_oracle_candidate_with_another_model_than_its_start_state_is_one_line(oracle_copy, capsys):
+    """Issue 22 item 11: oracle-candidate --model naming another architecture than the start
+    state's is one line naming the mismatch."""
+    rc, lines = run_cli(capsys, ["oracle-candidate", "--out", str(oracle_copy), *CAND_ARGS, "--model", "lenet300"])
+    assert_one_line(rc, lines, "start state")

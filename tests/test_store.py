@@ -16,6 +16,7 @@ import pytest
 from gradscope import GradscopeError, InternalError
 from gradscope.cli import main
 from gradscope.store import SCHEMA_VERSION, RunWriter, open_run, pooled_std, repair, window_rows, write_derived
+from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from tests import faultlib as F
 
@@ -275,11 +276,12 @@ def test_impossible_root_values_are_one_clear_error(tmp_path, attrs, words):
         open_run(p).moments()
 
 
-def _forge_rows(path, name, fn, sel=slice(None)):
+def _forge_rows(path, name, fn, sel=slice(None), crc: bool = True):
+    """Change rows and (crc=True) their row checksums: a consistent forgery only validation catches."""
     with h5py.File(path, "r+") as f:
         a = f[name][sel]
         fn(a)
-        f[name][sel] = a
+        f[name][sel] = C.with_row_crcs(a) if crc and a.dtype.names else a
 
 
 @pytest.mark.parametrize("name, fn, words", [
@@ -301,6 +303,101 @@ def test_impossible_rows_are_one_clear_error(tmp_path, name, fn, words):
     with pytest.raises(GradscopeError, match=words):
         run = open_run(p)
         run.histograms()
+
+
+def _first_window_round(a):
+    a["round"] = 50
+
+
+@pytest.mark.parametrize("name, fn, words", [
+    ("rounds", lambda a: a.__setitem__("max_lr", np.inf), "max_lr=inf"),
+    ("rounds", lambda a: a.__setitem__("max_lr", -1.0), "max_lr=-1.0"),
+    ("rounds", lambda a: a.__setitem__("max_lr", 0.0), "max_lr=0.0"),
+    ("rounds", lambda a: a.__setitem__("sparsity", -0.5), "sparsity=-0.5"),
+    ("rounds", lambda a: a.__setitem__("sparsity", 2.0), "sparsity=2.0"),
+    ("rounds", lambda a: a.__setitem__("val_acc", np.inf), "val_acc=inf"),
+    ("rounds", lambda a: a.__setitem__("val_acc", 1.5), "val_acc=1.5"),
+    ("epochs", lambda a: a.__setitem__("val_acc", -np.inf), "val_acc=-inf"),
+    ("layer_rounds", lambda a: a.__setitem__("sparsity", 3.0), "sparsity=3.0"),
+    ("layers", lambda a: a.__setitem__("numel", 2 ** 60), "numel < 1 or > 1099511627776"),
+    ("layers", lambda a: a.__setitem__("shape", "x;rm -rf"), "shape"),
+    ("layers", lambda a: a.__setitem__("shape", "3x3"), "product is its numel 6"),
+    ("layers", lambda a: a.__setitem__("shape", "2x-3"), "shape"),
+    ("moments", _first_window_round, "round 50, which neither"),
+])
+def test_impossible_values_in_checksummed_rows_are_refused(tmp_path, name, fn, words):
+    """Issue 22 item 9: values no recording produces, with row checksums recomputed (a buggy
+    writer or a hand edit), are one clear error on read; so is a window of a round the file
+    does not describe (fit used to print an empty table)."""
+    p = tmp_path / "r.h5"
+    F.write_run(p, rounds=2, windows=2)
+    _forge_rows(p, name, fn, slice(0, 2) if name == "moments" else slice(None))
+    with pytest.raises(GradscopeError, match=words) as e:
+        run = open_run(p)
+        run.rounds(), run.epochs(), run.layer_rounds(), run.histograms()
+    assert "damaged" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_values_stay_readable(tmp_path):
+    """NaN is how a table says "not measured" (a plain loop passes no max_lr or val_acc): allowed."""
+    p = tmp_path / "r.h5"
+    F.write_run(p, rounds=1, windows=1)
+    _forge_rows(p, "rounds", lambda a: [a.__setitem__(c, np.nan) for c in ("max_lr", "val_acc", "test_acc")])
+    assert open_run(p).rounds()["max_lr"].isna().all()
+
+
+def test_all_nan_samples_are_refused(tmp_path):
+    p = tmp_path / "r.h5"
+    F.write_run(p, rounds=1, windows=2, sample_k=3)
+    _forge_rows(p, "samples", lambda a: a.__setitem__((1, slice(None)), np.nan))
+    run = open_run(p)
+    with pytest.raises(GradscopeError, match="samples are all NaN"):
+        run.samples()
+    with pytest.raises(GradscopeError, match="samples are all NaN"):
+        run.verify()
+
+
+def test_moment_rows_carry_a_row_checksum(tmp_path):
+    """A moments row changed without its crc (the chunk's fletcher32 rewritten by h5py) is
+    caught by the row checksum, even where the new value is possible (a count off by one)."""
+    p = tmp_path / "r.h5"
+    F.write_run(p, rounds=1, windows=2)
+    with h5py.File(p, "r") as f:
+        assert "crc" in f["moments"].dtype.names and (f["moments"]["crc"] != 0).all()
+    _forge_rows(p, "moments", lambda a: a.__setitem__("sum", a["sum"] * 1.5), slice(2, 4), crc=False)
+    with pytest.raises(GradscopeError, match="row 2 of table 'moments' fails its checksum"):
+        open_run(p).moments()
+    assert main(["repair", "--check", str(p)]) == 2
+
+
+def test_files_from_before_moment_row_checksums_stay_readable(tmp_path, capsys):
+    """Schema-2 files written before moment rows had ``crc``: read, continued, and repaired
+    (which adds the CRCs)."""
+    p = tmp_path / "old.h5"
+    F.write_run(p, rounds=1, windows=2)
+    ref = open_run(p).moments()
+    with h5py.File(p, "r+") as f:  # the moments dataset as the older writer built it
+        old = f["moments"][:]
+        rows = np.zeros(len(old), dtype=S.MOMENTS_DTYPE_NOCRC)
+        for n in rows.dtype.names:
+            rows[n] = old[n]
+        del f["moments"]
+        rpw = len(F.LAYERS)
+        f.create_dataset("moments", data=rows, maxshape=(None,), chunks=(rpw,), fletcher32=True, **S.COMPRESSION)
+    pd.testing.assert_frame_equal(open_run(p).moments(), ref)
+    assert main(["repair", "--check", str(p)]) == 0
+    w = F.writer(p, mode="a")
+    w.add_window(*F.window(1, 0, 9, kept=[5, 4]))
+    w.commit()
+    with h5py.File(p, "r") as f:
+        assert f["moments"].dtype == S.MOMENTS_DTYPE_NOCRC
+    assert len(open_run(p).moments()) == 6
+    _forge_rows(p, "moments", lambda a: a.__setitem__("count", -7), slice(4, 6))  # damage: repair rewrites
+    assert main(["repair", str(p)]) == 0
+    with h5py.File(p, "r") as f:
+        assert f["moments"].dtype == S.MOMENTS_DTYPE
+    pd.testing.assert_frame_equal(open_run(p).moments(), ref)
+    assert open_run(p).verify()["windows"] == 2
 
 
 def test_hist_shorter_than_moments_and_damaged_compound_type(tmp_path):
@@ -536,3 +633,55 @@ def test_file_with_its_end_cut_off_reads_continues_and_repairs(tmp_path, capsys)
     w.add_window(*F.window(0, 1, 1, sample_k=4000, steps=400))
     w.commit()
     assert open_run(q).verify()["windows"] == 2 and h5py.File(q, "r")["samples"].shape[0] == 4
+
+
+def test_store_reader_does_not_import_the_writer():
+    """The store's modules import one way (issue 22 item 8): the reader, the validation and the
+    checksums never import the writer (the derived-table CRC lives in store/checksum.py)."""
+    import ast
+
+    import gradscope.store as store
+
+    root = os.path.dirname(store.__file__)
+    for mod in ("reader.py", "validate.py", "checksum.py", "schema.py", "views.py"):
+        tree = ast.parse(open(os.path.join(root, mod)).read())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(x.endswith("store.writer") or x.endswith("store.recovery") for x in names), (mod, names)
+    from gradscope.store.checksum import derived_crc
+    from gradscope.store.writer import derived_crc as old_name
+
+    assert derived_crc is old_name
+
+
+def test_checksums_verify_with_zlib_and_struct_alone(tmp_path):
+    """docs/hdf5-format.md "Checksums" is enough to verify a file without gradscope: an
+    independent verifier (zlib.crc32 + struct, the byte order the docs give) agrees with every
+    row CRC of the epochs, rounds and moments tables, with attr_crc32 and with committed."""
+    import struct
+    import zlib
+
+    p = tmp_path / "r.h5"
+    F.write_run(p, rounds=2, windows=2)
+    codes = {"<i4": "i", "<i8": "q", "<u4": "I", "<f8": "d", "|i1": "b", "|b1": "?"}
+
+    def row_crc(row, dtype) -> int:
+        num = [n for n in dtype.names if n != "crc" and dtype[n].kind != "O"]
+        strs = [n for n in dtype.names if n != "crc" and dtype[n].kind == "O"]
+        c = zlib.crc32(struct.pack("<" + "".join(codes[dtype[n].str] for n in num), *(row[n].item() for n in num)))
+        for n in strs:
+            b = row[n] if isinstance(row[n], bytes) else str(row[n]).encode()
+            c = zlib.crc32(struct.pack("<I", len(b)) + b, c)
+        return c
+
+    with h5py.File(p, "r") as f:
+        for name in ("epochs", "rounds", "layers", "moments"):
+            a = f[name][:]
+            assert len(a) and all(row_crc(r, a.dtype) == int(r["crc"]) for r in a), name
+        crcs = json.loads(f.attrs["attr_crc32"])
+        for k, want in crcs.items():
+            v = f.attrs[k]
+            v = v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
+            assert zlib.crc32(f"{type(v).__name__}:{json.dumps(v, sort_keys=True)}".encode()) == want, k
+        com = f.attrs["committed"]
+        assert zlib.crc32(struct.pack("<6q", *com[:6].tolist())) == int(com[6])

@@ -277,6 +277,11 @@ def validation_count(n_train: int, val_fraction: float, val_size: int | None, tr
         n = int(val_size)
     else:
         n = int(round(val_fraction * (train_subset if train_subset is not None else n_train)))
+        if val_fraction > 0 and n == 0:
+            of = f"--train-subset {train_subset}" if train_subset is not None else f"{n_train} training images"
+            raise GradscopeError(f"--val-fraction {val_fraction:g} of {of} holds out no validation image (val_acc "
+                                 "would be undefined); pass a larger --train-subset, --val-size N, or "
+                                 "--val-fraction 0 for no validation")
     if n >= n_train:
         raise GradscopeError(f"{n} validation images leave no training image out of {n_train}; "
                              "lower --val-size / --val-fraction")
@@ -300,6 +305,8 @@ def load_dataset(name: str, root: str | None = None, *, val_fraction: float = 0.
     key = DATASETS.key(name)
     if root is not None and not DATASETS.meta(key)["needs_root"]:
         raise GradscopeError(f"--data-root is not used by dataset {key!r} (it is built in); drop it")
+    if download and not DATASETS.meta(key)["needs_root"]:
+        raise GradscopeError(f"--download is not used by dataset {key!r} (it is built in: nothing to download); drop it")
     cache_dir = resolve_cache_dir(cache_dir)
     if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         raise GradscopeError(f"--cache-dir {cache_dir} is a file, not a folder")

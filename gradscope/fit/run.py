@@ -287,11 +287,15 @@ def check_fit_options(*, per: str = "round", models: Sequence[str] = MODELS, boo
     (what will be printed) must be available with ``models``."""
     if per not in _KEYS:
         raise GradscopeError(f"per must be 'round' or 'window', got {per!r}")
+    models = tuple(models)  # empty: moment statistics only (the CLI asks for at least one family)
+    dup = sorted({m for m in models if models.count(m) > 1})
+    if dup:
+        raise GradscopeError(f"models lists {', '.join(dup)} more than once; name each family once")
     for m in models:
         get_family(m)
     check_bootstrap(bootstrap)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise GradscopeError(f"seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2 ** 32 - 1:
+        raise GradscopeError(f"seed must be a whole number in [0, 2^32 - 1], got {seed!r}")
     check_view(view)
     check_window(window)
     if statistic is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from gradscope import GradscopeError
@@ -82,6 +83,28 @@ def _user_builder(spec: str) -> Builder:
     return fn
 
 
+def check_forward(model: nn.Module, name: str, x: torch.Tensor, num_classes: int) -> None:
+    """One forward pass on a batch ``x`` in eval mode (BatchNorm statistics untouched): a model
+    whose forward raises, or whose output is not ``[batch, num_classes]``, is one clear error
+    before anything is trained or written. KeyboardInterrupt passes (the CLI says how to resume)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except SystemExit as e:
+        raise GradscopeError(f"--model {name!r}: its forward pass raised SystemExit({e.code!r})") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: one line, what it said
+        raise GradscopeError(f"--model {name!r}: its forward pass on a batch of shape {tuple(x.shape)} failed: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (x.shape[0], num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise GradscopeError(f"--model {name!r} returns {got} for a batch of {x.shape[0]}; the dataset has "
+                             f"{num_classes} classes, so it must return logits of shape [batch, {num_classes}]")
+
+
 def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs."""
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -93,6 +116,9 @@ def get_model(name: str, input_shape: tuple[int, int, int], num_classes: int) ->
         build = _user_builder(name)
         try:
             model = build((c, h, w), int(num_classes))
+        except SystemExit as e:  # the user's code must not end the run silently (exit 0)
+            raise GradscopeError(f"--model {name!r}: calling it with (input_shape={(c, h, w)}, num_classes={num_classes}) "
+                                 f"raised SystemExit({e.code!r}); a model builder must return a module") from None
         except Exception as e:  # noqa: BLE001 - the user's code: one line, what was called and what it said
             raise GradscopeError(f"--model {name!r}: calling it with (input_shape={(c, h, w)}, num_classes={num_classes}) "
                                  f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

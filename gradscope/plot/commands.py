@@ -35,12 +35,28 @@ def _one_run(ns):
     return ns.runs[0]
 
 
+def _check_plot_options(ns) -> None:
+    """Flags a figure would otherwise draw nonsense from (a NaN gamma, an unknown statistic)."""
+    import math  # noqa: PLC0415
+
+    from gradscope.fit.core import check_statistic  # noqa: PLC0415
+
+    if not (math.isfinite(ns.gamma) and ns.gamma > 0):
+        raise GradscopeError(f"--gamma must be a positive number, got {ns.gamma}")
+    if ns.kind in ("narrowing", "calibration"):
+        try:
+            check_statistic(ns.statistic)
+        except GradscopeError as e:
+            raise GradscopeError(f"--statistic: {e}") from None
+
+
 def _cmd_plot(ns) -> int:
     from gradscope import plot as P  # noqa: PLC0415
     from gradscope.fit import check_view, check_window  # noqa: PLC0415
 
     check_view(ns.view)
     check_window(ns.window)
+    _check_plot_options(ns)
     vw = {"view": ns.view, "window": ns.window}
     if ns.kind == "schedule" and ns.runs:  # the schedules those runs used, with their own parameters
         labels = [x for x in ns.labels.split(",")] if ns.labels else None

@@ -315,6 +315,11 @@ class WindowAccumulator:
         self._compile_failed = False
         self.reset()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling generator (the recorder seeds each window from its key)."""
+        if self.gen is not None:
+            self.gen.manual_seed(int(seed))
+
     def reset(self) -> None:
         d = self.device
         self.counts = torch.zeros(self.L, self.S, dtype=torch.int64, device=d)
@@ -325,6 +330,7 @@ class WindowAccumulator:
             self.s_keys = torch.full((self.L, self.sample_k), math.inf, device=d)
             self.s_vals = torch.full((self.L, self.sample_k), math.nan, device=d)
         self.steps = 0
+        self.layer_steps = np.zeros(self.L, dtype=np.int64)  # steps in which each layer had values
 
     # ------------------------------------------------------------------ layout
     def _split(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -463,6 +469,8 @@ class WindowAccumulator:
             if self.sample_k:
                 self._sample(lay)
             self.steps += 1
+            self.layer_steps += 1
+            self.layer_steps[skip] -= 1
 
     def _kernels(self, lay: _Layout) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         x2 = self.x.view(-1, lay.B)
@@ -578,7 +586,7 @@ class WindowAccumulator:
         out = {"hist": hist, "under": c[:, 0].copy(), "over": c[:, self.nb + 1].copy(),
                "nonfinite": c[:, self.nb + 2].copy(), "count": count, "sum": sums[:, 0],
                "sumsq": sums[:, 1], "sumabs": sums[:, 2], "sum3": sums[:, 3], "sum4": sums[:, 4],
-               "min": mins, "max": maxs, "steps": self.steps}
+               "min": mins, "max": maxs, "steps": self.steps, "layer_steps": self.layer_steps.copy()}
         if self.sample_k:
             out["samples"] = self.s_vals.cpu().numpy().astype(np.float32)
         return out

@@ -3,7 +3,8 @@
 Forward passes are observed with forward hooks on the conv/linear modules (who produced which
 tensor) and a TorchFunctionMode (which torch functions consumed it). The trail of a layer's
 output follows normalisations (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm),
-residual adds and subtractions, scalar multiplication/division, pooling, interpolation,
+residual adds and subtractions, multiplication/division (by a scalar or by another tensor, e.g.
+a gate ``x * sigmoid(y)``: both factors are followed), pooling, interpolation,
 concatenation, slicing/indexing, chunk/split and layout-only ops (view, reshape, permute,
 squeeze, ...) until an elementwise activation consumes it (``ACTIVATIONS``: relu, gelu, silu,
 tanh, sigmoid, leaky_relu, elu, hardswish, ...; functional, Tensor-method and nn.Module forms

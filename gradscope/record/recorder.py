@@ -43,6 +43,7 @@ PRESETS: dict[str, dict] = {
 }
 RECORDED_VIEWS = ("survivors", "relative")  # stored as rows; "all" is derived from "survivors" by the reader
 VIEW_CODES = {"survivors": 0, "relative": 1}
+HUGE_GRAD = 1e18  # |g| above this draws a warning (g^2 overflows float32 near 1.8e19)
 RELATIVE_EPS = 1e-8  # |g| / (|w| + eps): eps only guards a surviving weight that is exactly 0
 
 
@@ -73,6 +74,12 @@ def inverse_scale(scaler) -> Optional[torch.Tensor]:
     if scale is None:
         return None
     return torch.reciprocal(scale.float())
+
+
+def _window_seed(seed: int, round: int, window: int) -> int:
+    """The sampling seed of one window, from the run's seed and the window's key."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(round), int(window)]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
 
 
 def _num(x) -> Optional[float]:
@@ -387,8 +394,14 @@ class GradientRecorder:
         params = [weight_param(i.module) for i in self.recorded]
         self._check_accumulation(params, scaler)
         if self._win_start is None:
+            if self.window is not None:  # window = step // N (a window without recorded steps leaves a gap)
+                self._win = s // self.window
             self.check_masks(f"found at the start of window {self._win} of round {self.round}")
             self._win_start = s
+            if self.sample_k:  # each window's samples from its own seed: the same after a resume
+                for acc in (self.acc, self.racc):
+                    if acc is not None:
+                        acc.reseed(_window_seed(self.seed, self.round, self._win))
         self._masks()
         inv = inverse_scale(scaler)
         if inv is None and scaler is None and self._fp16_autocast:
@@ -396,6 +409,10 @@ class GradientRecorder:
                        "scaled, gradients are recorded multiplied by the loss scale. Pass the scaler, "
                        "rec.step(scaler): it divides by the scale, or does nothing once scaler.unscale_(optimizer) ran")
         grads = [None if p.grad is None else p.grad.detach() for p in params]  # None: no gradient, left out
+        if all(g is None for g in grads):  # no recorded layer has a gradient: nothing of this step to record
+            self._warn("no-grad", f"step() found no .grad on any recorded layer (round {self.round}, step {s}): "
+                       "the step is not recorded; call rec.step() after loss.backward()")
+            return
         # the accumulator copies the survivors (the flat mask, unchanged object while the masks are)
         # straight from each .grad into its buffer: no concatenated copy of all gradients per step
         self.acc.add(grads, self._mask, scale=inv)
@@ -407,6 +424,11 @@ class GradientRecorder:
         if self.population:
             if self._pop is None:
                 self._pop = torch.zeros(int(self._offsets[-1]), dtype=torch.float32, device=self._mask.device)
+            elif self._pop.device != self._mask.device or self._pop.numel() != int(self._offsets[-1]):
+                if self._pop.numel() != int(self._offsets[-1]):
+                    raise GradscopeError("the checkpointed fixed-population sums do not match the recorded layers; "
+                                         "delete checkpoint.pt to start the run again")
+                self._pop = self._pop.to(self._mask.device)
             for j, g in enumerate(scaled):
                 if g is None:
                     continue
@@ -452,10 +474,11 @@ class GradientRecorder:
             rows["layer"] = [i.index for i in self.recorded]
             if "view" in mom.dtype.names:
                 rows["view"] = VIEW_CODES[view]
-            if "steps" in mom.dtype.names:
-                rows["steps"] = h["steps"]
+            if "steps" in mom.dtype.names:  # per layer: a step where a layer had no .grad is not its step
+                rows["steps"] = h["layer_steps"]
             for c in S.MOMENT_COLUMNS:
                 rows[c] = h[c]
+        self._check_values(hosts[0][1])
         hist = np.concatenate([h["hist"] for _, h in hosts])
         samples = np.concatenate([h["samples"] for _, h in hosts]) if self.sample_k else None
         self.acc.reset()
@@ -465,6 +488,19 @@ class GradientRecorder:
         self._win += 1
         self._win_start = None
         self._span_start = self._step
+
+    def _check_values(self, h: dict) -> None:
+        """Warn (once each) about non-finite gradients (left out of every statistic) and huge ones."""
+        nf = int(np.sum(h["nonfinite"]))
+        if nf:
+            self._warn("nonfinite", f"{nf} non-finite gradient values (NaN/inf) in window {self._win} of round "
+                       f"{self.round}: they are counted in 'nonfinite' and left out of every statistic")
+        with np.errstate(invalid="ignore"):
+            big = float(np.nanmax(np.fmax(np.abs(h["min"]), np.abs(h["max"])), initial=0.0))
+        if big > HUGE_GRAD:
+            self._warn("huge", f"gradients with |g| up to {big:.3g} in window {self._win} of round {self.round}: "
+                       "statistics of such values mean little (the run diverged?); the fixed population's "
+                       "float32 sums overflow above ~1.8e19")
 
     def flush(self) -> None:
         """End the current window and write it (and any queued metadata) to the file."""
@@ -530,7 +566,16 @@ class GradientRecorder:
         self._queue_window(check_masks)
         if self._need_layer_rounds:
             self._store_layer_rounds()
+        if self.population and self._pop_steps and self.writer is None and self._failed is None \
+                and (self.layers_opt == "all" or any(i.seen for i in self._disc.infos)):
+            self._setup()  # resumed after the round's last epoch: its restored sums still need the file
         if self.population and self._pop_steps and self.writer is not None:
+            if self._mask is None:
+                self._masks()
+            n_inf = int(torch.isinf(self._pop).sum())
+            if n_inf:
+                self._warn("pop-inf", f"the fixed-population sums of g^2 of round {self.round} overflowed float32 "
+                           f"(+inf) for {n_inf} weights (|g| above ~1.8e19); their RMS is infinite")
             self.writer.add_population(self.round, self._pop.cpu().numpy().astype(np.float32),
                                        np.packbits(self._mask.cpu().numpy()), self._pop_steps)
         self._pop, self._pop_steps = None, 0
@@ -588,6 +633,34 @@ class GradientRecorder:
             if p is not None:
                 self._set_prune_rate(float(p))
 
+    # ------------------------------------------------------------------ checkpointed state
+    # The runner checkpoints callbacks with a state_key after every epoch: what the recorder
+    # sums over a whole round (the fixed population) must survive a kill inside the round.
+    state_key = "gradient-recorder"
+
+    def state_dict(self) -> dict:
+        """The round's running fixed-population sums (None without population), at the step reached."""
+        pop = None if self._pop is None else self._pop.detach().cpu().clone()
+        return {"round": int(self.round), "step": int(self._step), "pop": pop, "pop_steps": int(self._pop_steps)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self._resume_state = dict(d) if isinstance(d, dict) else None
+
+    def _restore_round(self, step: int) -> None:
+        """Resumed mid-round at ``step``: take back the population sums of the steps before it."""
+        d = getattr(self, "_resume_state", None)
+        self._resume_state = None
+        if not self.population:
+            return
+        if d is not None and d.get("round") == self.round and d.get("step") == step:
+            pop = d.get("pop")
+            if pop is None or (isinstance(pop, torch.Tensor) and pop.dtype == torch.float32 and pop.dim() == 1):
+                self._pop, self._pop_steps = pop, int(d.get("pop_steps") or 0)
+                return
+        self._warn("pop-resume", f"resumed inside round {self.round} without the recorder's checkpointed state "
+                   f"(a checkpoint from an older gradscope?): the round's fixed-population record holds only "
+                   f"the steps from {step} on")
+
     def on_round_start(self, state) -> None:
         info = getattr(state, "info", None)
         meta: dict = {"schedule": dict(getattr(state, "schedule", None) or {})}
@@ -596,9 +669,12 @@ class GradientRecorder:
         self.start_round(state.round, **meta)
         if int(getattr(state, "step", 0) or 0) > 0:  # resumed mid-round: continue at the trainer's position
             self._position(state.step, state.epoch)
+            self._restore_round(int(state.step))
 
     def on_epoch_start(self, state) -> None:
         self.epoch = int(state.epoch)
+        if self.window is None and self._win_start is None:  # one window per epoch: window = epoch,
+            self._win = self.epoch  # also when an earlier epoch recorded no step (every=k), as on resume
 
     def on_after_backward(self, state) -> None:
         self.step(getattr(state, "scaler", None))

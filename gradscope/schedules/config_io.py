@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ from gradscope.schedules.registry import SCHEDULES, get_schedule
 FLAG_PARAMS = ("max_lr", "lo", "hi", "beta", "midpoint", "lag", "shape", "preset", "p", "x", "orig_epochs")
 # What `gradscope calibrate` writes beside the parameters (read, not used as parameters).
 FILE_NOTES = ("uncertainty", "source", "prediction", "points", "notes", "status", "warnings")
+
+
+class ScheduleFileWarning(UserWarning):
+    """A schedule file that loads but whose calibration says it should not be trusted."""
 
 
 def read_schedule_file(path: str) -> dict:
@@ -34,7 +39,8 @@ def read_schedule_file(path: str) -> dict:
         raise GradscopeError(f"schedule file {path} is not valid {'YAML' if yaml_ else 'JSON'}: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if data is None:
-        return {}
+        raise GradscopeError(f"schedule file {path} holds no parameters (it is empty or null); write a mapping "
+                             "such as {\"schedule\": \"silo\", \"lo\": 0.03, \"hi\": 0.07}")
     if not isinstance(data, dict):
         raise GradscopeError(f"schedule file {path} must hold a mapping of parameter names to values")
     return data
@@ -43,6 +49,15 @@ def read_schedule_file(path: str) -> dict:
 def _file_params(path: str) -> tuple[Any, dict]:
     """(the schedule a file names, or None; its parameters without calibrate's notes)."""
     params = read_schedule_file(path)
+    notes = params.get("notes") if isinstance(params.get("notes"), dict) else {}
+    status = params.get("status", notes.get("status"))
+    if status is not None and status != "supported":
+        if status not in ("flat", "falling"):
+            raise GradscopeError(f"schedule file {path} has calibration status {status!r}; gradscope calibrate "
+                                 "writes 'supported', 'flat' or 'falling'")
+        warnings.warn(f"schedule file {path} has calibration status {status!r}: its data did not support a rising "
+                      "S-curve (calibrate writes such a file only with --force); a fixed max_lr may serve as well",
+                      ScheduleFileWarning, stacklevel=3)
     name = params.pop("name", params.pop("schedule", None))
     for key in FILE_NOTES:
         params.pop(key, None)

@@ -240,13 +240,13 @@ class SiloSchedule(ScheduleFactory):
     DEFAULT_SHAPE = "warmup-step"
 
     def _check(self) -> None:
-        self.lo = V.num("lo", self.lo, 0.0, lo_open=True)
-        self.hi = V.num("hi", self.hi, 0.0, lo_open=True)
+        self.lo = V.lr("lo", self.lo)
+        self.hi = V.lr("hi", self.hi)
         if self.hi < self.lo:
             raise GradscopeError(f"schedule parameter 'hi' ({self.hi}) must be >= 'lo' ({self.lo})")
         self.beta = V.num("beta", self.beta, 0.0, lo_open=True)
         self.midpoint = V.num("midpoint", self.midpoint, 0.0, 1.0, lo_open=True, hi_open=True)
-        self.lag = V.integer("lag", self.lag, 0)
+        self.lag = V.integer("lag", self.lag, 0, 10_000)
         if self.p is not None:
             self.p = V.num("p", self.p, 0.0, 1.0, lo_open=True, hi_open=True)
         self.x = V.choice("x", self.x, X_MODES)
@@ -277,7 +277,7 @@ class FixedPeakSchedule(ScheduleFactory):
     DEFAULT_SHAPE = "constant"
 
     def _check(self) -> None:
-        self.max_lr = V.num("max_lr", self.max_lr, 0.0, lo_open=True)
+        self.max_lr = V.lr("max_lr", self.max_lr)
 
     def _peak(self, info: RoundInfo) -> float:
         return self.max_lr
@@ -332,7 +332,7 @@ class AllrSchedule(ScheduleFactory):
     DEFAULT_SHAPE = "bimp-linear"
 
     def _check(self) -> None:
-        self.max_lr = V.num("max_lr", self.max_lr, 0.0, lo_open=True)
+        self.max_lr = V.lr("max_lr", self.max_lr)
         if self.orig_epochs is not None:
             self.orig_epochs = V.integer("orig_epochs", self.orig_epochs, 1)
 

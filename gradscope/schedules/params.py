@@ -8,7 +8,7 @@ the ``shape`` drops the base's parameters of the old shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -30,10 +30,22 @@ def num(key: str, v: Any, lo: float = -math.inf, hi: float = math.inf,
     return v
 
 
-def integer(key: str, v: Any, lo: int = 0) -> int:
-    """``v`` as an int >= ``lo`` (an integral float is accepted)."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < lo:
-        raise GradscopeError(f"schedule parameter {key!r} must be an integer >= {lo}, got {v!r}")
+# A peak LR outside this range is a typo: float32 underflows below, every step diverges above.
+LR_MIN, LR_MAX = 1e-12, 1e3
+
+
+def lr(key: str, v: Any) -> float:
+    """``v`` as a learning rate in [LR_MIN, LR_MAX]."""
+    return num(key, v, LR_MIN, LR_MAX)
+
+
+def integer(key: str, v: Any, lo: int = 0, hi: Optional[int] = None) -> int:
+    """``v`` as an int in [lo, hi] (an integral float is accepted)."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, np.integer, float)) and \
+        (not isinstance(v, float) or math.isfinite(v)) and int(v) == v and v >= lo and (hi is None or v <= hi)
+    if not ok:
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise GradscopeError(f"schedule parameter {key!r} must be an integer {rng}, got {v!r}")
     return int(v)
 
 

@@ -97,3 +97,8 @@ def array_crc(data: np.ndarray) -> int:
     """CRC-32 of a numeric array's little-endian bytes."""
     data = np.asarray(data)
     return zlib.crc32(np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes())
+
+
+def derived_crc(columns: list, kinds: list, nrows: int, col_crcs: list) -> int:
+    """CRC-32 guarding a derived table's description (columns, kinds, rows, column CRCs)."""
+    return value_crc(json.dumps([columns, kinds, int(nrows), [int(x) for x in col_crcs]]))

@@ -27,8 +27,12 @@ def _cmd_repair(ns) -> int:
         if info["truncated"]:
             cut = "; its end was cut off by a failed write (`gradscope repair` restores it" + \
                   (", as does continuing the run)" if info["schema_version"] >= 2 else ")")
-        print(f"{path}: OK (schema {info['schema_version']}, {sums}): {info['windows']} windows, "
+        warn = info.get("warnings") or []
+        state = "OK" if not warn else f"readable, {len(warn)} warning{'s' if len(warn) > 1 else ''}"
+        print(f"{path}: {state} (schema {info['schema_version']}, {sums}): {info['windows']} windows, "
               f"{info['rounds']} rounds, {info['epochs']} epochs, {info['derived']} derived tables{cut}")
+        for w in warn:
+            print(f"  warning: {w}")
         return 0
     if ns.no_backup and not ns.yes:
         raise GradscopeError("--no-backup replaces the file without a copy of the original; add --yes to confirm")

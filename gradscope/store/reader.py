@@ -186,11 +186,11 @@ class RunReader:
 
     # ------------------------------------------------------------------ per-window rows
     def _moments_rows(self, f: h5py.File) -> np.ndarray:
-        n = self._counts(f)["moments"]
-        ds = f["moments"]
-        V._check_dtype(ds, S.moments_dtype(self.meta.version), "moments", self.path)
-        m = V.read(ds, slice(0, n), self.path, "moments")
-        V.check_moments(self.meta, m)
+        c = self._counts(f)
+        m = V.read_moments(f, self.meta, slice(0, c["moments"]))
+        if len(m):
+            known = {int(r) for t in ("rounds", "layer_rounds") for r in V.read_table(f, self.meta, t, c[t])["round"]}
+            V.check_window_rounds(self.meta, m, known)
         return m
 
     def _select(self, f: h5py.File, layer: Sel, round: Sel, window: Sel, view: str):
@@ -350,7 +350,8 @@ class RunReader:
 
             offsets = np.concatenate([[0], np.cumsum(meta.numel[meta.recorded])[:-1]]).astype(np.int64)
             names = [str(self._layers.set_index("index")["layer"][i]) for i in meta.recorded]
-            return W.population_table(rounds, pm["steps"], read_sumsq, read_mask, N, offsets, names, refs)
+            steps = _population_steps(self._moments_rows(f), meta, rounds, pm["steps"])
+            return W.population_table(rounds, steps, read_sumsq, read_mask, N, offsets, names, refs)
 
     # ------------------------------------------------------------------ derived results
     def derived_names(self) -> list[str]:
@@ -387,17 +388,23 @@ class RunReader:
             derived = sorted(k for k in f["derived"] if "current" in f["derived"][k].attrs)
             for k in derived:
                 _read_derived(self.path, k, f["derived"][k])
+        warn = value_warnings(m, meta)
         if meta.population and c["population"]:
             self.population(reference_round=max(self.population_rounds()))
+            with self._open() as f:
+                pm = V.read_table(f, meta, "pop_meta", c["population"])
+                for i, r in enumerate(pm["round"]):
+                    n_inf = int(np.isinf(V.read(f["pop_sumsq"], i, self.path, "population sums")).sum())
+                    if n_inf:
+                        warn.append(f"the fixed-population sums of g^2 of round {int(r)} overflowed float32 (+inf) "
+                                    f"for {n_inf} weights (|g| above ~1.8e19): their RMS is infinite")
         eof = stored_eof(self.path)
         return {"schema_version": meta.version, "checksums": meta.checksums, "windows": len(m) // rpw,
-                **{k: v for k, v in c.items()}, "derived": len(derived),
+                **{k: v for k, v in c.items()}, "derived": len(derived), "warnings": warn,
                 "truncated": eof is not None and eof > os.path.getsize(self.path)}
 
 
 def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
-    from gradscope.store.writer import derived_crc  # noqa: PLC0415 - writer imports reader lazily
-
     what = f"derived table {name!r}"
     cur = grp.attrs["current"]
     if not isinstance(cur, (int, np.integer)) or f"v{int(cur)}" not in grp:
@@ -419,7 +426,7 @@ def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
         except (KeyError, ValueError, TypeError):
             raise V.damaged(path, f"{what} has a damaged description") from None
         if not isinstance(col_crcs, list) or len(col_crcs) != len(cols) or \
-                derived_crc(cols, kinds, nrows, col_crcs) != int(g.attrs["crc32"]):
+                C.derived_crc(cols, kinds, nrows, col_crcs) != int(g.attrs["crc32"]):
             raise V.damaged(path, f"{what} fails its checksum")
     data = {}
     for i, (c, k) in enumerate(zip(cols, kinds)):
@@ -436,6 +443,51 @@ def _read_derived(path: str, name: str, grp: h5py.Group) -> pd.DataFrame:
             v = pd.to_datetime(v)
         data[c] = v
     return pd.DataFrame(data, columns=cols)
+
+
+HUGE = 1e18  # |g| above this: g^2 overflows float32 near 1.8e19, and sums lose all meaning well before
+
+
+def value_warnings(m: np.ndarray, meta: V.FileMeta) -> list[str]:
+    """Recorded values that are legal but make the statistics meaningless: non-finite gradients
+    (left out of every statistic) and huge ones."""
+    out = []
+    if not len(m):
+        return out
+    nf = m["nonfinite"].astype(np.int64)
+    if nf.sum():
+        i = int(np.argmax(nf > 0))
+        out.append(f"{int(nf.sum())} non-finite gradient values (NaN/inf, left out of every statistic) in "
+                   f"{int((nf > 0).sum())} window rows, first in round {int(m['round'][i])} window {int(m['window'][i])}")
+    with np.errstate(invalid="ignore"):
+        big = np.fmax(np.abs(m["min"]), np.abs(m["max"]))
+    huge = np.nan_to_num(big) > HUGE
+    if huge.any():
+        i = int(np.argmax(huge))
+        out.append(f"gradients with |g| up to {float(np.nanmax(big)):.3g} (above {HUGE:.0e}) in {int(huge.sum())} "
+                   f"window rows, first in round {int(m['round'][i])} window {int(m['window'][i])}: the run diverged?")
+    return out
+
+
+def _population_steps(m: np.ndarray, meta: V.FileMeta, rounds: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """[population rows, recorded layers]: the steps each layer's sums of g^2 hold. pop_meta
+    counts the round's recorded steps; a layer without .grad in some of them (a branch not
+    run) has fewer, which its survivors windows count (their per-layer ``steps`` add up over
+    the round). A round without windows (a producer that writes none) keeps pop_meta's count."""
+    out = np.repeat(np.asarray(steps, dtype=np.int64)[:, None], len(meta.recorded), axis=1)
+    if meta.version < 2 or not len(m):
+        return out
+    surv = m[m["view"] == 0]
+    col = {int(i): k for k, i in enumerate(meta.recorded)}
+    for r_i, r in enumerate(np.asarray(rounds).tolist()):
+        rows = surv[surv["round"] == r]
+        if not len(rows):
+            continue
+        per = np.zeros(len(meta.recorded), dtype=np.int64)
+        np.add.at(per, [col[int(x)] for x in rows["layer"]], rows["steps"].astype(np.int64))
+        if 0 < per.max() <= out[r_i, 0]:
+            out[r_i] = per
+    return out
 
 
 def _rows(ds: h5py.Dataset, rows: np.ndarray, path: str, what: str) -> np.ndarray:

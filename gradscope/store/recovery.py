@@ -103,14 +103,14 @@ def _salvage_table(f: h5py.File, meta: V.FileMeta, name: str, n: int) -> np.ndar
 
 def _salvage_windows(f: h5py.File, meta: V.FileMeta, n_rows: int):
     rpw = meta.rows_per_window
-    mdt = S.moments_dtype(meta.version)
+    mdts = S.moments_dtypes(meta.version)
     out_m, out_h, out_s = [], [], []
     seen = set()
     for lo in range(0, n_rows, rpw):
         hi = lo + rpw
         try:
             m = V.read(f["moments"], slice(lo, hi), meta.path, "moments")
-            if m.dtype != mdt:
+            if m.dtype not in mdts:
                 break
             V.check_moments(meta, m, first_row=lo)
             h = V.read(f["hist"], slice(lo, hi), meta.path, "histograms")
@@ -250,6 +250,8 @@ def _rebuild(path: str, tmp_in: str, tmp_out: str) -> RepairResult:
         m = np.concatenate(wm)
         if v1:
             m = _to_v2(m, S.MOMENTS_DTYPE, steps=lambda a: a["step_end"] - a["step_start"] + 1, view=0)
+        elif m.dtype != S.MOMENTS_DTYPE:  # schema 2 from before moment row CRCs: add them
+            m = _to_v2(m, S.MOMENTS_DTYPE)
         blocks["moments"] = m
         blocks["hist"] = np.concatenate(wh)
         if meta.sample_k:

@@ -63,8 +63,10 @@ MOMENTS_DTYPE = np.dtype([("round", "<i4"), ("epoch", "<i4"), ("window", "<i4"),
                           ("step_end", "<i8"), ("steps", "<i8"), ("view", "i1"), ("layer", "<i4"),
                           ("count", "<i8"), ("sum", "<f8"), ("sumsq", "<f8"), ("sumabs", "<f8"),
                           ("sum3", "<f8"), ("sum4", "<f8"), ("min", "<f8"), ("max", "<f8"), ("under", "<i8"),
-                          ("over", "<i8"), ("nonfinite", "<i8")])
-MOMENTS_DTYPE_V1 = np.dtype([(n, MOMENTS_DTYPE[n]) for n in MOMENTS_DTYPE.names if n not in ("steps", "view")])
+                          ("over", "<i8"), ("nonfinite", "<i8"), ("crc", "<u4")])
+# Schema-2 files written before moment rows carried `crc` (read; `gradscope repair` adds the CRCs).
+MOMENTS_DTYPE_NOCRC = np.dtype([(n, MOMENTS_DTYPE[n]) for n in MOMENTS_DTYPE.names if n != "crc"])
+MOMENTS_DTYPE_V1 = np.dtype([(n, MOMENTS_DTYPE[n]) for n in MOMENTS_DTYPE_NOCRC.names if n not in ("steps", "view")])
 KEY_COLUMNS = ["round", "epoch", "window", "step_start", "step_end", "steps", "view", "layer"]
 MOMENT_COLUMNS = ["count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over",
                   "nonfinite"]
@@ -98,7 +100,13 @@ def table_dtype(name: str, version: int) -> np.dtype:
 
 
 def moments_dtype(version: int) -> np.dtype:
+    """The moments dtype gradscope writes for schema ``version`` (see ``moments_dtypes``)."""
     return MOMENTS_DTYPE_V1 if version == 1 else MOMENTS_DTYPE
+
+
+def moments_dtypes(version: int) -> tuple[np.dtype, ...]:
+    """Every moments dtype a readable file of schema ``version`` may hold."""
+    return (MOMENTS_DTYPE_V1,) if version == 1 else (MOMENTS_DTYPE, MOMENTS_DTYPE_NOCRC)
 
 
 def commit_order(version: int) -> list[str]:

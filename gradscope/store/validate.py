@@ -9,6 +9,7 @@ values that are impossible in a real recording (negative counts, NaN sums, steps
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -175,10 +176,58 @@ def read_meta(f: h5py.File, path: str, lenient: bool = False) -> FileMeta:
     missing = [n for n in needed_ds if n not in have_ds]
     if missing:
         raise damaged(path, f"datasets {missing} are missing")
+    check_storage(f, path)
     meta.edges = read_edges(f, meta)
     counts = committed(f, meta, lenient=lenient)
     meta.layers = read_table(f, meta, "layers", counts["layers"])
     return meta
+
+
+# Dataset layouts whose bytes lie inside the file (external storage uses the contiguous layout
+# with an external file list, checked separately; virtual datasets map other files' data).
+_INTERNAL_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT)
+
+
+def check_storage(f: h5py.File, path: str) -> None:
+    """Refuse any object whose data lies outside the file: soft or external links, virtual
+    datasets and datasets with external storage (a crafted run file could otherwise make a
+    reader return the bytes of any file it can read, e.g. /etc/passwd)."""
+    def walk(g: h5py.Group, prefix: str) -> None:
+        try:
+            names = list(g.keys())
+        except H5_ERRORS as e:
+            raise damaged(path, f"cannot list {prefix or '/'} ({type(e).__name__})") from None
+        for n in names:
+            full = f"{prefix}/{n}"
+            try:
+                link = g.get(n, getlink=True)
+            except H5_ERRORS as e:
+                raise damaged(path, f"the link {full!r} cannot be read ({type(e).__name__})") from None
+            if not isinstance(link, h5py.HardLink):
+                what = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise GradscopeError(f"{path} is refused: {full!r} is {what}; a run file keeps all its data "
+                                     "inside itself")
+            try:
+                obj = g[n]
+            except H5_ERRORS as e:
+                raise damaged(path, f"{full!r} cannot be opened ({type(e).__name__})") from None
+            if isinstance(obj, h5py.Group):
+                walk(obj, full)
+                continue
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            try:
+                plist = obj.id.get_create_plist()
+                layout, external, virtual = plist.get_layout(), plist.get_external_count(), obj.is_virtual
+            except H5_ERRORS as e:
+                raise damaged(path, f"the storage of {full!r} cannot be read ({type(e).__name__})") from None
+            if virtual or external or layout not in _INTERNAL_LAYOUTS:
+                how = "a virtual dataset" if virtual or layout == h5py.h5d.VIRTUAL else \
+                    "stored in an external file" if external else f"of unknown storage layout {layout}"
+                raise GradscopeError(f"{path} is refused: dataset {full!r} is {how}; a run file keeps all its "
+                                     "data inside itself")
+
+    walk(f, "")
 
 
 def _dataset(f: h5py.File, name: str, path: str) -> h5py.Dataset:
@@ -198,6 +247,20 @@ def _check_dtype(ds: h5py.Dataset, want: np.dtype, name: str, path: str) -> None
         raise damaged(path, f"the data type of {name!r} cannot be read") from None
     if got != want:
         raise damaged(path, f"dataset {name!r} has data type {got}, expected {want}")
+
+
+def read_moments(f: h5py.File, meta: FileMeta, sel: Any, first_row: int = 0) -> np.ndarray:
+    """Rows ``sel`` of ``moments`` (either schema-2 dtype: with or without row CRCs), checked."""
+    ds = _dataset(f, "moments", meta.path)
+    try:
+        got = ds.dtype
+    except H5_ERRORS:
+        raise damaged(meta.path, "the data type of 'moments' cannot be read") from None
+    if got not in S.moments_dtypes(meta.version):
+        raise damaged(meta.path, f"dataset 'moments' has data type {got}, expected {S.moments_dtype(meta.version)}")
+    m = read(ds, sel, meta.path, "moments")
+    check_moments(meta, m, first_row=first_row)
+    return m
 
 
 def read_edges(f: h5py.File, meta: FileMeta) -> np.ndarray:
@@ -308,6 +371,32 @@ def read_table(f: h5py.File, meta: FileMeta, name: str, n: int) -> np.ndarray:
     return arr
 
 
+MAX_NUMEL = 1 << 40  # weights in one layer: far above any model, far below int64 overflow
+
+
+def shape_dims(shape: Any) -> Optional[list[int]]:
+    """The sizes in a layer's shape string ("64x16x3x3"), or None if it does not parse."""
+    text = C.plain(shape)
+    if not isinstance(text, str) or not text or len(text) > 200:
+        return None
+    parts = text.split("x")
+    if not all(x.isdigit() and x.isascii() and len(x) <= 12 and int(x) > 0 for x in parts):
+        return None
+    return [int(x) for x in parts]
+
+
+def _in_range(p: str, table: str, a: np.ndarray, col: str, lo: float, hi: float, low_open: bool = False) -> None:
+    """Column ``col`` is NaN (not measured) or finite within [lo, hi] ((lo, hi] if low_open)."""
+    v = a[col].astype(np.float64)
+    have = ~np.isnan(v)
+    ok = np.isfinite(v) & (v <= hi) & ((v > lo) if low_open else (v >= lo))
+    bad = np.nonzero(have & ~ok)[0]
+    if len(bad):
+        i = int(bad[0])
+        rng = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
+        raise damaged(p, f"table {table!r} row {i} holds {col}={float(v[i])!r}, outside {rng}")
+
+
 def _uniq(keys: np.ndarray) -> bool:
     return len(np.unique(keys, axis=0)) == len(keys)
 
@@ -319,8 +408,13 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
     if name == "layers":
         if not np.array_equal(a["index"], np.arange(len(a))):
             raise damaged(p, "layer indices are not 0, 1, 2, ...")
-        if (a["numel"] < 1).any():
-            raise damaged(p, "a layer has numel < 1")
+        if (a["numel"] < 1).any() or (a["numel"] > MAX_NUMEL).any():
+            raise damaged(p, f"a layer has numel < 1 or > {MAX_NUMEL}")
+        for row in a:
+            dims = shape_dims(row["shape"])
+            if dims is None or int(np.prod(dims, dtype=object)) != int(row["numel"]):
+                raise damaged(p, f"layer {C.plain(row['layer'])!r} has shape {C.plain(row['shape'])!r}, which is not "
+                                 f"'AxBx...' positive sizes whose product is its numel {int(row['numel'])}")
         if not a["recorded"].any():
             raise damaged(p, "no layer is marked as recorded")
         n_rec = int(a["recorded"].sum())
@@ -331,11 +425,21 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
     nl = len(meta.layers)
     if (a["round"] < 0).any():
         raise damaged(p, f"table {name!r} holds a negative round")
-    if name == "rounds" and not _uniq(a["round"]):
-        raise damaged(p, "table 'rounds' holds a round twice")
+    if name == "rounds":
+        if not _uniq(a["round"]):
+            raise damaged(p, "table 'rounds' holds a round twice")
+        _in_range(p, name, a, "max_lr", 0.0, math.inf, low_open=True)
+        for c in ("sparsity", "target_sparsity", "val_acc", "test_acc"):
+            _in_range(p, name, a, c, 0.0, 1.0)
+        _in_range(p, name, a, "train_loss", 0.0, math.inf)
+        _in_range(p, name, a, "time_s", 0.0, math.inf)
     if name == "epochs":
         if (a["epoch"] < 0).any() or not _uniq(np.stack([a["round"], a["epoch"]], 1)):
             raise damaged(p, "table 'epochs' holds a negative or repeated epoch")
+        for c in ("val_acc", "test_acc"):
+            _in_range(p, name, a, c, 0.0, 1.0)
+        _in_range(p, name, a, "train_loss", 0.0, math.inf)
+        _in_range(p, name, a, "lr", 0.0, math.inf)
     if name == "layer_rounds":
         lay = a["layer"]
         if ((lay < 0) | (lay >= nl)).any():
@@ -345,6 +449,7 @@ def check_table(meta: FileMeta, name: str, a: np.ndarray) -> None:
             raise damaged(p, "table 'layer_rounds' holds kept/numel counts out of range")
         if not _uniq(np.stack([a["round"], lay], 1)):
             raise damaged(p, "table 'layer_rounds' holds a (round, layer) twice")
+        _in_range(p, name, a, "sparsity", 0.0, 1.0)
     if name == "pop_meta":
         if (a["steps"] < 1).any() or not _uniq(a["round"]):
             raise damaged(p, "table 'pop_meta' holds a repeated round or steps < 1")
@@ -358,14 +463,19 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
     rpw = meta.rows_per_window
     if first_row % rpw or len(m) % rpw:
         raise damaged(p, "moments rows are not whole windows")
+    bad = C.bad_rows(m)  # files written before moment rows had a crc column have none to check
+    if len(bad):
+        raise damaged(p, f"row {first_row + int(bad[0])} of table 'moments' fails its checksum")
     v2 = meta.version >= 2
     if (m["round"] < 0).any() or (m["epoch"] < 0).any() or (m["window"] < 0).any():
         raise damaged(p, "moments hold a negative round, epoch or window (a lost chunk?)")
     if (m["step_start"] < 0).any() or (m["step_end"] < m["step_start"]).any():
         raise damaged(p, "moments hold steps out of order")
     steps = m["steps"] if v2 else m["step_end"] - m["step_start"] + 1
-    if v2 and ((steps < 1).any() or (steps > m["step_end"] - m["step_start"] + 1).any()):
+    if v2 and ((steps < 0).any() or (steps > m["step_end"] - m["step_start"] + 1).any()):
         raise damaged(p, "moments hold a window step count out of range")
+    if v2 and ((steps == 0) & ((m["count"] != 0) | (m["nonfinite"] != 0))).any():
+        raise damaged(p, "moments hold values for a layer with no recorded step in its window")
     rec = meta.recorded
     if not np.isin(m["layer"], rec).all():
         raise damaged(p, "moments refer to a layer that does not exist or is not recorded")
@@ -394,16 +504,37 @@ def check_moments(meta: FileMeta, m: np.ndarray, first_row: int = 0) -> None:
         raise damaged(p, "moments hold min > max (or NaN) where values exist")
     # whole windows: same keys within a block, the expected (view, layer) pairs, unique blocks
     nb = len(m) // rpw
-    keys = np.stack([m["round"], m["window"], m["epoch"], m["step_start"], m["step_end"], steps],
-                    1).reshape(nb, rpw, 6)
+    # steps may differ between layers (a layer without .grad in a step does not count it)
+    keys = np.stack([m["round"], m["window"], m["epoch"], m["step_start"], m["step_end"]],
+                    1).reshape(nb, rpw, 5)
     if not (keys == keys[:, :1]).all():
         raise damaged(p, "a window's rows disagree on round/window/steps")
+    if v2 and not (steps.reshape(nb, rpw) > 0).any(axis=1).all():
+        raise damaged(p, "a window holds no recorded step")
     pair = (view * (1 << 32) + m["layer"].astype(np.int64)).reshape(nb, rpw)
     want = np.sort((codes[:, None] * (1 << 32) + rec[None, :]).ravel())
     if len(want) != rpw or not (np.sort(pair, axis=1) == want[None, :]).all():
         raise damaged(p, "a window does not hold one row per recorded layer and view")
     if not _uniq(keys[:, 0, :2]):
         raise damaged(p, "a window (round, window) is stored twice")
+
+
+def check_window_rounds(meta: FileMeta, m: np.ndarray, known: set) -> None:
+    """Every window belongs to a round the file describes (in ``rounds`` or ``layer_rounds``;
+    the recorder commits a round's layer_rounds with its first window), except the one round in
+    progress of a producer that writes its metadata later: a single round after every described
+    one, whose windows are the file's last. ``known`` empty: no round metadata to compare."""
+    if not len(m) or not known:
+        return
+    rounds = m["round"].astype(np.int64)
+    stray = sorted(set(np.unique(rounds).tolist()) - known)
+    if not stray:
+        return
+    last = stray[-1]
+    first_row = int(np.argmax(rounds == last))
+    if len(stray) > 1 or last < max(known) or (rounds[first_row:] != last).any():
+        raise damaged(meta.path, f"moments hold round {stray[0]}, which neither 'rounds' nor 'layer_rounds' "
+                                 f"describes (they describe rounds {sorted(known)[:10]})")
 
 
 def check_hist(meta: FileMeta, h: np.ndarray, m: np.ndarray) -> None:
@@ -423,5 +554,8 @@ def check_samples(meta: FileMeta, s: np.ndarray, m: np.ndarray) -> None:
         raise damaged(p, f"sample rows have shape {s.shape}, expected ({len(m)}, {meta.sample_k})")
     if (s.view(np.uint32) == np.uint32(S.SAMPLES_FILL_BITS)).any():
         raise damaged(p, "gradient samples are missing (a lost chunk)")
-    if (np.sum(~np.isnan(s), axis=1) > m["count"] + m["nonfinite"]).any():
+    have = np.sum(~np.isnan(s), axis=1)
+    if (have > m["count"] + m["nonfinite"]).any():
         raise damaged(p, "a window holds more gradient samples than values")
+    if meta.sample_k and ((have == 0) & (m["count"] > 0)).any():  # samples are drawn from the finite values
+        raise damaged(p, "a window's gradient samples are all NaN although it holds finite values")

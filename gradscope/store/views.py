@@ -55,7 +55,8 @@ def population_table(pop_rounds: np.ndarray, steps: np.ndarray, read_sumsq, read
     """RMS gradient of the reference rounds' surviving weights in every earlier round.
 
     ``read_sumsq(i)`` / ``read_mask(i)`` return row i (float32 sums of g^2 / bool mask of
-    length ``n``); ``offsets`` are the layers' first positions in the recorded vector.
+    length ``n``); ``offsets`` are the layers' first positions in the recorded vector;
+    ``steps`` the steps summed, per row (one number) or per row and layer (``[rows, layers]``).
     """
     rows = []
     order = np.argsort(pop_rounds)
@@ -73,10 +74,10 @@ def population_table(pop_rounds: np.ndarray, steps: np.ndarray, read_sumsq, read
             mk = masks[K]
             tot = np.add.reduceat(np.where(mk, s, 0.0), offsets)
             cnt = np.add.reduceat(mk.astype(np.int64), offsets)
-            st = int(steps[i])
-            for name, t, c in zip(names, tot, cnt):
-                rows.append((K, j, name, int(c), st, float(np.sqrt(t / (c * st))) if c else float("nan")))
-            T, N = float(tot.sum()), int(cnt.sum())
-            rows.append((K, j, "pooled", N, st, float(np.sqrt(T / (N * st))) if N else float("nan")))
+            st = np.broadcast_to(np.asarray(steps[i], dtype=np.int64), (len(names),))
+            for name, t, c, sl in zip(names, tot, cnt, st):
+                rows.append((K, j, name, int(c), int(sl), float(np.sqrt(t / (c * sl))) if c and sl else float("nan")))
+            T, NS = float(tot.sum()), int((cnt * st).sum())  # pooled: every (weight, step) value once
+            rows.append((K, j, "pooled", int(cnt.sum()), int(st.max()), float(np.sqrt(T / NS)) if NS else float("nan")))
     df = pd.DataFrame(rows, columns=["reference_round", "round", "layer", "count", "steps", "rms"])
     return df.sort_values(["reference_round", "round"], kind="stable").reset_index(drop=True)

@@ -25,6 +25,7 @@ from gradscope.store import schema as S
 from gradscope.store import validate as V
 from gradscope.store.diskio import (check_path, error_errno, extend_to_stored_eof, file_lock, open_h5,
                                     reserved_space, stored_eof, write_error)
+from gradscope.store.reader import RunReader  # one way: the reader imports nothing of the writer
 
 __all__ = ["RunWriter", "write_derived", "package_versions", "git_commit", "file_lock", "open_h5", "LIBVER"]
 
@@ -355,8 +356,6 @@ class RunWriter:
     def _recover_truncated(self) -> None:
         """A file cut short by a failed write (full disk, size limit): the missing tail held only
         rows past the commit point, so restore its length and check every committed row."""
-        from gradscope.store.reader import RunReader  # noqa: PLC0415 - reader imports writer
-
         try:
             with file_lock(self.path, exclusive=True):
                 extend_to_stored_eof(self.path)
@@ -406,8 +405,7 @@ class RunWriter:
             for d in dsn:
                 if d in f and f[d].shape[0] > c[name]:
                     f[d].resize((c[name],) + f[d].shape[1:])
-        m = V.read(f["moments"], slice(0, c["moments"]), p, "moments")
-        V.check_moments(meta, m)
+        m = V.read_moments(f, meta, slice(0, c["moments"]))
         e = V.read_table(f, meta, "epochs", c["epochs"])
         keys = {"windows": set(zip(m["round"].tolist(), m["window"].tolist())),
                 "epochs": set(zip(e["round"].tolist(), e["epoch"].tolist())),
@@ -445,8 +443,8 @@ class RunWriter:
         if pairs != want:
             raise InternalError("a window must hold one row per recorded layer and stored view")
         moments = moments.copy()
-        zero = moments["steps"] <= 0  # producers that do not count steps recorded every step
-        moments["steps"][zero] = moments["step_end"][zero] - moments["step_start"][zero] + 1
+        if (moments["steps"] <= 0).all():  # producers that do not count steps recorded every step
+            moments["steps"] = moments["step_end"] - moments["step_start"] + 1
         if self.sample_k:
             samples = np.asarray(samples, dtype=np.float32)
         self._pending["windows"].append((moments, np.asarray(hist, dtype=np.int64), samples))
@@ -502,7 +500,7 @@ class RunWriter:
             blocks["layer_rounds"] = C.with_row_crcs(S.make_rows(S.SMALL_TABLES["layer_rounds"],
                                                                  [r for rows in lrs for r in rows]))
         if wins:
-            blocks["moments"] = np.concatenate([w[0] for w in wins])
+            blocks["moments"] = C.with_row_crcs(np.concatenate([w[0] for w in wins]))
             blocks["hist"] = np.concatenate([w[1] for w in wins])
             if self.sample_k:
                 blocks["samples"] = np.concatenate([w[2] for w in wins])
@@ -581,6 +579,8 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
         for name, rows in blocks.items():
             cnt = _BLOCK_COUNT[name]
             held[name] = f[name]  # held until the file is closed: a failed dataset must not flush on its own
+            if rows.dtype.names and held[name].dtype != rows.dtype:  # a file from before moment row CRCs
+                rows = _fields_of(rows, held[name].dtype)
             end = _append(held[name], c[cnt], rows)
             if name in _LEADERS:
                 new[cnt] = end
@@ -588,6 +588,17 @@ def append_blocks(path: str, blocks: dict[str, np.ndarray], what: str) -> None:
         f.attrs.modify("committed", committed_array(new))
 
     _write_in_place(path, need, what, append)
+
+
+def _fields_of(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``rows`` in a file's older compound ``dtype`` (its fields a subset of the rows')."""
+    missing = [n for n in dtype.names if n not in rows.dtype.names]
+    if missing:
+        raise InternalError(f"rows lack the file's columns {missing}")
+    out = np.zeros(len(rows), dtype=dtype)
+    for n in dtype.names:
+        out[n] = rows[n]
+    return out
 
 
 def _write_in_place(path: str, need: int, what: str, body: Callable[[h5py.File, dict], None]) -> None:
@@ -649,9 +660,7 @@ def _column_data(s) -> tuple[np.ndarray, str]:
                     dtype=object), "str"
 
 
-def derived_crc(columns: list, kinds: list, nrows: int, col_crcs: list) -> int:
-    """CRC-32 guarding a derived table's description (columns, kinds, rows, column CRCs)."""
-    return C.value_crc(json.dumps([columns, kinds, int(nrows), [int(x) for x in col_crcs]]))
+derived_crc = C.derived_crc  # moved to gradscope.store.checksum (kept importable here)
 
 
 def write_derived(path: str, name: str, df) -> None:
@@ -699,7 +708,7 @@ def _write_derived(f: h5py.File, name: str, df, cols: list) -> None:
     g.attrs["kinds"] = json.dumps(kinds)
     g.attrs["nrows"] = len(df)
     g.attrs["col_crc32"] = json.dumps(col_crcs)
-    g.attrs["crc32"] = derived_crc(columns, kinds, len(df), col_crcs)
+    g.attrs["crc32"] = C.derived_crc(columns, kinds, len(df), col_crcs)
     f.flush()
     if "current" in grp.attrs:
         grp.attrs.modify("current", np.int64(ver))

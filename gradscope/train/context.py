@@ -111,4 +111,8 @@ def build_context(c: RunConfig) -> TrainContext:
         raise GradscopeError("the training set is empty (check --train-subset / --val-fraction)")
     val_loader = BatchLoader(data.val_x, data.val_y, 512, shuffle=False, **common) if len(data.val_y) else None
     test_loader = BatchLoader(data.test_x, data.test_y, 512, shuffle=False, **common)
+    if ":" in c.model.model:  # a user's model: one forward now, so a bad one fails before training
+        from gradscope.models.registry import check_forward  # noqa: PLC0415
+
+        check_forward(model, c.model.model, next(iter(test_loader))[0][:2], data.num_classes)
     return TrainContext(device, data, model, net, layers, train_loader, val_loader, test_loader, channels_last, dist)

@@ -24,7 +24,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
     paths = RunPaths(out)
     dest = candidate_path(out, k, max_lr, seed)
     if dest.exists():
-        return load_torch(dest, what="Oracle candidate result", required=("result",))["result"]
+        return check_result(load_torch(dest, what="Oracle candidate result", required=("result",))["result"], dest)
     start = paths.oracle_start(k)
     if not start.exists():
         raise GradscopeError(f"{start} is missing: run `gradscope oracle` with this --out first")
@@ -163,6 +163,9 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
         cfg = RunConfig.from_dict(json.loads(paths.config.read_text()))
     except (ValueError, TypeError, AttributeError):
         raise GradscopeError(f"{paths.config} is not a gradscope run config") from None
+    if model is not None and model != cfg.model.model:
+        raise GradscopeError(f"--model {model} does not match the model of {out} ({cfg.model.model}), which its "
+                             "round start state was saved from; drop --model or pass that one")
     if ":" in cfg.model.model and model != cfg.model.model:
         raise GradscopeError(f"{out} uses the user model {cfg.model.model!r}; gradscope imports it only when you "
                              f"name it: add --model {cfg.model.model}")
@@ -172,7 +175,11 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
         cfg.train.threads = threads
     ctx = build_context(cfg)
     ck = load_torch(start, what="Oracle round start state", required=("model", "info"))
-    ctx.model.load_state_dict(ck["model"])
+    try:
+        ctx.model.load_state_dict(ck["model"])
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        raise GradscopeError(f"{start} (the round start state) does not fit the run's model {cfg.model.model}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     info = RoundInfo.from_dict(ck["info"])
     mode = rewind_mode(cfg)
     factory = round_schedule(schedule_from_config(cfg.schedule), mode, k).with_peak(max_lr)
@@ -199,6 +206,22 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
                 "val_correct": correct.to(torch.uint8)}, dest)
     faults.point("candidate", k, fmt_lr(max_lr), seed)
     return result
+
+
+RESULT_KEYS = ("round", "max_lr", "val_acc", "test_acc")
+
+
+def check_result(r: Any, path) -> dict:
+    """A candidate's ``result`` as written by run_candidate (a dict with numeric round, max_lr and
+    accuracies), else one clear GradscopeError naming the file."""
+    bad = not isinstance(r, dict) or any(not isinstance(r.get(k), (int, float)) or isinstance(r.get(k), bool)
+                                         for k in RESULT_KEYS)
+    if bad:
+        what = type(r).__name__ if not isinstance(r, dict) else \
+            f"a dict lacking numeric {[k for k in RESULT_KEYS if not isinstance(r.get(k), (int, float))]}"
+        raise GradscopeError(f"{path} is not a gradscope Oracle candidate file: its 'result' is {what}; delete it "
+                             "to run that candidate again")
+    return r
 
 
 class Executor(Protocol):
@@ -250,7 +273,8 @@ def load_candidates(out, k: int, grid: Sequence[float], seeds: int) -> tuple[lis
     cands = [[load_torch(candidate_path(out, k, v, s), what="Oracle candidate result",
                          required=("result", "model", "epochs", "val_correct"))
               for s in range(seeds)] for v in grid]
-    results = [c["result"] for row in cands for c in row]
+    results = [check_result(c["result"], candidate_path(out, k, v, s))
+               for v, row in zip(grid, cands) for s, c in enumerate(row)]
     correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
     return results, [row[0] for row in cands], correct
 
