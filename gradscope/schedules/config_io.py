@@ -52,12 +52,13 @@ def _file_params(path: str) -> tuple[Any, dict]:
     notes = params.get("notes") if isinstance(params.get("notes"), dict) else {}
     status = params.get("status", notes.get("status"))
     if status is not None and status != "supported":
-        if status not in ("flat", "falling"):
+        if status not in ("flat", "falling", "underdetermined"):
             raise GradscopeError(f"schedule file {path} has calibration status {status!r}; gradscope calibrate "
-                                 "writes 'supported', 'flat' or 'falling'")
-        warnings.warn(f"schedule file {path} has calibration status {status!r}: its data did not support a rising "
-                      "S-curve (calibrate writes such a file only with --force); a fixed max_lr may serve as well",
-                      ScheduleFileWarning, stacklevel=3)
+                                 "writes 'supported', 'flat', 'falling' or 'underdetermined'")
+        why = ("too few rounds for a verdict" if status == "underdetermined"
+               else "its data did not support a rising S-curve")
+        warnings.warn(f"schedule file {path} has calibration status {status!r}: {why} (calibrate writes such a "
+                      "file only with --force); a fixed max_lr may serve as well", ScheduleFileWarning, stacklevel=3)
     name = params.pop("name", params.pop("schedule", None))
     for key in FILE_NOTES:
         params.pop(key, None)
