@@ -124,6 +124,10 @@ def _cmd_fit(ns) -> int:
     from gradscope.fit.run import format_narrowing, format_trend
     models = tuple(m for m in ns.models.split(",") if m)
     path = run_file(ns.run)
+    if not ns.no_store:  # before the fit: never store into a file a symlink points to elsewhere
+        from gradscope.store.diskio import check_write_target  # noqa: PLC0415
+
+        check_write_target(path)
     check_fit_options(per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, view=ns.view,
                       window=ns.window, statistic=ns.statistic)
     res = fit_run(path, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store,
@@ -151,9 +155,12 @@ def _cmd_calibrate(ns) -> int:
                             rounds_planned=ns.rounds_planned, view=ns.view, window=ns.window)
     path = run_file(ns.run)
     if ns.output:
+        from gradscope.atomic import check_target  # noqa: PLC0415
+
         parent = os.path.dirname(os.path.abspath(ns.output))
         if not os.path.isdir(parent):
             raise GradscopeError(f"-o {ns.output}: directory {parent} does not exist")
+        check_target(ns.output, "the calibrated parameters")  # before the fit, not after
     cal = calibrate_run(path, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x, p=ns.p,
                         rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo, view=ns.view, window=ns.window)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
@@ -203,6 +210,21 @@ def _pos_int(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
+
+
+MAX_BOOTSTRAP = 100_000  # replicates: a CI needs a few thousand at most; 1e8 would run for days
+MAX_ROUNDS_PLANNED = 10_000  # rounds: at any prune rate the net is empty long before
+
+
+def _bounded(parse, hi: int):
+    """An argparse type: ``parse`` and at most ``hi`` (a count past it is a typo that would run on)."""
+    def check(s: str) -> int:
+        v = parse(s)
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {v}")
+        return v
+    check.__name__ = parse.__name__
+    return check
 
 
 def _finite_float(s: str, positive: bool) -> float:
@@ -301,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--statistic", default="std",
                    help="statistic whose narrowing is printed: std, meanabs (exact), iqr, mad (from the histogram), "
                         "or a fitted family's scale (default: std)")
-    s.add_argument("--bootstrap", type=_nonneg_int, default=200, help="bootstrap replicates for confidence intervals (default: 200)")
+    s.add_argument("--bootstrap", type=_bounded(_nonneg_int, MAX_BOOTSTRAP), default=200,
+                   help="bootstrap replicates for confidence intervals (default: 200)")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="(default: 0)")
     s.add_argument("--view", default="survivors", help="survivors, all or relative (see docs/method.md) (default: survivors)")
     s.add_argument("--window", default="all", help="all epochs of a round, or only the last (default: all)")
@@ -326,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write -o even when the data do not support a rising S-curve (status flat/falling)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",
                    help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
-    s.add_argument("--rounds-planned", type=_pos_int, default=None, help="predict max_lr up to this many rounds")
+    s.add_argument("--rounds-planned", type=_bounded(_pos_int, MAX_ROUNDS_PLANNED), default=None,
+                   help="predict max_lr up to this many rounds")
     s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr")
     s.set_defaults(func=_cmd_calibrate)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -82,7 +84,12 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
             counts, edges, _ = r.histograms(view=v)
             per_view.append((v, counts, edges, r.moments(view=v)))
     n_hist = n_scalar = 0
-    writer = _summary_writer(os.fspath(logdir))
+    staging = _staging_dir(logdir)
+    try:
+        writer = _summary_writer(os.fspath(staging))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     offsets = step_offsets(per_view[0][3]) if per_view else {}  # every view has the same windows
     try:
         for v, counts, edges, m in per_view:
@@ -111,11 +118,43 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
                 if val is not None and np.isfinite(val):
                     writer.add_scalar(f"epoch/{col}", float(val), i)
                     n_scalar += 1
+        writer.close()
+        _publish(staging, logdir)
     except OSError as e:
-        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {e.strerror or e}") from e
+        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {_cause(e)}") from None
     finally:
         writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return {"histograms": n_hist, "scalars": n_scalar}
+
+
+def _cause(e: OSError) -> str:
+    from gradscope.atomic import WRITE_CAUSES  # noqa: PLC0415
+
+    return WRITE_CAUSES.get(e.errno) or e.strerror or str(e)
+
+
+def _staging_dir(logdir: Path) -> Path:
+    """A fresh folder (mkdtemp: never an existing name) inside ``logdir`` for the event files,
+    which appear in ``logdir`` only when complete (``_publish``)."""
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".gradscope-export.", dir=logdir))
+    except OSError as e:
+        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {_cause(e)}") from None
+
+
+def _publish(staging: Path, logdir: Path) -> None:
+    """Move the finished event files into ``logdir``: fsynced, renamed, never over an existing name."""
+    from gradscope.atomic import check_target  # noqa: PLC0415
+
+    for src in sorted(staging.iterdir()):
+        dst = logdir / src.name
+        if check_target(dst, "TensorBoard events"):
+            raise GradscopeError(f"cannot write TensorBoard events {dst}: the name is taken; export again")
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(src, dst)
 
 
 def _cmd_export(ns) -> int:

@@ -5,7 +5,6 @@ Wire-up (gradscope/cli.py): ``from gradscope.plot.commands import register`` and
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from gradscope import GradscopeError
@@ -14,17 +13,17 @@ KINDS = ("histograms", "spread", "narrowing", "calibration", "schedule", "accura
 
 
 def _save(ax, out: str, dpi: int) -> None:
+    from gradscope.atomic import atomic_write  # noqa: PLC0415 - the one atomic output writer
+
     out_p = Path(out)
-    if not out_p.parent.exists():
+    if not out_p.parent.is_dir():
         raise GradscopeError(f"directory {out_p.parent} does not exist")
     ext = out_p.suffix.lower().lstrip(".")
     if ext not in ("png", "pdf", "svg"):
         raise GradscopeError(f"-o must end in .png, .pdf or .svg, got {out}")
     if dpi < 50:
         raise GradscopeError(f"--dpi must be at least 50, got {dpi}")
-    tmp = out_p.with_name(out_p.name + ".tmp")
-    ax.figure.savefig(tmp, dpi=dpi, format=ext)
-    os.replace(tmp, out_p)
+    atomic_write(out_p, lambda f: ax.figure.savefig(f, dpi=dpi, format=ext), "the figure")
     print(f"wrote {out}")
 
 

@@ -8,7 +8,10 @@ e.g. the Oracle's); this module only sequences rounds and persists them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -20,6 +23,7 @@ from gradscope.config import RunConfig
 from gradscope.paths import RunPaths
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train import distributed as D
+from gradscope.store.diskio import writer_lock
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
 from gradscope.train.rewind import REWINDS, rewind_mode, round_schedule
@@ -28,6 +32,8 @@ from gradscope.train.table import format_header, format_row
 from gradscope.train.trainer import RoundTrainer
 
 _VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "cache_dir")}
+MAX_EPOCHS = 10_000  # per round; more is a typo (and would run on for ever), not a plan
+LOCK = ".lock"  # RUN/.lock: the run directory's writer lock (holds the writer's PID)
 
 
 def comparable_config(cfg: dict) -> dict:
@@ -35,6 +41,13 @@ def comparable_config(cfg: dict) -> dict:
     d = RunConfig.from_dict(cfg).to_dict()
     return {s: {k: v for k, v in sec.items() if (s, k) not in _VOLATILE}
             for s, sec in d.items() if isinstance(sec, dict)}
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of a config's comparable part (canonical JSON): stored in every checkpoint, so a
+    checkpoint from another run is recognised before it is resumed."""
+    text = json.dumps(comparable_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class RoundStrategy(Protocol):
@@ -59,6 +72,9 @@ class PruningRun:
     def __init__(self, config: RunConfig, callbacks: Sequence = (), schedule=None,
                  log: Callable[[str], None] = print, rounds: Optional[RoundStrategy] = None):
         self.cfg = config.validate()
+        if config.train.epochs > MAX_EPOCHS:  # (the flag's own bound would live in gradscope/config.py)
+            raise GradscopeError(f"--epochs {config.train.epochs} is more than {MAX_EPOCHS:,} epochs per round; "
+                                 "give a realistic number")
         self.paths = RunPaths(config.out)
         self.log = log if D.is_main() else (lambda s: None)  # under torchrun rank 0 prints
         self.user_callbacks = list(callbacks)
@@ -79,10 +95,23 @@ class PruningRun:
     def _check_out(self) -> None:
         """Refuse an --out that is a file or holds another run's config (nothing written yet)."""
         root = self.paths.root
-        if root.exists() and not root.is_dir():
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:  # name too long, a symlink loop, a parent that is a file, ...
+            raise GradscopeError(f"--out {_short(root)}: {_cause(e)}; give another directory for the run") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise GradscopeError(f"--out {root} is a file; give a directory for the run")
-        if self.paths.config.exists():
+        if st is None:
+            parent = _existing_parent(root)
+            if parent is not None and not os.path.isdir(parent):
+                raise GradscopeError(f"--out {_short(root)}: {parent} is a file, not a folder; give another "
+                                     "directory for the run")
+        if os.path.lexists(self.paths.config):
             try:
+                if not os.path.isfile(self.paths.config):  # a FIFO would block the read below
+                    raise OSError("not a regular file")
                 theirs = json.loads(self.paths.config.read_text())
             except (OSError, ValueError):
                 raise GradscopeError(f"{self.paths.config} is unreadable; use another --out or delete it") from None
@@ -96,8 +125,14 @@ class PruningRun:
     def _write_config(self) -> None:
         from gradscope.provenance import package_versions, source_commit  # noqa: PLC0415
 
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GradscopeError(f"cannot create the run directory --out {_short(self.paths.root)}: {_cause(e)}; "
+                                 "give another directory") from None
+        # one writer per run directory, for the whole run (prune, profile, oracle); readers never lock
+        self._unlock = writer_lock(str(self.paths.root / LOCK), f"run directory {self.paths.root}")
+        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted (we are the only writer)
         save_json(self.cfg.to_dict(), self.paths.config, what="run config")
         save_json({"versions": package_versions(), "git_commit": source_commit()}, self.paths.versions,
                   what="versions file")
@@ -157,7 +192,8 @@ class PruningRun:
         save_torch({"format": CHECKPOINT_FORMAT, "state": st.to_dict(), "model": self.ctx.model.state_dict(),
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "config": self.cfg.to_dict()}, self.paths.checkpoint, what="checkpoint")
+                    "config": self.cfg.to_dict(), "config_sha256": self._config_hash},
+                   self.paths.checkpoint, what="checkpoint")
         faults.point("checkpoint", st.round, st.stage, len(st.epochs))
 
     def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
@@ -175,12 +211,41 @@ class PruningRun:
             ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
         if "state" not in ck:
             raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint: it lacks 'state'; {hint}")
+        self._check_checkpoint_config(ck)
         self.ctx.model.load_state_dict(ck["model"])
         P.refresh_weights(self.ctx.layers.values())
         self.state = RunState.from_dict(ck["state"])
         st = self.state
         self.log(f"resuming {self.paths.root} at round {st.round} ({st.stage}, {len(st.epochs)} epochs done)")
         return ck.get("optimizer"), ck.get("scheduler")
+
+    def _check_checkpoint_config(self, ck: dict) -> None:
+        """Refuse a checkpoint written by another run (another config than config.json's).
+
+        Checkpoints carry ``config_sha256`` (``config_hash``); older ones carry the config itself,
+        which is compared the same way; gradscope 0.1 checkpoints (migrated, no config) are
+        accepted, as before: config.json was already compared with the flags."""
+        saved = ck.get("config_sha256")
+        if saved is None and isinstance(ck.get("config"), dict):
+            try:
+                saved = config_hash(ck["config"])
+            except (GradscopeError, TypeError, ValueError, KeyError):
+                saved = "unreadable"
+        if saved is None:
+            if ck.get("format") is None or ck.get("format") == 1:
+                return
+            saved = "missing"
+        if saved != self._config_hash:
+            raise GradscopeError(f"{self.paths.checkpoint} belongs to another run (its config differs from "
+                                 f"{self.paths.config}); refusing to resume from it: delete it to start this run "
+                                 "again, or use another --out")
+
+    @property
+    def _config_hash(self) -> str:
+        h = getattr(self, "_hash", None)
+        if h is None:
+            h = self._hash = config_hash(self.cfg.to_dict())
+        return h
 
     # ------------------------------------------------------------------ rounds
     def _prune_and_rewind(self, k: int) -> None:
@@ -232,8 +297,6 @@ class PruningRun:
 
     def run(self):
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
-        import pandas as pd  # noqa: PLC0415
-
         c = self.cfg
         self._check_out()
         self.ctx = build_context(c)
@@ -242,7 +305,19 @@ class PruningRun:
         # rank 0 records (the all-reduced gradients); bad recorder options fail here, before the
         # run directory is claimed by its config
         recorder = self._recorder() if c.record.record and D.is_main() else None
-        self._write_config()
+        self._unlock = None
+        try:
+            self._write_config()  # takes the run directory's writer lock, held until the run ends
+            return self._run(recorder)
+        finally:
+            unlock = getattr(self, "_unlock", None)
+            if unlock is not None:
+                unlock()
+
+    def _run(self, recorder):
+        import pandas as pd  # noqa: PLC0415
+
+        c = self.cfg
         opt_state, sched_state = self._load_or_start()
         st = self.state
         resumed = st.round > 0 or bool(st.epochs)
@@ -268,6 +343,32 @@ class PruningRun:
             self.save_checkpoint()
         call_all(callbacks, "on_run_end", TrainState(model=self.ctx.net, device=self.ctx.device, config=c.to_dict()))
         return pd.DataFrame([r.row() for r in st.results])
+
+
+def _short(p) -> str:
+    s = os.fspath(p)
+    return s if len(s) <= 120 else f"{s[:60]}...{s[-40:]} ({len(s)} characters)"
+
+
+def _cause(e: OSError) -> str:
+    from gradscope.atomic import WRITE_CAUSES  # noqa: PLC0415
+
+    return WRITE_CAUSES.get(e.errno) or e.strerror or str(e)
+
+
+def _existing_parent(p) -> Optional[str]:
+    """The nearest ancestor of ``p`` that exists (None if none can be checked)."""
+    q = os.path.abspath(os.fspath(p))
+    while True:
+        q2 = os.path.dirname(q)
+        if q2 == q:
+            return None
+        q = q2
+        try:
+            if os.path.lexists(q):
+                return q
+        except (OSError, ValueError):
+            return None
 
 
 class _EarlyCapture:
