@@ -24,6 +24,7 @@ import torch
 from conftest import PY, ROOT, cli_env
 from gradscope import GradscopeError, InternalError
 from gradscope.cli import main
+import faultlib as F
 from gradscope.train import checkpoint as C
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 
@@ -611,7 +612,7 @@ def test_atomic_writer_refuses_a_non_regular_target(tmp_path, kind):
     elif kind == "fifo":
         os.mkfifo(out)
     else:
-        out = Path("/dev/full")
+        out = F.char_device(tmp_path)
     before = os.lstat(out)
     with pytest.raises(GradscopeError, match="refusing to write .* it is a") as e:
         atomic_text(out, "{}", "the parameters")
