@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 import struct
@@ -55,6 +54,20 @@ def _walk_collection(buf, start: int, end: int) -> str | None:
     return None
 
 
+def _check_collection(path: str, fd: int, at: int, n: int) -> None:
+    head = os.pread(fd, _HDR, at)
+    if len(head) < _HDR or head[4] != 1:
+        return
+    (size,) = struct.unpack_from("<Q", head, 8)
+    if not _MIN_COLLECTION <= size <= n - at:
+        return  # not a collection libhdf5 would load (it fails cleanly on it)
+    buf = os.pread(fd, size, at)
+    why = _walk_collection(buf, 0, len(buf))
+    if why is not None:
+        raise GradscopeError(f"{path} is damaged: its global heap at byte {at} is corrupt ({why.replace('byte ', 'offset ')}), "
+                             "which would make HDF5 hang; restore the file from a copy")
+
+
 def check_global_heaps(path: str) -> None:
     """Refuse a file whose global heap collections would make libhdf5 loop for ever."""
     try:
@@ -64,22 +77,22 @@ def check_global_heaps(path: str) -> None:
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _seen or not stat.S_ISREG(st.st_mode) or st.st_size < _HDR:
         return
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            n = len(buf)
-            i = buf.find(_GCOL)
-            while i != -1:
-                if i + _HDR <= n and buf[i + 4] == 1:
-                    (size,) = struct.unpack_from("<Q", buf, i + 8)
-                    if _MIN_COLLECTION <= size <= n - i:
-                        why = _walk_collection(buf, i, i + size)
-                        if why is not None:
-                            raise GradscopeError(
-                                f"{path} is damaged: its global heap at byte {i} is corrupt ({why}), which "
-                                "would make HDF5 hang; restore the file from a copy")
-                i = buf.find(_GCOL, i + 1)
-    except (OSError, ValueError):
-        return  # unreadable / empty: opening it reports that
+    try:  # plain reads, not mmap: a mapped hole on a full tmpfs is a SIGBUS, not an error
+        with open(path, "rb") as f:
+            fd, n = f.fileno(), st.st_size
+            pos, tail = 0, b""
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                buf, base = tail + chunk, pos - len(tail)
+                i = buf.find(_GCOL)
+                while i != -1:
+                    _check_collection(path, fd, base + i, n)
+                    i = buf.find(_GCOL, i + 1)
+                tail, pos = buf[-(len(_GCOL) - 1):], pos + len(chunk)
+    except OSError:
+        return  # unreadable: opening it reports that
     if len(_seen) > 1024:
         _seen.clear()
     _seen[key] = None

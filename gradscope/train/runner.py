@@ -207,11 +207,13 @@ class PruningRun:
             return None, None
         hint = "delete it to start the run again"
         ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",), hint=hint)
-        if ck.get("format") is None and "pos" in ck:  # written by gradscope 0.1
+        legacy = ck.get("format") is None and "pos" in ck
+        saved_config = {k: ck[k] for k in ("config", "config_sha256") if k in ck}
+        if legacy:  # written by gradscope 0.1
             ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
         if "state" not in ck:
             raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint: it lacks 'state'; {hint}")
-        self._check_checkpoint_config(ck)
+        self._check_checkpoint_config(saved_config, legacy)
         self.ctx.model.load_state_dict(ck["model"])
         P.refresh_weights(self.ctx.layers.values())
         self.state = RunState.from_dict(ck["state"])
@@ -219,7 +221,7 @@ class PruningRun:
         self.log(f"resuming {self.paths.root} at round {st.round} ({st.stage}, {len(st.epochs)} epochs done)")
         return ck.get("optimizer"), ck.get("scheduler")
 
-    def _check_checkpoint_config(self, ck: dict) -> None:
+    def _check_checkpoint_config(self, ck: dict, legacy: bool) -> None:
         """Refuse a checkpoint written by another run (another config than config.json's).
 
         Checkpoints carry ``config_sha256`` (``config_hash``); older ones carry the config itself,
@@ -232,13 +234,13 @@ class PruningRun:
             except (GradscopeError, TypeError, ValueError, KeyError):
                 saved = "unreadable"
         if saved is None:
-            if ck.get("format") is None or ck.get("format") == 1:
+            if legacy:
                 return
             saved = "missing"
         if saved != self._config_hash:
-            raise GradscopeError(f"{self.paths.checkpoint} belongs to another run (its config differs from "
-                                 f"{self.paths.config}); refusing to resume from it: delete it to start this run "
-                                 "again, or use another --out")
+            why = "it carries no config" if saved == "missing" else f"its config differs from {self.paths.config}"
+            raise GradscopeError(f"{self.paths.checkpoint} belongs to another run ({why}); refusing to resume "
+                                 "from it: delete it to start this run again, or use another --out")
 
     @property
     def _config_hash(self) -> str:
