@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -70,7 +71,13 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
     from gradscope.store import open_run  # noqa: PLC0415
 
     logdir = Path(logdir)
-    if logdir.exists() and not logdir.is_dir():
+    try:
+        st = os.stat(logdir)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # a name too long, a symlink loop, a parent that is a file
+        raise GradscopeError(f"cannot write TensorBoard events into {os.fspath(logdir)[:120]}: {_cause(e)}") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         raise GradscopeError(f"{logdir} is a file; give a folder for the TensorBoard event files")
     with open_run(os.fspath(run)) as r:
         stored = r.views()
@@ -141,7 +148,7 @@ def _staging_dir(logdir: Path) -> Path:
         logdir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".gradscope-export.", dir=logdir))
     except OSError as e:
-        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {_cause(e)}") from None
+        raise GradscopeError(f"cannot write TensorBoard events into {os.fspath(logdir)[:120]}: {_cause(e)}") from None
 
 
 def _publish(staging: Path, logdir: Path) -> None:

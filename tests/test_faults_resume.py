@@ -123,9 +123,9 @@ def test_killed_after_last_epoch_still_writes_the_round_row(tmp_path):
 _HOLDER = """
 import os, sys
 kind, target = sys.argv[1:3]
-if kind == "dir":
+if kind in ("dir", "lock"):
     from gradscope.store.diskio import writer_lock
-    release = writer_lock(os.path.join(target, ".lock"), "run directory " + target)
+    release = writer_lock(os.path.join(target, ".lock") if kind == "dir" else target, "run " + target)
 else:
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
     import faultlib as F
@@ -202,3 +202,24 @@ def test_a_stale_lock_of_a_killed_writer_is_taken_over(tmp_path):
     assert (run / ".lock").read_text().strip() == str(os.getpid())
     release()
     assert not (run / ".lock").exists()
+
+
+def test_repair_waits_for_no_writer(tmp_path):
+    """`repair` rewrites the file: it is a writer too, refused while a recorder holds the file."""
+    from gradscope import GradscopeError
+    from gradscope.store import repair
+
+    import faultlib as F
+
+    from gradscope.store.diskio import run_file_lock_path
+
+    path = tmp_path / "run.h5"
+    F.write_v1(path)  # schema 1: repair rewrites it
+    before = path.read_bytes()
+    p, stop = _holder("lock", Path(run_file_lock_path(str(path))))
+    try:
+        with pytest.raises(GradscopeError, match=f"PID {p.pid}"):
+            repair(str(path))
+        assert path.read_bytes() == before
+    finally:
+        stop()

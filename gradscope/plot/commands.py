@@ -27,6 +27,19 @@ def _save(ax, out: str, dpi: int) -> None:
     print(f"wrote {out}")
 
 
+def _replicates(s: str) -> int:
+    """argparse type of --bootstrap: a whole number from 0 to 100,000 (more would run for days)."""
+    import argparse  # noqa: PLC0415
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if not 0 <= v <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 100,000, got {v}")
+    return v
+
+
 def _one_run(ns):
     if len(ns.runs) != 1:
         raise GradscopeError(f"plot {ns.kind} takes one run, got {len(ns.runs)}")
@@ -106,7 +119,7 @@ def register(subparsers) -> None:
     s.add_argument("runs", nargs="+", metavar="RUN", help="RUN.h5 or RUN_DIR")
     s.add_argument("-o", "--out", default="report.html", help="output HTML file (default report.html)")
     s.add_argument("--title", default=None)
-    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the confidence bands")
+    s.add_argument("--bootstrap", type=_replicates, default=200, help="bootstrap resamples for the confidence bands")
     s.add_argument("--view", default="survivors",
                    help="gradients of: survivors (unpruned weights, default), all (pruned as zeros), relative (|g|/|w|)")
     s.add_argument("--window", default="all", help="all epochs of each round (default) or only the last")

@@ -25,7 +25,8 @@ from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from gradscope.store import validate as V
 from gradscope.store.preopen import check_before_open
-from gradscope.store.diskio import check_path, extend_to_stored_eof, file_lock, first_line, stored_eof
+from gradscope.store.diskio import (check_path, extend_to_stored_eof, file_lock, first_line, run_file_lock_path,
+                                    stored_eof, writer_lock)
 from gradscope.store.reader import RunReader, _read_derived
 from gradscope.store.writer import append_blocks, create_file, write_derived
 
@@ -164,6 +165,7 @@ def repair(path: str, *, backup: bool = True) -> RepairResult:
         raise GradscopeError(f"cannot repair {path}: {first_line(e)}") from None
     d = os.path.dirname(os.path.abspath(path))
     tmp_in = tmp_out = None
+    unlock = writer_lock(run_file_lock_path(path), f"run file {path}")  # no recorder may append meanwhile
     try:
         with file_lock(path, exclusive=True):
             try:  # fresh names (mkstemp, O_EXCL): a planted "run.h5.repair-in-PID" symlink is never followed
@@ -187,6 +189,7 @@ def repair(path: str, *, backup: bool = True) -> RepairResult:
             os.replace(tmp_out, path)
             return res
     finally:
+        unlock()
         for t in (tmp_in, tmp_out):
             try:
                 if t is not None:
