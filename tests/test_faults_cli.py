@@ -210,7 +210,6 @@ def test_a_read_only_file_system_is_one_line_for_every_output(run_dir, tmp_path,
     monkeypatch.setattr(tempfile, "mkdtemp", guard(real_mkdtemp))
     h5 = str(run_dir / "run.h5")
     for argv in (["profile", *FAST, "--cache-dir", str(run_dir.parent / "cache"), "--out", ro + "/run"],
-                 ["prune", *FAST, "--cache-dir", str(run_dir.parent / "cache"), "--out", ro],
                  ["calibrate", h5, "-o", ro + "/silo.json", "--force"], ["report", h5, "-o", ro + "/r.html"],
                  ["plot", "narrowing", h5, "-o", ro + "/n.png"], ["export", "tensorboard", h5, ro + "/tb"]):
         code, err = _one(argv, capsys)
