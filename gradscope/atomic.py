@@ -49,12 +49,18 @@ def find_oserror(e: BaseException) -> OSError | None:
     return None
 
 
+def show(path: os.PathLike | str, limit: int = 160) -> str:
+    """A path for a message: a very long one shortened (its length said), so the line stays readable."""
+    s = os.fspath(path)
+    return s if len(s) <= limit else f"{s[:limit // 2]}...{s[-limit // 4:]} ({len(s)} characters)"
+
+
 def write_error(e: OSError, path: Path, what: str, existed: bool) -> GradscopeError:
     """One line: what could not be written where, why, and that the previous file is intact."""
     cause = WRITE_CAUSES.get(e.errno) or (e.strerror or str(e) or e.__class__.__name__)
-    kept = f"the previous {path.name} is unchanged" if existed else f"no {path.name} was written"
-    return GradscopeError(f"cannot write {what} {path}: {cause}; {kept}. Fix that and run the same command again "
-                          f"to continue")
+    kept = f"the previous {show(path.name, 60)} is unchanged" if existed else f"no {show(path.name, 60)} was written"
+    return GradscopeError(f"cannot write {what} {show(path)}: {cause}; {kept}. Fix that and run the same command "
+                          f"again to continue")
 
 
 def kind_of(mode: int) -> str | None:
@@ -130,7 +136,7 @@ def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], Any], what
         if make_parent:
             parent.mkdir(parents=True, exist_ok=True)
         elif not parent.is_dir():
-            raise GradscopeError(f"cannot write {what} {path}: folder {parent} does not exist"
+            raise GradscopeError(f"cannot write {what} {show(path)}: folder {show(parent)} does not exist"
                                  + (" (it is a file)" if parent.exists() else ""))
     except OSError as e:
         raise write_error(e, path, what, False) from None

@@ -112,7 +112,8 @@ def table(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["export", "tensorboard", h5, str(file_ / "tb")], "file"),
         # counts that would run on for ever (issue 22)
         (["fit", h5, "--bootstrap", "100000000"], "bootstrap"), (["report", h5, "--bootstrap", str(2 ** 64)], "bootstrap"),
-        (["export", "tensorboard", h5, "a" * 5000], "too long"),
+        (["export", "tensorboard", h5, "a" * 5000], "too long"), (["report", h5, "-o", "a" * 5000], "too long"),
+        (["report", h5, "-o", "b" * 300], "too long"), (["plot", "narrowing", h5, "-o", "c" * 300 + ".png"], "too long"),
         (["calibrate", h5, "--rounds-planned", "1000000000"], "rounds-planned"),
         (p("--epochs", "100000000000000000000"), "epochs"),
     ]

@@ -262,10 +262,8 @@ def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap:
     from gradscope.atomic import atomic_text, check_target  # noqa: PLC0415
 
     out = Path(os.fspath(out))
-    if out.is_dir() and not out.is_symlink():
-        raise GradscopeError(f"{out} is a directory; give a file name like report.html")
+    check_target(out, "the report")  # before the (slow) report is built: a long name, a link, a folder
     if not out.parent.is_dir():
         raise GradscopeError(f"directory {out.parent} does not exist")
-    check_target(out, "the report")  # before the (slow) report is built
     text = build_report(runs, title=title, bootstrap=bootstrap, view=view, window=window)
     return atomic_text(out, text, "the report")
