@@ -128,6 +128,10 @@ def _cmd_fit(ns) -> int:
     if "" in models:
         raise GradscopeError(f"--models {ns.models!r} has an empty name; separate families by single commas")
     path = run_file(ns.run)
+    if not ns.no_store:  # before the fit: never store into a file a symlink points to elsewhere
+        from gradscope.store.diskio import check_write_target  # noqa: PLC0415
+
+        check_write_target(path)
     check_fit_options(per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, view=ns.view,
                       window=ns.window, statistic=ns.statistic)
     res = fit_run(path, per=ns.per, models=models, bootstrap=ns.bootstrap, seed=ns.seed, store=not ns.no_store,
@@ -193,9 +197,12 @@ def _cmd_calibrate(ns) -> int:
                             rounds_planned=ns.rounds_planned, view=ns.view, window=ns.window)
     path = run_file(ns.run)
     if ns.output:
+        from gradscope.atomic import check_target  # noqa: PLC0415
+
         parent = os.path.dirname(os.path.abspath(ns.output))
         if not os.path.isdir(parent):
             raise GradscopeError(f"-o {ns.output}: directory {parent} does not exist")
+        check_target(ns.output, "the calibrated parameters")  # before the fit, not after
     cal = calibrate_run(path, gamma=ns.gamma, statistic=ns.statistic, lo=ns.lo, x=ns.x, p=ns.p,
                         rounds_planned=ns.rounds_planned, fix_lo=ns.fix_lo, view=ns.view, window=ns.window)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
@@ -289,6 +296,21 @@ def _pos_int(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
+
+
+MAX_BOOTSTRAP = 100_000  # replicates: a CI needs a few thousand at most; 1e8 would run for days
+MAX_ROUNDS_PLANNED = 10_000  # rounds: at any prune rate the net is empty long before
+
+
+def _bounded(parse, hi: int):
+    """An argparse type: ``parse`` and at most ``hi`` (a count past it is a typo that would run on)."""
+    def check(s: str) -> int:
+        v = parse(s)
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {v}")
+        return v
+    check.__name__ = parse.__name__
+    return check
 
 
 def _finite_float(s: str, positive: bool) -> float:
@@ -418,7 +440,7 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
     s.add_argument("--statistic", default="std", metavar=STATISTIC_METAVAR,
                    help="statistic whose narrowing is printed: std, meanabs (exact), iqr, mad (from the histogram), "
                         "or a fitted family's scale (default: std)")
-    s.add_argument("--bootstrap", type=_nonneg_int, default=200, metavar="N",
+    s.add_argument("--bootstrap", type=_bounded(_nonneg_int, MAX_BOOTSTRAP), default=200, metavar="N",
                    help="bootstrap replicates for confidence intervals (default: 200)")
     s.add_argument("--seed", type=_nonneg_int, default=0, metavar="N",
                    help="seed of the bootstrap resampling (default: 0)")
@@ -453,7 +475,7 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
                    help="write -o even when the data do not support a rising S-curve (status flat/falling)")
     s.add_argument("--x", choices=("planned", "measured"), default="planned",
                    help="pruned fraction: planned 1-(1-p)^(k-lag) or measured sparsity (default: planned)")
-    s.add_argument("--rounds-planned", type=_pos_int, default=None, metavar="N",
+    s.add_argument("--rounds-planned", type=_bounded(_pos_int, MAX_ROUNDS_PLANNED), default=None, metavar="N",
                    help="predict max_lr up to this many rounds (default: the run's rounds)")
     s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr (default: fitted)")
     s.add_argument("--predictor", default=None, metavar="NAME",

@@ -28,6 +28,9 @@ from __future__ import annotations
 import math
 import os
 import time
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -201,7 +204,13 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
     from gradscope.store import open_run  # noqa: PLC0415
 
     logdir = Path(logdir)
-    if logdir.exists() and not logdir.is_dir():
+    try:
+        st = os.stat(logdir)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # a name too long, a symlink loop, a parent that is a file
+        raise GradscopeError(f"cannot write TensorBoard events into {os.fspath(logdir)[:120]}: {_cause(e)}") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         raise GradscopeError(f"{logdir} is a file; give a folder for the TensorBoard event files")
     with open_run(os.fspath(run)) as r:
         stored = r.views()
@@ -215,11 +224,12 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
             counts, edges, _ = r.histograms(view=v)
             per_view.append((v, counts, edges, r.moments(view=v)))
     _tb()  # a missing extra fails before the folder is made
+    staging = _staging_dir(logdir)  # a fresh folder inside logdir; its files appear in logdir only when complete
     try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        ev = _Events(os.fspath(logdir))
-    except OSError as e:
-        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {e.strerror or e}") from e
+        ev = _Events(os.fspath(staging))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     n = {"histograms": 0, "log_histograms": 0, "scalars": 0, "empty_windows": 0}
     first = per_view[0][3] if per_view else None  # every view has the same windows
     lengths = round_lengths(first) if first is not None else {}
@@ -280,11 +290,43 @@ def export_tensorboard(run: str | os.PathLike, logdir: str | os.PathLike,
                     ev.scalar(f"epoch/{col}", float(val), step, f"{EPOCH_WORDS[col]}, at the epoch's last step. "
                                                                  f"{X_AXIS}")
                     n["scalars"] += 1
+        ev.close()
+        _publish(staging, logdir)
     except OSError as e:
-        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {e.strerror or e}") from e
+        raise GradscopeError(f"cannot write TensorBoard events into {logdir}: {_cause(e)}") from None
     finally:
         ev.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return n
+
+
+def _cause(e: OSError) -> str:
+    from gradscope.atomic import WRITE_CAUSES  # noqa: PLC0415
+
+    return WRITE_CAUSES.get(e.errno) or e.strerror or str(e)
+
+
+def _staging_dir(logdir: Path) -> Path:
+    """A fresh folder (mkdtemp: never an existing name) inside ``logdir`` for the event files,
+    which appear in ``logdir`` only when complete (``_publish``)."""
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".gradscope-export.", dir=logdir))
+    except OSError as e:
+        raise GradscopeError(f"cannot write TensorBoard events into {os.fspath(logdir)[:120]}: {_cause(e)}") from None
+
+
+def _publish(staging: Path, logdir: Path) -> None:
+    """Move the finished event files into ``logdir``: fsynced, renamed, never over an existing name."""
+    from gradscope.atomic import check_target  # noqa: PLC0415
+
+    for src in sorted(staging.iterdir()):
+        dst = logdir / src.name
+        if check_target(dst, "TensorBoard events"):
+            raise GradscopeError(f"cannot write TensorBoard events {dst}: the name is taken; export again")
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(src, dst)
 
 
 def _cmd_export(ns) -> int:

@@ -2,10 +2,8 @@
 import json
 import math
 import os
-import random
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -23,9 +21,9 @@ ARGS = ["--dataset", "digits", "--model", "small_cnn", "--epochs", "1", "--threa
         "--batch-size", "64", "--rounds", "3", "--schedule", "lth", "--max-lr", "0.05"]  # small_cnn has BatchNorm: the sync path is exercised
 
 
-def _torchrun(*args, **kw):
+def _torchrun(*args, env_extra=None, **kw):
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gradscope", *args]
-    return subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(cmd, env={**cli_env(), **(env_extra or {})}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, **kw)
 
 
@@ -95,23 +93,27 @@ def test_ddp_profile_matches_single_process(single):
 
 
 def test_ddp_killed_and_resumed_matches_single_process(single):
-    """torchrun killed (every rank, SIGKILL) mid-run; the same command resumes on every rank from
-    rank 0's checkpoint and ends where the uninterrupted single process ends."""
+    """torchrun killed mid-run: rank 0 SIGKILLs itself at a fault point (round 1's checkpoint
+    after pruning; no timing involved), then every other process of the run is killed, like a
+    lost node; the same command resumes on every rank from rank 0's checkpoint and ends where
+    the uninterrupted single process ends."""
     out = single.parent / "killed"
     args = ["prune", *ARGS, "--cache-dir", str(single.parent / "cache"), "--out", str(out)]
-    p = _torchrun(*args)
-    deadline = time.time() + 300
-    while not (out / "round_0.pt").exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random(0).uniform(0.0, 1.0))
-    for pid in [p.pid, *_descendants(p.pid)]:  # every rank dies at once, like a lost node
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    p.communicate()
-    assert not (out / "round_2.pt").exists(), "the run finished before it was killed; kill it earlier"
-    p = _torchrun(*args)
+    kills = single.parent / "killed.kills"
+    fault = {"GRADSCOPE_KILL_FILE": str(kills), "GRADSCOPE_KILL_MATCH": r"^checkpoint:1:train:0$"}
+    p = _torchrun(*args, env_extra=fault)
+    try:
+        p.communicate(timeout=600)  # torchrun ends (non-zero) once rank 0 is gone
+    finally:
+        for pid in [p.pid, *_descendants(p.pid)]:  # whatever is left dies too
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+    assert p.returncode != 0 and kills.read_text().splitlines() == ["checkpoint:1:train:0"]
+    assert (out / "round_0.pt").exists() and not (out / "round_1.pt").exists()
+    p = _torchrun(*args, env_extra=fault)  # the boundary is in the kill file: not killed again
     stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
     assert "resuming" in stdout

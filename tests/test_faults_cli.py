@@ -2,7 +2,11 @@
 ``gradscope: error: ...`` and exit status 2 — never a traceback, never exit 0."""
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from gradscope.cli import main
 
 from conftest import PY, ROOT, cli_env
+import faultlib as F
 
 FAST = ["--dataset", "digits", "--model", "small_cnn", "--rounds", "2", "--epochs", "1", "--threads", "1",
         "--no-progress"]
@@ -34,6 +39,19 @@ def table(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
     not_h5.write_bytes(b"definitely not hdf5" * 20)
     empty_dir = tmp / "empty"
     empty_dir.mkdir(exist_ok=True)
+    loop = tmp / "loop1"
+    if not os.path.lexists(loop):
+        loop.symlink_to(tmp / "loop2")
+        (tmp / "loop2").symlink_to(loop)
+    dev = F.char_device(tmp)
+    victim = tmp / "victim.txt"
+    victim.write_text("precious")
+    link_png = tmp / "link.png"
+    if not os.path.lexists(link_png):
+        link_png.symlink_to(victim)
+    fifo = tmp / "fifo.h5"
+    if not os.path.lexists(fifo):
+        os.mkfifo(fifo)
     out = str(tmp / "o")
     p = lambda *a: (["prune", *FAST, "--out", out, *a])  # noqa: E731
     return [
@@ -85,6 +103,19 @@ def table(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["plot", "narrowing", h5, "-o", str(tmp / "x.gif")], "png"), (["report", "/nonexistent/run.h5"], "run.h5"),
         (["report", h5, "--bootstrap", "-1"], "bootstrap"), (["list", "extra"], "unrecognized"), ([], "command"),
         (["no-such-command"], "no-such-command"),
+        # output paths (issue 22): one line each, nothing written anywhere
+        (["prune", *FAST, "--out", "/sys/kernel/x"], "--out"), (["prune", *FAST, "--out", str(file_ / "sub")], "folder"),
+        (["prune", *FAST, "--out", str(loop)], "symbolic links"), (["prune", *FAST, "--out", "a" * 5000], "too long"),
+        (["calibrate", h5, "-o", str(empty_dir)], "directory"), (["calibrate", h5, "-o", str(dev)], "device"),
+        (["report", h5, "-o", str(dev)], "device"), (["plot", "narrowing", h5, "-o", str(link_png)], "symbolic link"),
+        (["report", h5, "-o", str(empty_dir)], "directory"), (["fit", str(fifo)], "FIFO"),
+        (["export", "tensorboard", h5, str(file_ / "tb")], "file"),
+        # counts that would run on for ever (issue 22)
+        (["fit", h5, "--bootstrap", "100000000"], "bootstrap"), (["report", h5, "--bootstrap", str(2 ** 64)], "bootstrap"),
+        (["export", "tensorboard", h5, "a" * 5000], "too long"), (["report", h5, "-o", "a" * 5000], "too long"),
+        (["report", h5, "-o", "b" * 300], "too long"), (["plot", "narrowing", h5, "-o", "c" * 300 + ".png"], "too long"),
+        (["calibrate", h5, "--rounds-planned", "1000000000"], "rounds-planned"),
+        (p("--epochs", "100000000000000000000"), "epochs"),
     ]
 
 
@@ -109,6 +140,9 @@ def test_bad_invocations_are_one_line_and_exit_2(run_dir, tmp_path, capsys):
             bad.append((argv[:3], code, err[-300:]))
     print(f"{len(cases)} bad invocations, {len(cases) - len(bad)} clean one-line errors with exit 2")
     assert not bad, bad
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+    assert os.path.lexists(F.char_device(tmp_path)) and Path(F.char_device(tmp_path)).is_char_device()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # e.g. calibrate -o DIR left DIR/cli.tmp
 
 
 @pytest.mark.parametrize("argv", [["prune", "--momentum", "-1"], ["fit", "/nonexistent/run.h5"],
@@ -244,3 +278,70 @@ def test_schedule_file_with_a_falling_calibration_warns_in_one_line(tmp_path, ca
     from gradscope.cli import _one_line_warning
 
     assert _one_line_warning(msgs[0], UserWarning, "x.py", 1).count("\n") == 1
+
+
+# ---------------------------------------------------------------------- outputs (issue 22)
+def test_report_and_plot_never_follow_a_planted_temp_name(run_dir, tmp_path, capsys):
+    """`-o RUN/report.html` with a planted `RUN/report.html.tmp` symlink (a received run directory)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    for name in ("report.html.tmp", "n.png.tmp", ".report.html.tmp"):
+        (run / name).symlink_to(victim)
+    assert main(["report", str(run / "run.h5"), "-o", str(run / "report.html"), "--bootstrap", "0"]) == 0
+    assert main(["plot", "narrowing", str(run / "run.h5"), "-o", str(run / "n.png")]) == 0
+    assert victim.read_text() == "precious"
+    assert (run / "report.html").read_text().startswith("<!DOCTYPE html>") and (run / "n.png").stat().st_size > 0
+    assert not (run / "report.html").is_symlink() and (run / "report.html.tmp").is_symlink()
+
+
+def test_fit_does_not_store_into_a_run_file_linked_from_outside(run_dir, tmp_path, capsys):
+    """RUN/run.h5 a symlink to a file elsewhere: `fit RUN` refuses in one line before fitting and the
+    file elsewhere is unchanged; `--no-store` reads it fine."""
+    elsewhere = tmp_path / "elsewhere" / "theirs.h5"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(run_dir / "run.h5", elsewhere)
+    before = elsewhere.read_bytes()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.h5").symlink_to(elsewhere)
+    code, err = _one(["fit", str(run), "--bootstrap", "0"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "outside its run directory" in lines[0] and "--no-store" in lines[0]
+    assert main(["fit", str(run), "--bootstrap", "0", "--no-store"]) == 0
+    from gradscope.store.writer import write_derived  # the library refuses as well
+    import pandas as pd
+    from gradscope import GradscopeError
+    with pytest.raises(GradscopeError, match="outside its run directory"):
+        write_derived(str(run / "run.h5"), "fit_pooled", pd.DataFrame({"a": [1.0]}))
+    assert elsewhere.read_bytes() == before
+
+
+def test_a_read_only_file_system_is_one_line_for_every_output(run_dir, tmp_path, capsys, monkeypatch):
+    """EROFS from every way an output is created (a folder, a temp file, a temp folder): one line,
+    exit 2. (Simulated: a read-only mount needs root; the errno is what the kernel returns.)"""
+    ro = str(tmp_path / "ro")
+    os.mkdir(ro)
+    real_mkdir, real_mkstemp, real_mkdtemp = os.mkdir, tempfile.mkstemp, tempfile.mkdtemp
+
+    def guard(real):
+        def f(*a, **k):
+            target = str(a[0] if a else k.get("dir", "")) + " " + str(k.get("dir", ""))
+            if ro in target:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), ro)
+            return real(*a, **k)
+        return f
+    monkeypatch.setattr(os, "mkdir", guard(real_mkdir))
+    monkeypatch.setattr(tempfile, "mkstemp", guard(real_mkstemp))
+    monkeypatch.setattr(tempfile, "mkdtemp", guard(real_mkdtemp))
+    h5 = str(run_dir / "run.h5")
+    for argv in (["profile", *FAST, "--cache-dir", str(run_dir.parent / "cache"), "--out", ro + "/run"],
+                 ["calibrate", h5, "-o", ro + "/silo.json", "--force"], ["report", h5, "-o", ro + "/r.html"],
+                 ["plot", "narrowing", h5, "-o", ro + "/n.png"], ["export", "tensorboard", h5, ro + "/tb"]):
+        code, err = _one(argv, capsys)
+        lines = err.strip().splitlines()
+        if argv[0] == "calibrate" and code == 2 and "usable rounds" in err:
+            continue  # a 2-round run cannot be calibrated: refused before -o is written
+        assert code == 2 and len(lines) == 1 and "read-only file system" in lines[0], (argv[:2], err)
+    assert os.listdir(ro) == []

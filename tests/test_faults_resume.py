@@ -152,3 +152,109 @@ def test_killed_after_last_epoch_still_writes_the_round_row(tmp_path):
         rounds = r.rounds()
         assert rounds["round"].tolist() == [0]
         assert rounds["val_acc"].notna().all() and rounds["test_acc"].notna().all()
+
+
+# ---------------------------------------------------------------------- one writer at a time (issue 22)
+_HOLDER = """
+import os, sys
+kind, target = sys.argv[1:3]
+if kind in ("dir", "lock"):
+    from gradscope.store.diskio import writer_lock
+    release = writer_lock(os.path.join(target, ".lock") if kind == "dir" else target, "run " + target)
+else:
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+    import faultlib as F
+    release = F.writer(target, mode="a").close
+print(os.getpid(), flush=True)  # the lock is held
+sys.stdin.read()  # until the test closes our stdin (or kills us)
+release()
+"""
+
+
+def _holder(kind: str, target: Path):
+    """A second process that takes the writer lock of ``target`` and holds it until told to stop
+    (synchronised on its pipes, never on sleeps)."""
+    p = subprocess.Popen([PY, "-c", _HOLDER, kind, str(target)], env=cli_env(), cwd=ROOT, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = p.stdout.readline()  # blocks until the child holds the lock (or dies)
+    assert line.strip() == str(p.pid), p.stderr.read()
+
+    def stop(kill: bool = False):
+        if kill:
+            p.kill()
+        p.stdin.close()
+        assert p.wait(timeout=60) == (-9 if kill else 0), p.stderr.read()
+        p.stdout.close()
+        p.stderr.close()
+    return p, stop
+
+
+def test_a_second_writer_of_a_run_directory_gets_one_line_naming_the_holder(tmp_path, capsys):
+    from gradscope.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    p, stop = _holder("dir", run)
+    try:
+        rc = main(["profile", *TINY, "--epochs", "1", "--rounds", "1", "--train-subset", "64",
+                   "--cache-dir", str(tmp_path / "cache"), "--out", str(run)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert rc == 2 and len(err) == 1 and f"PID {p.pid}" in err[0] and "being written" in err[0], err
+        assert not (run / "run.h5").exists() and not (run / "config.json").exists()  # nothing written
+    finally:
+        stop()
+    assert not (run / ".lock").exists()  # the holder removed its lock file on its way out
+
+
+def test_a_second_writer_of_a_run_file_is_refused_and_readers_stay_lock_free(tmp_path):
+    from gradscope import GradscopeError
+    from gradscope.store import open_run
+
+    import faultlib as F
+
+    path = tmp_path / "run.h5"
+    F.write_run(path, rounds=1, windows=2).close()
+    p, stop = _holder("file", path)
+    try:
+        with pytest.raises(GradscopeError, match=f"being written by PID {p.pid}"):
+            F.writer(path, mode="a")
+        with open_run(str(path)) as r:  # a reader never waits for the writer lock
+            assert len(r.moments()) > 0
+    finally:
+        stop()
+    F.writer(path, mode="a").close()  # released: a new writer gets it
+
+
+def test_a_stale_lock_of_a_killed_writer_is_taken_over(tmp_path):
+    from gradscope.store.diskio import writer_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    p, stop = _holder("dir", run)
+    stop(kill=True)  # SIGKILL: its lock file stays behind, naming a dead PID
+    assert (run / ".lock").read_text().strip() == str(p.pid)
+    release = writer_lock(str(run / ".lock"), "run directory")
+    assert (run / ".lock").read_text().strip() == str(os.getpid())
+    release()
+    assert not (run / ".lock").exists()
+
+
+def test_repair_waits_for_no_writer(tmp_path):
+    """`repair` rewrites the file: it is a writer too, refused while a recorder holds the file."""
+    from gradscope import GradscopeError
+    from gradscope.store import repair
+
+    import faultlib as F
+
+    from gradscope.store.diskio import run_file_lock_path
+
+    path = tmp_path / "run.h5"
+    F.write_v1(path)  # schema 1: repair rewrites it
+    before = path.read_bytes()
+    p, stop = _holder("lock", Path(run_file_lock_path(str(path))))
+    try:
+        with pytest.raises(GradscopeError, match=f"PID {p.pid}"):
+            repair(str(path))
+        assert path.read_bytes() == before
+    finally:
+        stop()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import errno
+import json
 import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import warnings
@@ -22,6 +24,7 @@ import torch
 from conftest import PY, ROOT, cli_env
 from gradscope import GradscopeError, InternalError
 from gradscope.cli import main
+import faultlib as F
 from gradscope.train import checkpoint as C
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 
@@ -652,3 +655,129 @@ def test_oracle_candidate_with_another_model_than_its_start_state_is_one_line(or
     state's is one line naming the mismatch."""
     rc, lines = run_cli(capsys, ["oracle-candidate", "--out", str(oracle_copy), *CAND_ARGS, "--model", "lenet300"])
     assert_one_line(rc, lines, "start state")
+
+
+# ----------------------------------------------------------------------------- one atomic writer (issue 22)
+def _victim(tmp_path: Path) -> Path:
+    v = tmp_path / "victim.txt"
+    v.write_text("precious")
+    return v
+
+
+def test_atomic_writer_never_follows_a_planted_temp_name(tmp_path):
+    """A symlink planted at every name the old writers used (OUT.tmp, .OUT.tmp) is never followed."""
+    from gradscope.atomic import atomic_text
+    from gradscope.calibrate import calibrate_run
+    from gradscope.fit.synthetic import make_synthetic_run
+
+    victim = _victim(tmp_path)
+    out = tmp_path / "silo.json"
+    for name in ("silo.json.tmp", ".silo.json.tmp", "cli.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    sp = 1 - 0.8 ** np.arange(6)
+    cal = calibrate_run(make_synthetic_run({"c1": 0.01 * (1 - sp) ** 0.4}, n=5_000, seed=1))
+    cal.to_file(out, force=True)
+    atomic_text(tmp_path / "notes.txt", "x")
+    assert victim.read_text() == "precious" and json.loads(out.read_text())["schedule"] == "silo"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert left == [".silo.json.tmp", "cli.tmp", "silo.json.tmp"]  # only the planted links, untouched
+    assert all((tmp_path / n).is_symlink() for n in left)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo", "device"])
+def test_atomic_writer_refuses_a_non_regular_target(tmp_path, kind):
+    """A symlink, folder, FIFO or device node at the target is refused in one line and left as it
+    was (a plain open() would write through the link, block on the FIFO, or fill /dev/full)."""
+    from gradscope.atomic import atomic_text
+
+    victim = _victim(tmp_path)
+    out = tmp_path / "out.json"
+    if kind == "symlink":
+        out.symlink_to(victim)
+    elif kind == "directory":
+        out.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out = F.char_device(tmp_path)
+    before = os.lstat(out)
+    with pytest.raises(GradscopeError, match="refusing to write .* it is a") as e:
+        atomic_text(out, "{}", "the parameters")
+    assert "\n" not in str(e.value)
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
+    assert victim.read_text() == "precious" and not _temps(tmp_path)
+    if kind == "symlink":  # the run directory's own writes refuse it too
+        with pytest.raises(GradscopeError, match="symbolic link"):
+            save_json({"a": 1}, out)
+        assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "read-only file system"),
+                                         (errno.ENAMETOOLONG, "too long")])
+def test_atomic_writer_failure_to_create_the_temp_is_one_line(tmp_path, monkeypatch, code, words):
+    from gradscope.atomic import atomic_text
+
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(GradscopeError, match=words) as e:
+        atomic_text(tmp_path / "x.json", "{}", "the parameters")
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- a foreign checkpoint (issue 22)
+def _forge_config(run: Path, *, keep_hash: bool, **train) -> None:
+    from gradscope.train.runner import config_hash
+
+    ck = load_torch(run / "checkpoint.pt", what="checkpoint")
+    ck["config"]["train"].update(train)
+    if keep_hash:
+        ck["config_sha256"] = config_hash(ck["config"])
+    else:
+        ck.pop("config_sha256", None)
+    save_torch(ck, run / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("keep_hash", [True, False], ids=["hashed", "pre-hash checkpoint"])
+def test_a_checkpoint_of_another_run_is_refused(run_copy, capsys, keep_hash):
+    """Another run's checkpoint (another seed) put into the run directory: one line, no resume,
+    rounds.json untouched. A checkpoint from before the hash carries its config: compared too."""
+    ck = load_torch(run_copy / "checkpoint.pt", what="checkpoint")
+    assert len(ck["config_sha256"]) == 64  # written with every checkpoint
+    before = (run_copy / "rounds.json").read_bytes()
+    _forge_config(run_copy, keep_hash=keep_hash, seed=7)
+    rc, lines = run_cli(capsys, ["prune", *RUN_ARGS, "--out", str(run_copy)])
+    assert_one_line(rc, lines, "belongs to another run", "checkpoint.pt")
+    assert (run_copy / "rounds.json").read_bytes() == before
+
+
+def test_a_pre_hash_checkpoint_of_this_run_still_resumes(run_copy, capsys):
+    _forge_config(run_copy, keep_hash=False)  # the same config, no hash: a checkpoint of an older gradscope
+    assert main(["prune", *RUN_ARGS, "--out", str(run_copy)]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_a_fifo_as_checkpoint_is_refused_without_blocking(run_copy, capsys):
+    (run_copy / "checkpoint.pt").unlink()
+    os.mkfifo(run_copy / "checkpoint.pt")
+    with pytest.raises(GradscopeError, match="FIFO"):
+        load_torch(run_copy / "checkpoint.pt", what="checkpoint")
+
+
+# ----------------------------------------------------------------------------- cleaning stays inside (issue 22)
+@pytest.mark.parametrize("linked", ["oracle", "oracle/round_0"])
+def test_clean_stale_temps_never_follows_a_symlink_out_of_the_run(tmp_path, linked):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    theirs = outside / ".start.pt.abcdefgh.tmp"  # named like our temps, old
+    theirs.write_bytes(b"x")
+    hour_ago = time.time() - 7200
+    os.utime(theirs, (hour_ago, hour_ago))
+    run = tmp_path / "run"
+    (run / linked).parent.mkdir(parents=True)
+    (run / linked).symlink_to(outside if linked == "oracle/round_0" else tmp_path)
+    if linked == "oracle":
+        (tmp_path / "round_0").symlink_to(outside)  # RUN/oracle/round_0 -> outside through the link
+    assert clean_stale_temps(run) == [] and theirs.exists()

@@ -334,13 +334,9 @@ class Calibration:
             text = yaml.safe_dump(d, sort_keys=False)
         else:
             text = json.dumps(d, indent=2)
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise GradscopeError(f"directory {parent} does not exist")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        from gradscope.atomic import atomic_text  # noqa: PLC0415 - the one atomic output writer
+
+        atomic_text(path, text, "the calibrated parameters")
 
 
 def _jsonable(o):

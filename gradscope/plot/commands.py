@@ -5,7 +5,6 @@ Wire-up (gradscope/cli.py): ``from gradscope.plot.commands import register`` and
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from gradscope import GradscopeError
@@ -15,18 +14,31 @@ KINDS = ("histograms", "spread", "narrowing", "calibration", "schedule", "accura
 
 
 def _save(ax, out: str, dpi: int) -> None:
+    from gradscope.atomic import atomic_write  # noqa: PLC0415 - the one atomic output writer
+
     out_p = Path(out)
-    if not out_p.parent.exists():
+    if not out_p.parent.is_dir():
         raise GradscopeError(f"directory {out_p.parent} does not exist")
     ext = out_p.suffix.lower().lstrip(".")
     if ext not in ("png", "pdf", "svg"):
         raise GradscopeError(f"-o must end in .png, .pdf or .svg, got {out}")
     if dpi < 50:
         raise GradscopeError(f"--dpi must be at least 50, got {dpi}")
-    tmp = out_p.with_name(out_p.name + ".tmp")
-    ax.figure.savefig(tmp, dpi=dpi, format=ext)
-    os.replace(tmp, out_p)
+    atomic_write(out_p, lambda f: ax.figure.savefig(f, dpi=dpi, format=ext), "the figure")
     print(f"wrote {out}")
+
+
+def _replicates(s: str) -> int:
+    """argparse type of --bootstrap: a whole number from 0 to 100,000 (more would run for days)."""
+    import argparse  # noqa: PLC0415
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if not 0 <= v <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 100,000, got {v}")
+    return v
 
 
 def _one_run(ns):
@@ -146,7 +158,7 @@ def register(subparsers) -> None:
                    help="output HTML file (default: report.html in the current folder)")
     s.add_argument("--title", default=None, metavar="TEXT",
                    help="the page's title (default: 'gradscope report: ' and the run names)")
-    s.add_argument("--bootstrap", type=int, default=200, metavar="N",
+    s.add_argument("--bootstrap", type=_replicates, default=200, metavar="N",
                    help="bootstrap resamples for the confidence bands (default: 200)")
     s.add_argument("--view", default=DEFAULT_VIEW, metavar="{survivors,all,relative}",
                    help="gradients of: survivors (unpruned weights), all (pruned as zeros), relative (|g|/|w|) "

@@ -254,13 +254,11 @@ def build_report(runs: Sequence, *, title: Optional[str] = None, bootstrap: int 
 def write_report(runs: Sequence, out, *, title: Optional[str] = None, bootstrap: int = 200, view: str = DEFAULT_VIEW,
                  window: str = DEFAULT_WINDOW) -> Path:
     """Write ``build_report`` to ``out`` atomically (an existing file is replaced only on success)."""
+    from gradscope.atomic import atomic_text, check_target  # noqa: PLC0415
+
     out = Path(os.fspath(out))
-    if out.is_dir():
-        raise GradscopeError(f"{out} is a directory; give a file name like report.html")
-    if not out.parent.exists():
+    check_target(out, "the report")  # before the (slow) report is built: a long name, a link, a folder
+    if not out.parent.is_dir():
         raise GradscopeError(f"directory {out.parent} does not exist")
     text = build_report(runs, title=title, bootstrap=bootstrap, view=view, window=window)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_text(out, text, "the report")

@@ -12,6 +12,7 @@ import errno as _errno
 import io
 import os
 import re
+import stat
 import struct
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Iterator, Optional
 import h5py
 
 from gradscope import GradscopeError
+from gradscope.store.preopen import check_before_open
 
 try:  # POSIX advisory locks; absent on Windows (then writers/readers are not serialised)
     import fcntl
@@ -70,14 +72,28 @@ def first_line(e: BaseException) -> str:
 
 
 def check_path(path: str) -> None:
-    """One clear error for a missing path, a directory, or an unreadable file."""
+    """One clear error for a missing path, a directory, a FIFO/device, or an unreadable file."""
     if os.path.isdir(path):
         raise GradscopeError(f"{path} is a directory, not a run file (give the run.h5 inside a run "
                              "directory, or move the directory away)")
     if not os.path.exists(path):
         raise GradscopeError(f"{path} does not exist")
+    check_before_open(path)  # a FIFO, or damage that would make libhdf5 loop for ever
     if not os.access(path, os.R_OK):
         raise GradscopeError(f"cannot read {path}: permission denied")
+
+
+def check_write_target(path: str) -> None:
+    """Refuse to change a run file in place when ``path`` is a symlink to a file outside its own
+    folder (a received run directory must not make gradscope write elsewhere)."""
+    if not os.path.islink(path):
+        return
+    home = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    target = os.path.realpath(path)
+    if os.path.dirname(target) != home:
+        raise GradscopeError(f"{path} is a symbolic link to {target}, outside its run directory; refusing to "
+                             "write into it (copy the file into the run directory, or use --no-store to "
+                             "only read it)")
 
 
 @contextmanager
@@ -88,7 +104,7 @@ def file_lock(path: str, exclusive: bool, timeout: float = LOCK_TIMEOUT_S) -> It
     recorder for long and a killed process never leaves a stale lock; this lock is released by
     the OS when its holder dies. Where flock is unsupported (some NFS mounts) it is skipped.
     """
-    if fcntl is None or not os.path.exists(path) or os.path.isdir(path):
+    if fcntl is None or not os.path.isfile(path):  # (opening a FIFO to lock it would block)
         yield
         return
     try:
@@ -274,3 +290,114 @@ def extend_to_stored_eof(path: str) -> bool:
         return False
     os.truncate(path, eof)
     return True
+
+
+# ---------------------------------------------------------------------- one writer at a time
+_HELD: dict = {}  # lock file -> [WriterLock, holders in this process]
+
+
+class WriterLock:
+    """An advisory ``flock`` on a small lock file holding the writer's PID: one writer per run
+    directory (``RUN/.lock``) or per run file (``.NAME.lock`` beside it), for the writer's whole
+    life. A second process gets one GradscopeError naming the holder's PID; the OS drops the
+    lock when its holder dies, so a stale lock file (dead PID) is simply taken over. Readers
+    never take it. Re-entrant within a process (the runner and its recorder share a run).
+    """
+
+    def __init__(self, lock_path: str, what: str):
+        self.path = os.path.abspath(lock_path)
+        self.what = what
+        self.fd: Optional[int] = None
+
+    def _open(self) -> Optional[int]:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+            getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            if e.errno == _errno.ELOOP:
+                raise GradscopeError(f"lock file {self.path} is a symbolic link; remove it (a run's lock file "
+                                     "is a plain file)") from None
+            if e.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+                return None  # cannot write here at all: the write itself fails with its own message
+            raise GradscopeError(f"cannot create lock file {self.path}: {error_cause(e) or first_line(e)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise GradscopeError(f"lock file {self.path} is not a regular file; remove it")
+        return fd
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                pid = f.read(32).decode("ascii", "replace").strip()
+        except OSError:
+            pid = ""
+        return f"PID {pid}" if pid.isdigit() else "another process"
+
+    def acquire(self) -> "WriterLock":
+        if fcntl is None:  # pragma: no cover - Windows: no advisory locks
+            return self
+        for _ in range(100):  # retried only when the lock file was replaced under us
+            fd = self._open()
+            if fd is None:
+                return self
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise GradscopeError(f"{self.what} is being written by {self._holder()} (lock {self.path}); "
+                                     "wait for it to finish or stop it, then run again") from None
+            except OSError:
+                pass  # flock unsupported here (some network file systems): go on unlocked
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except OSError:
+                same = False
+            if not same:  # its holder removed it as we opened it: lock the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return self
+        raise GradscopeError(f"cannot take lock {self.path}: it keeps being replaced")
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it) and drop the lock."""
+        if self.fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def writer_lock(lock_path: str, what: str):
+    """Take (or share, within this process) the writer lock ``lock_path``; returns a release
+    callable that is safe to call twice."""
+    key = os.path.abspath(lock_path)
+    ent = _HELD.get(key)
+    if ent is None:
+        ent = _HELD[key] = [WriterLock(key, what).acquire(), 0]
+    ent[1] += 1
+    done = []
+
+    def release() -> None:
+        if done:
+            return
+        done.append(1)
+        ent[1] -= 1
+        if ent[1] <= 0 and _HELD.get(key) is ent:
+            del _HELD[key]
+            ent[0].release()
+
+    return release
+
+
+def run_file_lock_path(path: str) -> str:
+    """The lock file of a run file: ``.NAME.lock`` beside it."""
+    d, name = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{name}.lock")

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,7 +24,9 @@ from gradscope import GradscopeError, __version__
 from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from gradscope.store import validate as V
-from gradscope.store.diskio import check_path, extend_to_stored_eof, file_lock, first_line, stored_eof
+from gradscope.store.preopen import check_before_open
+from gradscope.store.diskio import (check_path, extend_to_stored_eof, file_lock, first_line, run_file_lock_path,
+                                    stored_eof, writer_lock)
 from gradscope.store.reader import RunReader, _read_derived
 from gradscope.store.writer import append_blocks, create_file, write_derived
 
@@ -161,10 +164,12 @@ def repair(path: str, *, backup: bool = True) -> RepairResult:
     except OSError as e:
         raise GradscopeError(f"cannot repair {path}: {first_line(e)}") from None
     d = os.path.dirname(os.path.abspath(path))
-    tmp_in, tmp_out = f"{path}.repair-in-{os.getpid()}", f"{path}.repair-out-{os.getpid()}"
+    tmp_in = tmp_out = None
+    unlock = writer_lock(run_file_lock_path(path), f"run file {path}")  # no recorder may append meanwhile
     try:
         with file_lock(path, exclusive=True):
-            try:
+            try:  # fresh names (mkstemp, O_EXCL): a planted "run.h5.repair-in-PID" symlink is never followed
+                tmp_in, tmp_out = (_fresh_temp(d, path, part) for part in ("repair-in", "repair-out"))
                 shutil.copyfile(path, tmp_in)
                 extended = (stored_eof(tmp_in) or 0) > os.path.getsize(tmp_in) and extend_to_stored_eof(tmp_in)
             except OSError as e:
@@ -184,14 +189,34 @@ def repair(path: str, *, backup: bool = True) -> RepairResult:
             os.replace(tmp_out, path)
             return res
     finally:
+        unlock()
         for t in (tmp_in, tmp_out):
             try:
-                os.unlink(t)
+                if t is not None:
+                    os.unlink(t)
             except OSError:
                 pass
 
 
+def _fresh_temp(folder: str, path: str, part: str) -> str:
+    """A new empty file beside ``path`` made with mkstemp (never an existing name)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from gradscope.atomic import file_mode  # noqa: PLC0415
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:200]}.{part}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, file_mode(Path(path)))  # the repaired file keeps the original's mode
+    finally:
+        os.close(fd)
+    return tmp
+
+
 def _rebuild(path: str, tmp_in: str, tmp_out: str) -> RepairResult:
+    try:
+        check_before_open(tmp_in)
+    except GradscopeError as e:
+        raise GradscopeError(f"cannot repair {path}: {str(e).replace(tmp_in, 'it')}") from None
     try:
         f = h5py.File(tmp_in, "r", locking=False)
     except (OSError, ValueError, RuntimeError) as e:

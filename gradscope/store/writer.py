@@ -14,17 +14,21 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
+import weakref
 from typing import Any, Callable, Optional, Sequence
 
 import h5py
 import numpy as np
 
 from gradscope import GradscopeError, InternalError, __version__, faults
+from gradscope.atomic import check_target
 from gradscope.store import checksum as C
 from gradscope.store import schema as S
 from gradscope.store import validate as V
-from gradscope.store.diskio import (check_path, error_errno, extend_to_stored_eof, file_lock, open_h5,
-                                    reserved_space, stored_eof, write_error)
+from gradscope.store.diskio import (check_path, check_write_target, error_errno, extend_to_stored_eof,
+                                    file_lock, open_h5, reserved_space, run_file_lock_path, stored_eof,
+                                    write_error, writer_lock)
 from gradscope.store.reader import RunReader  # one way: the reader imports nothing of the writer
 
 __all__ = ["RunWriter", "write_derived", "package_versions", "git_commit", "file_lock", "open_h5", "LIBVER"]
@@ -292,13 +296,25 @@ class RunWriter:
         if os.path.isdir(self.path):
             raise GradscopeError(f"{self.path} is a directory, not a run file; move it away or record "
                                  "to another path")
-        exists = os.path.lexists(self.path)
-        if not exists or mode == "w":
-            self._create()
-        elif mode == "x":
-            self._refuse_or_replace()
-        else:
-            self._keys = self._open_existing()
+        # one writer per run file, held while this writer lives (readers never take it)
+        self._unlock = writer_lock(run_file_lock_path(self.path), f"run file {self.path}")
+        self._finalizer = weakref.finalize(self, self._unlock)
+        try:
+            exists = os.path.lexists(self.path)
+            if not exists or mode == "w":
+                self._create()
+            elif mode == "x":
+                self._refuse_or_replace()
+            else:
+                self._keys = self._open_existing()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run file's writer lock (also done when the writer is garbage-collected
+        or the process ends); pending rows are not written: commit() first."""
+        self._finalizer()
 
     # ------------------------------------------------------------------ creating
     def _attrs(self) -> dict:
@@ -341,6 +357,8 @@ class RunWriter:
 
     # ------------------------------------------------------------------ opening an existing file
     def _open_existing(self) -> dict[str, set]:
+        check_path(self.path)
+        check_write_target(self.path)
         eof = stored_eof(self.path)
         if eof is not None and eof > os.path.getsize(self.path):
             self._recover_truncated()
@@ -529,15 +547,21 @@ def create_file(path: str, *, attrs: dict, edges: np.ndarray, layers: np.ndarray
                 rows_per_window: int, population_n: int) -> None:
     """Create a complete empty run file under a temporary name and rename it over ``path``."""
     d = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = None
     try:
         os.makedirs(d, exist_ok=True)
+        check_target(path, "a new run file")  # never rename over a symlink, device or FIFO
+        # an unpredictable name, created exclusively by build_file ("xb"): nothing planted is followed
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:200]}.", suffix=".tmp", dir=d)
+        os.close(fd)
+        os.unlink(tmp)
         build_file(tmp, attrs=attrs, edges=edges, layers=layers, sample_k=sample_k,
                    rows_per_window=rows_per_window, population_n=population_n)
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as e:
         try:
-            os.unlink(tmp)
+            if tmp is not None:
+                os.unlink(tmp)
         except OSError:
             pass
         raise write_error(path, "a new run file", e) from None
@@ -608,6 +632,7 @@ def _write_in_place(path: str, need: int, what: str, body: Callable[[h5py.File, 
     earlier commits and stays openable."""
     with file_lock(path, exclusive=True):
         check_path(path)
+        check_write_target(path)
         try:
             with reserved_space(path, need):
                 f = open_rw(path)

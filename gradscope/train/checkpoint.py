@@ -17,7 +17,7 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import stat
 import time
 import warnings
 from collections import OrderedDict
@@ -28,22 +28,10 @@ import numpy as np
 import torch
 
 from gradscope import GradscopeError, InternalError
+from gradscope.atomic import atomic_write, kind_of
 
 # What torch's weights_only unpickler rebuilds without any allow-listing (torch >= 2.6).
 _SCALARS = (str, int, float, bool, type(None), bytes, complex, torch.dtype, torch.device, torch.Size)
-
-_WRITE_CAUSES = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (the process's file-size limit, e.g. `ulimit -f`, or the file system's)",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EROFS: "read-only file system",
-    errno.ENOENT: "the folder does not exist",
-    errno.ENOTDIR: "a path component is not a folder",
-    errno.EISDIR: "the name is taken by a folder",
-    errno.EIO: "input/output error (failing disk or network file system)",
-}
 
 # Temp files of our atomic writes: ".<target>.<mkstemp's 8 random chars>.tmp".
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -52,91 +40,11 @@ _ORACLE_TARGETS = re.compile(r"^(start\.pt|lr_[^/]+\.pt|candidates\.json)$")
 
 
 # ----------------------------------------------------------------------------- writing
-def _find_oserror(e: BaseException) -> OSError | None:
-    """The OSError behind ``e`` (torch.save wraps a failed write in a RuntimeError)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _write_error(e: OSError, path: Path, what: str, existed: bool) -> GradscopeError:
-    cause = _WRITE_CAUSES.get(e.errno) or (e.strerror or str(e) or e.__class__.__name__)
-    kept = f"the previous {path.name} is unchanged" if existed else f"no {path.name} was written"
-    return GradscopeError(f"cannot write {what} {path}: {cause}; {kept}. Fix that and run the same command again "
-                          f"to continue")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (a crash right after it keeps the new file); best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask would, for every thread, for a moment)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def _file_mode(path: Path) -> int:
-    """The mode a plain ``open(path, "w")`` would give (mkstemp's files are 0600): the old
-    file's mode when replacing one, else 0666 less the umask, so shared run folders stay shared."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
 def _atomic(path: Path, write: Callable[[Any], None], what: str) -> None:
-    """Write via ``write(f)`` to a temp file beside ``path``, fsync, rename over ``path``.
-
-    Any OS failure (no space, quota, file-size limit, permission) leaves ``path`` as it was,
-    removes the temp file and raises one GradscopeError naming the cause and the file.
-    """
-    path = Path(path)
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _write_error(e, path, what, existed) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), _file_mode(path))
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        oe = _find_oserror(e)
-        if oe is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise _write_error(oe, path, what, existed) from None
-        raise
-    _fsync_dir(path.parent)
+    """Write via ``write(f)`` through the one atomic writer (``gradscope.atomic``), creating the
+    run directory if needed: temp file beside ``path``, fsync, rename; a symlink or other
+    non-regular file at ``path`` is refused, a failed write is one GradscopeError."""
+    atomic_write(path, write, what, make_parent=True)
 
 
 def _plain(obj: Any, where: str) -> Any:
@@ -224,6 +132,12 @@ def load_torch(path: Path, *, what: str, required: Sequence[str] = (), hint: str
     """
     path = Path(path)
     tail = f". {hint}" if hint else ""
+    try:  # a FIFO or device would block or stream forever inside torch.load: refuse it unopened
+        kind = kind_of(os.stat(path).st_mode)
+    except OSError:
+        kind = None  # missing or unreadable: torch.load below names it
+    if kind is not None and kind != "a directory":
+        raise GradscopeError(f"{path} is {kind}, not a gradscope {what}; refusing to open it{tail}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we refuse or load, nothing else
@@ -270,7 +184,8 @@ def clean_stale_temps(run_dir: Path, *, oracle_min_age_s: float = 3600.0) -> lis
     ``.round_K.pt.XXXXXXXX.tmp``, ``.rounds.json...``, ``.config.json...``,
     ``.versions.json...`` at the top level, and under ``oracle/round_K/`` the temps of
     ``start.pt``, ``lr_*.pt`` and ``candidates.json`` older than ``oracle_min_age_s`` (Oracle
-    candidates may be running as separate jobs and writing there right now).
+    candidates may be running as separate jobs and writing there right now). A symlinked
+    ``oracle`` or ``round_K`` folder is not entered: nothing outside the run is removed.
     """
     run_dir = Path(run_dir)
     removed: list[Path] = []
@@ -293,10 +208,16 @@ def clean_stale_temps(run_dir: Path, *, oracle_min_age_s: float = 3600.0) -> lis
             except OSError:
                 pass  # gone meanwhile, or not ours to remove: leave it
 
+    def real_dir(p: Path) -> bool:  # a folder of the run itself, not a symlink to one elsewhere
+        try:
+            return stat.S_ISDIR(os.lstat(p).st_mode)
+        except OSError:
+            return False
+
     sweep(run_dir, _RUN_TARGETS, 0.0)
     oracle = run_dir / "oracle"
-    if oracle.is_dir():
+    if real_dir(oracle):  # cleaning never follows a symlink out of the run
         for rd in sorted(oracle.glob("round_*")):
-            if rd.is_dir():
+            if real_dir(rd):
                 sweep(rd, _ORACLE_TARGETS, oracle_min_age_s)
     return removed

@@ -8,9 +8,11 @@ e.g. the Oracle's); this module only sequences rounds and persists them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
+import stat
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -22,6 +24,7 @@ from gradscope.config import RunConfig
 from gradscope.paths import RunPaths
 from gradscope.rounds import EpochMetrics, RoundInfo, RoundResult
 from gradscope.train import distributed as D
+from gradscope.store.diskio import writer_lock
 from gradscope.train.checkpoint import clean_stale_temps, load_torch, save_json, save_torch
 from gradscope.train.context import TrainContext, build_context
 from gradscope.train.rewind import REWINDS, PreviousWeights, rewind_mode, round_schedule
@@ -33,6 +36,8 @@ _VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), (
 # May change on resume without making a finished round wrong: more rounds extend a run (as
 # OpenLTH adds levels); each round depends only on the rounds before it, never on the total.
 _EXTENSIBLE = {("prune", "rounds")}
+MAX_EPOCHS = 10_000  # per round; more is a typo (and would run on for ever), not a plan
+LOCK = ".lock"  # RUN/.lock: the run directory's writer lock (holds the writer's PID)
 
 
 def comparable_config(cfg: dict) -> dict:
@@ -40,6 +45,13 @@ def comparable_config(cfg: dict) -> dict:
     d = RunConfig.from_dict(cfg).to_dict()
     return {s: {k: v for k, v in sec.items() if (s, k) not in _VOLATILE}
             for s, sec in d.items() if isinstance(sec, dict)}
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of a config's comparable part (canonical JSON): stored in every checkpoint, so a
+    checkpoint from another run is recognised before it is resumed."""
+    text = json.dumps(comparable_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class RoundStrategy(Protocol):
@@ -64,6 +76,9 @@ class PruningRun:
     def __init__(self, config: RunConfig, callbacks: Sequence = (), schedule=None,
                  log: Callable[[str], None] = print, rounds: Optional[RoundStrategy] = None):
         self.cfg = config.validate()
+        if config.train.epochs > MAX_EPOCHS:  # (the flag's own bound would live in gradscope/config.py)
+            raise GradscopeError(f"--epochs {config.train.epochs} is more than {MAX_EPOCHS:,} epochs per round; "
+                                 "give a realistic number")
         self.paths = RunPaths(config.out)
         self.log = log if D.is_main() else (lambda s: None)  # under torchrun rank 0 prints
         self.user_callbacks = list(callbacks)
@@ -86,10 +101,23 @@ class PruningRun:
     def _check_out(self) -> None:
         """Refuse an --out that is a file or holds another run's config (nothing written yet)."""
         root = self.paths.root
-        if root.exists() and not root.is_dir():
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:  # name too long, a symlink loop, a parent that is a file, ...
+            raise GradscopeError(f"--out {_short(root)}: {_cause(e)}; give another directory for the run") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise GradscopeError(f"--out {root} is a file; give a directory for the run")
-        if self.paths.config.exists():
+        if st is None:
+            parent = _existing_parent(root)
+            if parent is not None and not os.path.isdir(parent):
+                raise GradscopeError(f"--out {_short(root)}: {parent} is a file, not a folder; give another "
+                                     "directory for the run")
+        if os.path.lexists(self.paths.config):
             try:
+                if not os.path.isfile(self.paths.config):  # a FIFO would block the read below
+                    raise OSError("not a regular file")
                 theirs = json.loads(self.paths.config.read_text())
             except (OSError, ValueError):
                 raise GradscopeError(f"{self.paths.config} is unreadable; use another --out or delete it") from None
@@ -118,8 +146,14 @@ class PruningRun:
     def _write_config(self) -> None:
         from gradscope.provenance import package_versions, source_commit  # noqa: PLC0415
 
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GradscopeError(f"cannot create the run directory --out {_short(self.paths.root)}: {_cause(e)}; "
+                                 "give another directory") from None
+        # one writer per run directory, for the whole run (prune, profile, oracle); readers never lock
+        self._unlock = writer_lock(str(self.paths.root / LOCK), f"run directory {self.paths.root}")
+        clean_stale_temps(self.paths.root)  # leftovers of writes a kill interrupted (we are the only writer)
         # schedule_used: every parameter the schedule runs with, defaults included (the flags
         # above may leave them out: config.json says what was run)
         params = getattr(self.factory, "params", None)
@@ -218,7 +252,8 @@ class PruningRun:
         save_torch({"format": CHECKPOINT_FORMAT, "state": st.to_dict(), "model": self.ctx.model.state_dict(),
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "config": self.cfg.to_dict()}, self.paths.checkpoint, what="checkpoint")
+                    "config": self.cfg.to_dict(), "config_sha256": self._config_hash},
+                   self.paths.checkpoint, what="checkpoint")
         faults.point("checkpoint", st.round, st.stage, len(st.epochs))
 
     def _load_or_start(self) -> tuple[Optional[dict], Optional[dict]]:
@@ -232,16 +267,47 @@ class PruningRun:
             return None, None
         hint = "delete it to start the run again"
         ck = load_torch(self.paths.checkpoint, what="checkpoint", required=("model",), hint=hint)
-        if ck.get("format") is None and "pos" in ck:  # written by gradscope 0.1
+        legacy = ck.get("format") is None and "pos" in ck
+        saved_config = {k: ck[k] for k in ("config", "config_sha256") if k in ck}
+        if legacy:  # written by gradscope 0.1
             ck = migrate_v1(ck, self.ctx.steps_per_epoch, self.cfg.train.epochs, self.cfg.prune.prune_rate)
         if "state" not in ck:
             raise GradscopeError(f"{self.paths.checkpoint} is not a gradscope checkpoint: it lacks 'state'; {hint}")
+        self._check_checkpoint_config(saved_config, legacy)
         self.ctx.model.load_state_dict(ck["model"])
         P.refresh_weights(self.ctx.layers.values())
         self.state = RunState.from_dict(ck["state"])
         st = self.state
         self.log(f"resuming {self.paths.root} at round {st.round} ({st.stage}, {len(st.epochs)} epochs done)")
         return ck.get("optimizer"), ck.get("scheduler")
+
+    def _check_checkpoint_config(self, ck: dict, legacy: bool) -> None:
+        """Refuse a checkpoint written by another run (another config than config.json's).
+
+        Checkpoints carry ``config_sha256`` (``config_hash``); older ones carry the config itself,
+        which is compared the same way; gradscope 0.1 checkpoints (migrated, no config) are
+        accepted, as before: config.json was already compared with the flags."""
+        saved = ck.get("config_sha256")
+        if saved is None and isinstance(ck.get("config"), dict):
+            try:
+                saved = config_hash(ck["config"])
+            except (GradscopeError, TypeError, ValueError, KeyError):
+                saved = "unreadable"
+        if saved is None:
+            if legacy:
+                return
+            saved = "missing"
+        if saved != self._config_hash:
+            why = "it carries no config" if saved == "missing" else f"its config differs from {self.paths.config}"
+            raise GradscopeError(f"{self.paths.checkpoint} belongs to another run ({why}); refusing to resume "
+                                 "from it: delete it to start this run again, or use another --out")
+
+    @property
+    def _config_hash(self) -> str:
+        h = getattr(self, "_hash", None)
+        if h is None:
+            h = self._hash = config_hash(self.cfg.to_dict())
+        return h
 
     # ------------------------------------------------------------------ rounds
     def _prune_and_rewind(self, k: int) -> None:
@@ -306,8 +372,6 @@ class PruningRun:
 
     def run(self):
         """Run (or resume) all rounds; return the per-round table as a DataFrame."""
-        import pandas as pd  # noqa: PLC0415
-
         c = self.cfg
         self._check_out()
         self.ctx = build_context(c)
@@ -316,7 +380,19 @@ class PruningRun:
         # rank 0 records (the all-reduced gradients); bad recorder options fail here, before the
         # run directory is claimed by its config
         recorder = self._recorder() if c.record.record and D.is_main() else None
-        self._write_config()
+        self._unlock = None
+        try:
+            self._write_config()  # takes the run directory's writer lock, held until the run ends
+            return self._run(recorder)
+        finally:
+            unlock = getattr(self, "_unlock", None)
+            if unlock is not None:
+                unlock()
+
+    def _run(self, recorder):
+        import pandas as pd  # noqa: PLC0415
+
+        c = self.cfg
         opt_state, sched_state = self._load_or_start()
         st = self.state
         saved = self._saved_rounds
@@ -449,6 +525,32 @@ class _Heartbeat:
             acc = f", val_acc {100 * val:.2f} %" if isinstance(val, float) and val == val else ""
             self.log(f"  round {state.round} epoch {state.epoch + 1}/{state.epochs} done: train_loss "
                      f"{m.get('train_loss', float('nan')):.4f}{acc} ({time.monotonic() - self.t0:.0f} s into the round)")
+
+
+def _short(p) -> str:
+    s = os.fspath(p)
+    return s if len(s) <= 120 else f"{s[:60]}...{s[-40:]} ({len(s)} characters)"
+
+
+def _cause(e: OSError) -> str:
+    from gradscope.atomic import WRITE_CAUSES  # noqa: PLC0415
+
+    return WRITE_CAUSES.get(e.errno) or e.strerror or str(e)
+
+
+def _existing_parent(p) -> Optional[str]:
+    """The nearest ancestor of ``p`` that exists (None if none can be checked)."""
+    q = os.path.abspath(os.fspath(p))
+    while True:
+        q2 = os.path.dirname(q)
+        if q2 == q:
+            return None
+        q = q2
+        try:
+            if os.path.lexists(q):
+                return q
+        except (OSError, ValueError):
+            return None
 
 
 class _EarlyCapture:
