@@ -14,6 +14,7 @@ noise hits both alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -47,6 +48,8 @@ class _EpochClock(Callback):
         self.t0 = time.perf_counter()
 
     def on_step_end(self, state):
+        if state.batch == state.steps_per_epoch - 1 and torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.t1 = time.perf_counter()
 
     @property
@@ -60,6 +63,7 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=3840, help="images per timed epoch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (gradscope on CUDA: bf16 autocast, as the hand loop)")
     ap.add_argument("--smoke", action="store_true", help="digits + small_cnn, 1 repeat: checks that it runs")
     a = ap.parse_args(argv)
     if a.threads:
@@ -73,7 +77,7 @@ def main(argv=None) -> None:
     cfg.data.train_subset, cfg.data.batch_size, cfg.train.progress = a.images, 128, False
     cfg.data.val_fraction, cfg.data.test_subset = 0.0, 128  # no validation; a small test set (not timed)
     cfg.data.cache_dir = os.path.join(tempfile.gettempdir(), "gradscope-bench-cache") if a.smoke else None
-    cfg.train.epochs, cfg.train.threads = 1, a.threads
+    cfg.train.epochs, cfg.train.threads, cfg.train.device = 1, a.threads, a.device
     cfg.schedule.schedule, cfg.schedule.max_lr = "lth", 0.05
     cfg = cfg.validate()
     ctx = build_context(cfg)
@@ -85,27 +89,33 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     d = ctx.data
-    ref = get_model(cfg.model.model, d.input_shape, d.num_classes)
+    dev = ctx.device
+    ref = get_model(cfg.model.model, d.input_shape, d.num_classes).to(dev)
     cl = ctx.channels_last
     if cl:
         ref = ref.to(memory_format=torch.channels_last)
     mean = torch.tensor(d.mean).view(1, -1, *([1] * (d.train_x.dim() - 2)))
     std = torch.tensor(d.std).view(1, -1, *([1] * (d.train_x.dim() - 2)))
-    xs = (d.train_x.float() / 255 - mean) / std
+    xs = ((d.train_x.float() / 255 - mean) / std).to(dev)
     if cl:
         xs = xs.contiguous(memory_format=torch.channels_last)
-    ys = d.train_y
+    ys = d.train_y.to(dev)
+    use_amp = dev.type == "cuda" and cfg.train.amp
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     bs = cfg.data.batch_size
 
     def hand_epoch() -> float:
         ref.train()
+        sync()
         t0 = time.perf_counter()
         for i in range(0, len(ys) - bs + 1, bs):
-            loss = nn.functional.cross_entropy(ref(xs[i:i + bs]), ys[i:i + bs])
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+                loss = nn.functional.cross_entropy(ref(xs[i:i + bs]), ys[i:i + bs])
             ref_opt.zero_grad(set_to_none=True)
             loss.backward()
             ref_opt.step()
+        sync()
         return (len(ys) // bs * bs) / (time.perf_counter() - t0)
 
     def gradscope_epoch() -> float:
