@@ -5,7 +5,10 @@ log L = sum_j c_j log P_j(loc, scale, shape). Exact likelihood on raw samples us
 Location is fixed (the exact mean from the moments), scale (and shape) are found by a
 trust-region Newton iteration in (log shape, log scale) run on all histograms together:
 analytic derivatives in log scale, central differences in log shape. Nothing calls
-scipy.optimize per histogram.
+scipy.optimize per histogram. Rows are evaluated in cache-sized blocks; a row stops when its
+next step would be below tolerance (that step is not evaluated); the bootstrap reuses the
+per-cell derivatives of each row's last accepted point. The cost is the families' cdfs
+(stdtr, gammaincc): three evaluations per step for the two-parameter families.
 """
 from __future__ import annotations
 
