@@ -34,7 +34,7 @@ from gradscope.schedules import schedule_from_config  # noqa: E402
 from gradscope.train.context import build_context  # noqa: E402
 from gradscope.train.trainer import RoundTrainer  # noqa: E402
 
-DEFAULT_ROOT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz")
+DEFAULT_ROOT = "../shared/data/cifar10-jpeg.tar.xz"  # relative to the working directory, as before
 
 
 class _EpochClock(Callback):
