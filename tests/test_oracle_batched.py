@@ -10,7 +10,7 @@ from gradscope import GradscopeError
 from gradscope.cli import main
 from gradscope.paths import RunPaths
 from gradscope.train.checkpoint import load_torch
-from gradscope.train.oracle import Batched, InProcess, OracleRounds, make_executor
+from gradscope.train.oracle import Batched, InProcess, OracleRounds, make_executor, run_candidates_batched
 from gradscope.train.runner import PruningRun
 
 GRID = [0.01, 0.03, 0.1, 2000.0]  # the last one diverges; the others train (no chaotic amplification)
@@ -49,6 +49,21 @@ def test_batched_candidates_equal_sequential_ones(tiny_config, tmp_path):
     # the Oracle chose the same candidate in both runs
     ra, rb = (json.loads((tmp_path / d / "rounds.json").read_text()) for d in ("seq", "bat"))
     assert [r["max_lr"] for r in ra] == [r["max_lr"] for r in rb]
+    # a chunk interrupted after its first file (a kill): rerunning it keeps that file as it is
+    # and retrains the other two, batched, to the same results
+    out = str(tmp_path / "bat")
+    specs = [(0.01, 1), (0.03, 0), (0.03, 1)]
+    paths = [RunPaths(out).candidate(0, v, s if s else None) for v, s in specs]
+    kept = paths[0].read_bytes()
+    for p in paths[1:]:
+        p.unlink()
+    run_candidates_batched(out, 0, specs)
+    assert paths[0].read_bytes() == kept
+    for (v, s), p in zip(specs[1:], paths[1:]):
+        again = load_torch(p, what="candidate")
+        assert again["result"]["batched"] == 2 and again["result"]["val_acc"] == bat[(v, s)]["result"]["val_acc"]
+        for n, t in bat[(v, s)]["model"].items():
+            torch.testing.assert_close(again["model"][n], t, rtol=1e-5, atol=1e-6)
 
 
 def test_batched_flag_and_its_conflicts(tiny_config, capsys):
