@@ -24,7 +24,7 @@ def _oracle(cfg, out, executor):
             for v in GRID for s in range(2)}
 
 
-def test_batched_candidates_equal_sequential_ones(tiny_config, tmp_path):
+def test_batched_candidates_equal_sequential_ones(tiny_config, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     seq = _oracle(tiny_config, tmp_path / "seq", InProcess())
     bat = _oracle(tiny_config, tmp_path / "bat", Batched(3))  # 8 jobs: chunks of 3, 3, 2
@@ -64,6 +64,19 @@ def test_batched_candidates_equal_sequential_ones(tiny_config, tmp_path):
         assert again["result"]["batched"] == 2 and again["result"]["val_acc"] == bat[(v, s)]["result"]["val_acc"]
         for n, t in bat[(v, s)]["model"].items():
             torch.testing.assert_close(again["model"][n], t, rtol=1e-5, atol=1e-6)
+    # K copies that do not fit in GPU memory: the chunk trains one by one instead, with a warning
+    import gradscope.train.batched as batched
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(batched, "train_batched", oom)
+    for p in paths[1:]:
+        p.unlink()
+    with pytest.warns(RuntimeWarning, match="do not fit in GPU memory"):
+        run_candidates_batched(out, 0, specs)
+    for (v, s), p in zip(specs[1:], paths[1:]):
+        again = load_torch(p, what="candidate")
+        assert "batched" not in again["result"] and again["result"]["val_acc"] == seq[(v, s)]["result"]["val_acc"]
 
 
 def test_batched_flag_and_its_conflicts(tiny_config, capsys):

@@ -221,8 +221,17 @@ def run_candidates_batched(out: str, k: int, specs: Sequence[tuple[float, int]],
     if unbatchable(ctx.model, cfg.train) or len(todo) == 1:
         return [run_candidate(out, k, v, s, threads, model) for v, s in specs]
     t0 = time.perf_counter()
-    outs = train_batched(ctx, cfg.train, info, [base.with_peak(v) for v, _ in todo],
-                         [candidate_seed(cfg.train.seed, s) for _, s in todo])
+    try:
+        outs = train_batched(ctx, cfg.train, info, [base.with_peak(v) for v, _ in todo],
+                             [candidate_seed(cfg.train.seed, s) for _, s in todo])
+    except torch.cuda.OutOfMemoryError:  # K copies do not fit (the CUDA default is K = 8): one by one
+        import warnings  # noqa: PLC0415
+
+        del ctx
+        torch.cuda.empty_cache()
+        warnings.warn(f"gradscope: {len(todo)} batched Oracle candidates do not fit in GPU memory; training "
+                      f"them one after the other (use a smaller --batched)", RuntimeWarning)
+        return [run_candidate(out, k, v, s, threads, model) for v, s in specs]
     share = (time.perf_counter() - t0) / len(todo)
     for (v, s), o in zip(todo, outs):
         if o.diverged:
