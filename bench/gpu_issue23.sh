@@ -70,7 +70,6 @@ def timed(args, name):
 timed(["prune"], "warm")  # decode CIFAR-10 into the cache once; not timed
 plain, rc1 = timed(["prune"], "plain")
 grid = "0.0125,0.025,0.05,0.1,0.2,0.4,0.8"
-seq_oracle = None
 batched, rc2 = timed(["oracle", "--grid", grid, "--seeds", "3", "--max-extend", "0", "--batched", "7"], "oracle_batched")
 res = {"plain_round_s": plain, "oracle_round_batched_s": batched, "ratio_batched_vs_plain": batched / plain,
        "candidates": 21, "batched_k": 7, "epochs": 1, "rc": [rc1, rc2], "target_ratio": 3.0}
