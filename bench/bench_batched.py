@@ -5,20 +5,24 @@ Throughput in candidate-images per second (K x batch x steps / time) of SGD step
 bench/bench_gpu.py.
 
     python bench/bench_batched.py [--device cpu] [--threads 1] [--ks 4,8] [--models small_cnn,resnet20]
+    python bench/bench_batched.py --smoke     # small_cnn, K = 2, one step: checks that it runs
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 
-from gradscope import pruning as P
-from gradscope.models import get_model
-from gradscope.train.batched import BatchedCandidates
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gradscope import pruning as P  # noqa: E402
+from gradscope.models import get_model  # noqa: E402
+from gradscope.train.batched import BatchedCandidates  # noqa: E402
 
 SHAPES = {"small_cnn": (1, 8, 8), "lenet_300_100": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -88,7 +92,7 @@ def measure(name: str, k: int, batch: int, steps: int, device, repeats: int, amp
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -97,7 +101,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="small_cnn, K = 2, batch 8, one step, one repeat")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.models, a.ks, a.batch, a.steps, a.repeats = "small_cnn", "2", 8, 1, 1
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     print(f"device {device}, {a.threads} threads, batch {a.batch}, {a.steps} steps x {a.repeats} interleaved "

@@ -3,17 +3,21 @@
 with the naive way (one scipy.optimize call per histogram per model) on a subset.
 
     .venv/bin/python bench/bench_fit.py [--layers 20 --rounds 25 --windows 20]
+    .venv/bin/python bench/bench_fit.py --smoke      # 8 histograms: checks that it runs
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 from scipy import optimize, stats
 
-from gradscope.fit import fit_run
-from gradscope.fit.synthetic import SyntheticRun, log_edges
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gradscope.fit import fit_run  # noqa: E402
+from gradscope.fit.synthetic import SyntheticRun, log_edges  # noqa: E402
 
 
 def synthetic_rows(layers, rounds, windows, n=200_000, seed=0):
@@ -56,13 +60,17 @@ def naive_per_histogram(counts, under, over, edges, m=40):
     return (time.perf_counter() - t) / m
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--bootstrap", type=int, default=200)
-    a = ap.parse_args()
+    ap.add_argument("--naive", type=int, default=40, help="histograms fitted the naive way (extrapolated)")
+    ap.add_argument("--smoke", action="store_true", help="2 layers x 2 rounds x 2 windows, bootstrap 20")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.layers, a.rounds, a.windows, a.bootstrap, a.naive = 2, 2, 2, 20, 2
     run, edges = synthetic_rows(a.layers, a.rounds, a.windows)
     n_hist = a.layers * a.rounds * a.windows
     t = time.perf_counter()
@@ -72,10 +80,11 @@ def main():
     print(f"fit_run per=window: {n_hist} histograms (+{len(res.pooled)} pooled, + round level), "
           f"4 models, bootstrap {a.bootstrap}: {dt:.1f} s  ({ok:.1%} status ok)")
     counts, _, idx = run.histograms()
-    per_hist = naive_per_histogram(counts, idx["under"].to_numpy(), idx["over"].to_numpy(), edges)
+    per_hist = naive_per_histogram(counts, idx["under"].to_numpy(), idx["over"].to_numpy(), edges, a.naive)
     naive = per_hist * n_hist * 4  # x4 models, and the 2-parameter ones would cost more
     print(f"naive scipy.optimize per histogram (Laplace, extrapolated x4 models): {naive:.1f} s")
-    print(f"speed-up ratio (naive / vectorised, lower bound): {naive / dt:.1f}x")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"speed-up ratio (naive / vectorised, lower bound): {naive / dt:.1f}x  (load average {load:.1f})")
 
 
 if __name__ == "__main__":

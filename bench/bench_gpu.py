@@ -13,6 +13,7 @@ On a GPU (about 3-5 minutes, mostly compilation):
     python bench/bench_gpu.py [--cifar PATH/cifar10-jpeg.tar.xz] [--out results.json]
 Here, end to end on tiny sizes:
     python bench/bench_gpu.py --quick --device cpu
+    python bench/bench_gpu.py --smoke      # CPU, eager, 128 images: seconds, checks that it runs
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def batched_rows(device, quick: bool, amp: bool, notes: list) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cifar", default=None, help="CIFAR-10 archive or folder (else random data of its shape)")
     ap.add_argument("--device", default="cuda")
@@ -175,7 +176,10 @@ def main() -> None:
     ap.add_argument("--skip-masks-only", action="store_true", help="drop the 'masks only' variant (one compile less)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end on a CPU")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="--quick on the CPU, eager, 128 images, no masks-only variant")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.quick, a.device, a.no_compile, a.skip_masks_only, a.images, a.batch = True, "cpu", True, True, 128, 64
     if a.quick:
         a.images, a.batch, a.repeats = min(a.images, 512), min(a.batch, 128), min(a.repeats, 1)
     device = torch.device(a.device)

@@ -15,6 +15,7 @@ Prints a markdown table and writes JSON to bench/results/ (git-ignored).
     python bench/bench_recorder.py --quick               # ResNet-20/18, 32x32 only
     python bench/bench_recorder.py --models resnet18 --batch 128 --res 32
     python bench/bench_recorder.py --device cuda --amp bf16 --models resnet50 --batch 128   # GPU target row
+    python bench/bench_recorder.py --smoke               # ResNet-20 16x16 batch 4, eager, 1 repeat: checks it runs
 """
 from __future__ import annotations
 
@@ -227,7 +228,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--no-old", action="store_true", help="skip the previous implementation")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/recorder-<device>-<time>.json)")
+    ap.add_argument("--smoke", action="store_true", help="ResNet-20 16x16 batch 4, eager kernels, 1 step x 1 "
+                    "repeat, JSON to a temporary folder: seconds, measures nothing")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.models, args.res, args.batch, args.repeats, args.steps = ["resnet20"], [16], [4], 1, 1
+        args.compile, args.no_old = args.compile or "0", True
+        args.out = args.out or os.path.join(tempfile.mkdtemp(prefix="bench-recorder-"), "smoke.json")
     if args.compile is not None:
         os.environ["GRADSCOPE_COMPILE"] = args.compile
     # step() alone is timed by calling it repeatedly without an optimizer step, which the recorder

@@ -24,6 +24,7 @@ PROFILE_MAX_LR = 0.05  # profile's peak for fixed-peak schedules: a fixed LR doe
 PRUNE_DEFAULTS = {"out": "runs/prune"}
 # The Oracle's defaults match `profile`'s, so that a profile and an Oracle run measure the same training.
 ORACLE_DEFAULTS = {"out": "runs/oracle", "rounds": 8, "epochs": 5, "schedule": "lth"}
+ORACLE_BATCHED_CUDA = 8  # candidates trained at once on a GPU by default (bench/bench_batched.py: 2.0x at K = 8)
 
 
 def run_file(path: str) -> str:
@@ -101,10 +102,17 @@ def _cmd_oracle(ns) -> int:
         from gradscope.train.ray_jobs import RayExecutor
         if ns.workers != 1:
             raise GradscopeError("--ray and --workers exclude each other (Ray schedules the candidates itself)")
+        if (ns.batched or 1) > 1:
+            raise GradscopeError("--ray and --batched exclude each other (batched candidates run in this process)")
         executor = RayExecutor(ns.ray_address, num_cpus_per_job=cfg.train.threads or 1,
                                num_gpus_per_job=ns.gpus_per_candidate)
     else:
-        executor = make_executor(ns.workers)
+        batched = ns.batched
+        if batched is None:  # default: batched on a GPU (one small model leaves it idle), off on a CPU
+            from gradscope.train.context import resolve_device
+            on_gpu = ns.workers == 1 and resolve_device(cfg.train.device).type == "cuda"
+            batched = ORACLE_BATCHED_CUDA if on_gpu else 1
+        executor = make_executor(ns.workers, batched)
     rounds = OracleRounds(grid, seeds=ns.seeds, executor=executor, max_extend=ns.max_extend)
     PruningRun(cfg, rounds=rounds).run()
     print("\n" + oracle_report(cfg.out, others))
@@ -406,6 +414,10 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
                    help="candidates at a time: 1 = one after the other here; N > 1 = N at a time on a local "
                         "Ray instance (needs gradscope[ray]); 0 = print the candidate commands for another "
                         "scheduler and stop (exit 0) (default: 1)")
+    s.add_argument("--batched", type=_nonneg_int, default=None, metavar="K",
+                   help="train K candidates at a time as one vmapped model in this process (SGD models "
+                        "without dropout; others run one by one); 0 or 1 = off (default: "
+                        f"{ORACLE_BATCHED_CUDA} on a GPU, off on a CPU)")
     s.add_argument("--ray", action="store_true",
                    help="run the candidates as Ray tasks (pip install 'gradscope[ray]'); each gets --threads CPUs")
     s.add_argument("--ray-address", default=None, metavar="ADDR",

@@ -5,7 +5,10 @@ log L = sum_j c_j log P_j(loc, scale, shape). Exact likelihood on raw samples us
 Location is fixed (the exact mean from the moments), scale (and shape) are found by a
 trust-region Newton iteration in (log shape, log scale) run on all histograms together:
 analytic derivatives in log scale, central differences in log shape. Nothing calls
-scipy.optimize per histogram.
+scipy.optimize per histogram. Rows are evaluated in cache-sized blocks; a row stops when its
+next step would be below tolerance (that step is not evaluated); the bootstrap reuses the
+per-cell derivatives of each row's last accepted point. The cost is the families' cdfs
+(stdtr, gammaincc): three evaluations per step for the two-parameter families.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ def _safe(x):
     return np.where(np.isfinite(x), x, 0.0)
 
 
-def binned_terms(fam: Family, ext_edges, loc, logscale, shape):
+def binned_terms(fam: Family, ext_edges, loc, logscale, shape, full: bool = True):
     """Per cell log P, dlogP/dlog(scale), d2logP/dlog(scale)2; arrays [m, cells].
 
     ``ext_edges`` [E] include -inf and +inf; loc, logscale, shape are [m] (shape may be None).
+    ``full=False`` skips the second derivative (None): the shifted-shape evaluations of the
+    finite differences need only log P and its first derivative.
     """
     s = np.exp(logscale)[:, None]
     sh = None if shape is None else shape[:, None]
@@ -36,19 +41,19 @@ def binned_terms(fam: Family, ext_edges, loc, logscale, shape):
         G = np.where(fin, fam.lower_tail(np.abs(zf), sh), 0.0)
         f = np.where(fin, np.exp(fam.logpdf(zf, sh)), 0.0)
         q = zf * f
-        r = q * (1.0 + _safe(fam.zg(zf, sh)))
         za, zb = z[:, :-1], z[:, 1:]
         Ga, Gb = G[:, :-1], G[:, 1:]
         p = np.where(za >= 0, Ga - Gb, np.where(zb <= 0, Gb - Ga, 1.0 - Ga - Gb))
         p = np.maximum(p, _TINY)
-        dp = q[:, :-1] - q[:, 1:]
-        d2p = r[:, 1:] - r[:, :-1]
-        d1 = dp / p
-        d2 = d2p / p - d1 * d1
+        d1 = (q[:, :-1] - q[:, 1:]) / p
+        if not full:
+            return np.log(p), d1, None
+        r = q * (1.0 + _safe(fam.zg(zf, sh)))
+        d2 = (r[:, 1:] - r[:, :-1]) / p - d1 * d1
     return np.log(p), d1, d2
 
 
-def exact_terms(fam: Family, x, loc, logscale, shape):
+def exact_terms(fam: Family, x, loc, logscale, shape, full: bool = True):
     """Per sample log density and its log-scale derivatives; NaN samples give zeros."""
     sh = None if shape is None else shape[:, None]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -62,58 +67,83 @@ def exact_terms(fam: Family, x, loc, logscale, shape):
     return np.where(fin, lp, 0.0), np.where(fin, d1, 0.0), np.where(fin, d2, 0.0)
 
 
+_CHUNK_ELEMS = 1 << 16  # cells per block of rows: a block's temporaries stay in the CPU cache
+
+
 class _Problem:
-    """Data of one fit: weights [m, W] and a terms function over the same columns."""
+    """Data of one fit: weights [m, W] and a terms function over the same columns.
 
-    def __init__(self, fam, weights, loc, terms):
+    Rows are evaluated in blocks of about ``_CHUNK_ELEMS`` cells (the elementwise work is
+    memory-bound: whole-array temporaries of 10^4 histograms would stream through RAM).
+    With ``keep_cells`` the optimiser keeps each row's per-cell derivatives at its last
+    accepted point (``cells``, ``cells_x``), so the bootstrap at the MLE needs no new
+    evaluation of the family's cdf."""
+
+    def __init__(self, fam, weights, loc, terms, keep_cells: bool = False):
         self.fam, self.w, self.loc, self._terms = fam, weights, loc, terms
+        self.keep_cells = keep_cells
+        self.cells = self.cells_x = None  # [m, W, K] (K = 2 or 5, see _cells) and [m, d]
 
-    def cell_terms(self, rows, logshape, logscale):
+    def cell_terms(self, rows, logshape, logscale, full=True):
         shape = None if logshape is None else np.exp(logshape)
-        return self._terms(self.fam, rows, self.loc[rows], logscale, shape)
+        return self._terms(self.fam, rows, self.loc[rows], logscale, shape, full)
 
-    def stats(self, rows, x):
-        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2). Rows whose
-        terms overflow (a diverged run's extreme cells) come out non-finite, silently: the
-        optimiser rejects such steps and reports no-convergence."""
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            return self._stats(rows, x)
-
-    def _stats(self, rows, x):
-        w = self.w[rows]
+    def stats(self, rows, x, want_cells: bool = False):
+        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2), and with
+        ``want_cells`` the per-cell derivatives [m, W, K]. Rows whose terms overflow (a
+        diverged run's extreme cells) come out non-finite, silently: the optimiser rejects
+        such steps and reports no-convergence."""
         m, d = x.shape
-        if d == 1:
+        LL, g, H = np.empty(m), np.empty((m, d)), np.empty((m, d, d))
+        cells = np.empty((m, self.w.shape[1], 2 if d == 1 else 5)) if want_cells else None
+        step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1]))
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for s in range(0, m, step):
+                sl = slice(s, s + step)
+                c = self._cells(rows[sl], x[sl])
+                w = self.w[rows[sl]]
+                sums = np.matmul(w[:, None, :], c)[:, 0, :]  # weighted sums over the cells
+                LL[sl] = sums[:, 0]
+                if d == 1:
+                    g[sl, 0], H[sl, 0, 0] = sums[:, 1], sums[:, 2]
+                else:
+                    g[sl] = sums[:, 1:3]
+                    H[sl, 0, 0], H[sl, 1, 1] = sums[:, 3], sums[:, 5]
+                    H[sl, 0, 1] = H[sl, 1, 0] = sums[:, 4]
+                if cells is not None:
+                    cells[sl] = c[..., 1:]
+        return (LL, g, H, cells) if want_cells else (LL, g, H)
+
+    def _cells(self, rows, x):
+        """Per cell [r, W, 1 + K]: log P, then the gradient and the Hessian's upper triangle in
+        (log shape, log scale): [d1, d2] (d = 1) or [g_shape, g_scale, h_ss, h_st, h_tt]."""
+        if x.shape[1] == 1:
             lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
-            return (w * lp).sum(1), (w * d1).sum(1)[:, None], (w * d2).sum(1)[:, None, None]
+            return np.stack([lp, d1, d2], -1)
         phi, th = x[:, 0], x[:, 1]
         lp, d1, d2 = self.cell_terms(rows, phi, th)
-        lpp, d1p, _ = self.cell_terms(rows, phi + _H, th)
-        lpm, d1m, _ = self.cell_terms(rows, phi - _H, th)
-        g = np.stack([(w * (lpp - lpm)).sum(1) / (2 * _H), (w * d1).sum(1)], 1)
-        hpp = (w * (lpp - 2 * lp + lpm)).sum(1) / _H**2
-        hpt = (w * (d1p - d1m)).sum(1) / (2 * _H)
-        htt = (w * d2).sum(1)
-        H = np.stack([np.stack([hpp, hpt], 1), np.stack([hpt, htt], 1)], 1)
-        return (w * lp).sum(1), g, H
+        lpp, d1p, _ = self.cell_terms(rows, phi + _H, th, full=False)
+        lpm, d1m, _ = self.cell_terms(rows, phi - _H, th, full=False)
+        return np.stack([lp, (lpp - lpm) / (2 * _H), d1, (lpp - 2 * lp + lpm) / _H**2,
+                         (d1p - d1m) / (2 * _H), d2], -1)
 
     def cell_grad_hess(self, rows, x):
         """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x (bootstrap)."""
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            return self._cell_grad_hess(rows, x)
+        c = None
+        if self.cells is not None and np.array_equal(self.cells_x[rows], x):
+            c = self.cells[rows]
+        else:
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                c = self._cells(rows, x)[..., 1:]
+        return _split_cells(c)
 
-    def _cell_grad_hess(self, rows, x):
-        if x.shape[1] == 1:
-            lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
-            return d1[..., None], d2[..., None, None]
-        phi, th = x[:, 0], x[:, 1]
-        lp, d1, d2 = self.cell_terms(rows, phi, th)
-        lpp, d1p, _ = self.cell_terms(rows, phi + _H, th)
-        lpm, d1m, _ = self.cell_terms(rows, phi - _H, th)
-        a = np.stack([(lpp - lpm) / (2 * _H), d1], -1)
-        hpp = (lpp - 2 * lp + lpm) / _H**2
-        hpt = (d1p - d1m) / (2 * _H)
-        H = np.stack([np.stack([hpp, hpt], -1), np.stack([hpt, d2], -1)], -2)
-        return a, H
+
+def _split_cells(c):
+    """[r, W, K] per-cell derivatives (see _Problem._cells) -> gradient [r, W, d], Hessian [r, W, d, d]."""
+    if c.shape[-1] == 2:
+        return c[..., :1], c[..., 1:2, None]
+    H = np.stack([np.stack([c[..., 2], c[..., 3]], -1), np.stack([c[..., 3], c[..., 4]], -1)], -2)
+    return c[..., :2], H
 
 
 def _newton_step(g, H, radius):
@@ -142,13 +172,20 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     """Maximise the log-likelihood of every row from x0 [m, d]; bounds [d, 2] in log units.
 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
-    step, shrinks by 4 on a rejected one.
+    step, shrinks by 4 on a rejected one. A row is done when its next step is shorter than
+    ``tol`` (that step is not evaluated: it would move the estimate by less than tol in log
+    units, and skipping it saves one cdf evaluation of every row) or its radius collapses.
     """
     m, d = x0.shape
     x = np.clip(x0, bounds[:, 0], bounds[:, 1])
-    LL, g, H = problem.stats(np.arange(m), x)
+    keep = problem.keep_cells
+    out = problem.stats(np.arange(m), x, want_cells=keep)
+    LL, g, H = out[:3]
+    if keep:
+        problem.cells, problem.cells_x = out[3], x  # x is updated in place: cells_x follows it
     radius = np.full(m, 0.5)
     done = np.zeros(m, bool)
+    conv = np.zeros(m, bool)
     for _ in range(max_iter):
         act = np.flatnonzero(~done)
         if act.size == 0:
@@ -156,14 +193,22 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         step = _newton_step(g[act], H[act], radius[act])
         xn = np.clip(x[act] + step, bounds[:, 0], bounds[:, 1])
         real = np.sqrt(((xn - x[act]) ** 2).sum(1))
-        LLn, gn, Hn = problem.stats(act, xn)
+        small = (real < tol) & (radius[act] > tol)  # a Newton (or gradient) step, not a shrunk one
+        conv[act[small]] = done[act[small]] = True
+        act, xn, real = act[~small], xn[~small], real[~small]
+        if act.size == 0:
+            break
+        out = problem.stats(act, xn, want_cells=keep)
+        LLn, gn, Hn = out[:3]
         ok = np.isfinite(LLn) & (LLn >= LL[act] - 1e-10 * np.abs(LL[act]))
         acc = act[ok]
         x[acc], LL[acc], g[acc], H[acc] = xn[ok], LLn[ok], gn[ok], Hn[ok]
+        if keep:
+            problem.cells[acc] = out[3][ok]
         radius[act] = np.where(ok, np.minimum(radius[act] * 2, 1.0), radius[act] / 4)
-        done[act] = (ok & (real < tol)) | (radius[act] < 1e-9)
-    conv = done & (radius >= 1e-9)
-    # a last check: tiny gradient relative to curvature also counts as converged
+        fin = ok & (real < tol)  # a step shrunk below tol by the trust region, and accepted
+        conv[act] |= fin & (radius[act] >= 1e-9)
+        done[act] = fin | (radius[act] < 1e-9)
     return x, LL, conv
 
 
@@ -354,19 +399,19 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
         if resample == "multinomial":
             cstar = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
                                     size=(len(rows), n_boot)).astype(float)
-            g = np.einsum("rbw,rwd->rbd", cstar, a)
-            Hs = np.einsum("rbw,rwde->rbde", cstar, H)
+            g = np.matmul(cstar, a)  # the counts enter linearly: [r, b, W] @ [r, W, .]
+            Hs = np.matmul(cstar, H.reshape(len(rows), W, d * d)).reshape(len(rows), n_boot, d, d)
         else:
             iu = np.triu_indices(d)
             v = np.concatenate([a, H[:, :, iu[0], iu[1]]], -1)  # [r, W, D]
-            mean = np.einsum("rw,rwk->rk", p, v)
+            mean = np.matmul(p[:, None, :], v)[:, 0, :]
             dv = v - mean[:, None, :]
-            cov = np.einsum("rw,rwk,rwl->rkl", p, dv, dv) * N[:, None, None]
+            cov = np.matmul((dv * p[:, :, None]).transpose(0, 2, 1), dv) * N[:, None, None]
             D = v.shape[-1]
             jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
             L = _psd_sqrt(cov + jitter * np.eye(D))
             zs = rng.standard_normal((len(rows), n_boot, D))
-            vs = N[:, None, None] * mean[:, None, :] + np.einsum("rkl,rbl->rbk", L, zs)
+            vs = N[:, None, None] * mean[:, None, :] + np.matmul(zs, L.transpose(0, 2, 1))
             g = vs[..., :d]
             Hs = np.zeros((len(rows), n_boot, d, d))
             Hs[..., iu[0], iu[1]] = vs[..., d:]
@@ -421,8 +466,8 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     Returns dict of arrays: scale, scale_lo, scale_hi, shape, loglik, converged.
     """
     m = counts_ext.shape[0]
-    terms = lambda f, rows, lc, ls, sh: binned_terms(f, ext_edges, lc, ls, sh)  # noqa: E731
-    prob = _Problem(fam, counts_ext.astype(float), loc, terms)
+    terms = lambda f, rows, lc, ls, sh, full: binned_terms(f, ext_edges, lc, ls, sh, full)  # noqa: E731
+    prob = _Problem(fam, counts_ext.astype(float), loc, terms, keep_cells=bool(n_boot and m))
     x0 = _initial(fam, q, fallback_scale)
     x, LL, conv = newton_fit(prob, x0, _bounds(fam, None))
     res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
@@ -451,7 +496,7 @@ def fit_exact(fam: Family, values, loc, max_iter: int = 60):
     fin = np.isfinite(values)
     w = fin.astype(float)
     v = np.where(fin, values, np.nan)
-    terms = lambda f, rows, lc, ls, sh: exact_terms(f, v[rows], lc, ls, sh)  # noqa: E731
+    terms = lambda f, rows, lc, ls, sh, full: exact_terms(f, v[rows], lc, ls, sh)  # noqa: E731
     prob = _Problem(fam, w, loc, terms)
     qs = {p: np.nanquantile(v, p, axis=1) for p in (0.05, 0.25, 0.75, 0.95)}
     x0 = _initial(fam, qs, np.nanstd(v, axis=1))

@@ -75,9 +75,21 @@ def _gn_logpdf(z, beta):
     return np.log(beta) - np.log(2.0) - sp.gammaln(1.0 / beta) - np.abs(z) ** beta
 
 
+def _gammaincc(s, x):
+    """Regularised upper incomplete gamma Q(s, x), broadcast. torch's kernel agrees with
+    scipy's to ~1e-13 relative and runs ~2.5x faster on a CPU (it is the gennorm fits' cost);
+    scipy where torch is missing."""
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return sp.gammaincc(s, x)
+    t = [torch.from_numpy(np.ascontiguousarray(np.asarray(v, np.float64))) for v in (s, x)]
+    return torch.special.gammaincc(*t).numpy()
+
+
 GENNORM = Family(
     "gennorm", 1,
-    lower_tail=lambda a, b: 0.5 * sp.gammaincc(1.0 / b, a ** b),
+    lower_tail=lambda a, b: 0.5 * _gammaincc(1.0 / b, a ** b),
     logpdf=_gn_logpdf,
     zg=lambda z, b: -b * np.abs(z) ** b,
     zzgp=lambda z, b: -b * (b - 1) * np.abs(z) ** b,

@@ -177,11 +177,28 @@ def moment_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 _COMPILED: dict = {}
 
 
+def compile_cache_dir() -> str:
+    """Where the recorder's compiled kernels are cached on disk: ``$TORCHINDUCTOR_CACHE_DIR``
+    when set, else ``inductor`` in gradscope's cache folder (``gradscope.data.cache``: one
+    per-user place, not torch's /tmp default that a reboot or a tmp cleaner empties, which
+    would make the next run pay the 10-60 s compile again). Sets the variable for Inductor."""
+    d = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").strip()
+    if not d:
+        from gradscope.data.cache import default_cache_dir  # noqa: PLC0415
+
+        d = os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), "inductor")
+    return d
+
+
+def _torch_compile(fn):
+    compile_cache_dir()
+    return torch.compile(fn, dynamic=True, fullgraph=True, options={"assert_indirect_indexing": False})
+
+
 def _compiled(fn):
     c = _COMPILED.get(fn)
     if c is None:
-        c = _COMPILED[fn] = torch.compile(fn, dynamic=True, fullgraph=True,
-                                          options={"assert_indirect_indexing": False})
+        c = _COMPILED[fn] = _torch_compile(fn)
     return c
 
 
@@ -195,8 +212,7 @@ def _compiled_bin(bits: int, dtype: torch.dtype):
 
         def kernel(xi, x, lut, thr):
             return _bin(xi, x, lut, thr, shift, m, dtype)
-        c = _COMPILED[key] = torch.compile(kernel, dynamic=True, fullgraph=True,
-                                           options={"assert_indirect_indexing": False})
+        c = _COMPILED[key] = _torch_compile(kernel)
     return c
 
 

@@ -145,15 +145,55 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
     A run directory may come from elsewhere: a user model (``module:callable``) named in its
     config is imported only when ``model`` names the same model (``--model`` on the command
     line), so opening a run never imports code on the run's say-so."""
-    from gradscope.schedules import schedule_from_config  # noqa: PLC0415
-    from gradscope.train.context import build_context  # noqa: PLC0415
     from gradscope.train.loop import correct_per_example  # noqa: PLC0415
     from gradscope.train.trainer import RoundTrainer  # noqa: PLC0415
 
-    paths = RunPaths(out)
     dest = candidate_path(out, k, max_lr, seed)
     if dest.exists():
         return check_result(load_torch(dest, what="Oracle candidate result", required=("result",))["result"], dest)
+    cfg, ctx, info, base = _open_round(out, k, threads, model)
+    factory = base.with_peak(max_lr)
+    s = candidate_seed(cfg.train.seed, seed)
+    ctx.train_loader.seed = s
+    torch.manual_seed(s)
+    t0 = time.perf_counter()
+    try:
+        res = RoundTrainer(ctx, cfg.train, cfg.to_dict()).train(info, factory)
+        epochs = [e.to_dict() for e in res.epochs]
+        last = res.last
+        correct = correct_per_example(ctx.net, ctx.val_loader, ctx.device, cfg.train.amp) \
+            if ctx.val_loader is not None else torch.zeros(0, dtype=torch.bool)
+        result = {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": last.val_acc, "test_acc": last.test_acc,
+                  "train_loss": last.train_loss, "diverged": False}
+    except Diverged as d:  # a legitimate outcome of a too-large max_lr: nothing right
+        epochs = []
+        correct = torch.zeros(ctx.n_val, dtype=torch.bool)
+        result = _diverged_result(k, max_lr, seed, d.loss)
+    result["time_s"] = time.perf_counter() - t0
+    result["device"] = ctx.device.type
+    _save_candidate(dest, result, ctx.model.state_dict(), epochs, correct)
+    return result
+
+
+def _diverged_result(k: int, max_lr: float, seed: int, loss: float) -> dict:
+    return {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": 0.0, "test_acc": 0.0,
+            "train_loss": float(loss) if math.isfinite(loss) else None, "diverged": True}
+
+
+def _save_candidate(dest, result: dict, model_state: dict, epochs: list, correct: torch.Tensor) -> None:
+    """A candidate's result file (what ``OracleRounds`` reads), then its fault point."""
+    save_torch({"result": result, "model": model_state, "epochs": epochs,
+                "val_correct": correct.to(torch.uint8)}, dest)
+    faults.point("candidate", result["round"], fmt_lr(result["max_lr"]), result["seed"])
+
+
+def _open_round(out: str, k: int, threads: Optional[int], model: Optional[str]):
+    """Config, context (the round's start state loaded), RoundInfo and schedule factory of
+    round ``k`` of the Oracle run ``out``, for its candidates."""
+    from gradscope.schedules import schedule_from_config  # noqa: PLC0415
+    from gradscope.train.context import build_context  # noqa: PLC0415
+
+    paths = RunPaths(out)
     start = paths.oracle_start(k)
     if not start.exists():
         raise GradscopeError(f"{start} is missing: run `gradscope oracle` with this --out first")
@@ -182,30 +222,48 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     info = RoundInfo.from_dict(ck["info"])
     mode = rewind_mode(cfg)
-    factory = round_schedule(schedule_from_config(cfg.schedule), mode, k).with_peak(max_lr)
-    s = candidate_seed(cfg.train.seed, seed)
-    ctx.train_loader.seed = s
-    torch.manual_seed(s)
+    return cfg, ctx, info, round_schedule(schedule_from_config(cfg.schedule), mode, k)
+
+
+def run_candidates_batched(out: str, k: int, specs: Sequence[tuple[float, int]], threads: Optional[int] = None,
+                           model: Optional[str] = None) -> list[dict]:
+    """Train the (max_lr, seed) candidates ``specs`` of round ``k`` as one vmapped model
+    (``gradscope.train.batched.train_batched``) and write each one's result file, the same file
+    ``run_candidate`` writes (equal to float tolerance). Finished candidates are skipped;
+    a run whose candidates cannot be batched (AdamW, dropout, ...) runs them one by one."""
+    from gradscope.train.batched import train_batched, unbatchable  # noqa: PLC0415
+
+    todo = [(float(v), int(s)) for v, s in specs if not candidate_path(out, k, v, s).exists()]
+    if not todo:
+        return [run_candidate(out, k, v, s, threads, model) for v, s in specs]
+    cfg, ctx, info, base = _open_round(out, k, threads, model)
+    if unbatchable(ctx.model, cfg.train) or len(todo) == 1:
+        return [run_candidate(out, k, v, s, threads, model) for v, s in specs]
     t0 = time.perf_counter()
     try:
-        res = RoundTrainer(ctx, cfg.train, cfg.to_dict()).train(info, factory)
-        epochs = [e.to_dict() for e in res.epochs]
-        last = res.last
-        correct = correct_per_example(ctx.net, ctx.val_loader, ctx.device, cfg.train.amp) \
-            if ctx.val_loader is not None else torch.zeros(0, dtype=torch.bool)
-        result = {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": last.val_acc, "test_acc": last.test_acc,
-                  "train_loss": last.train_loss, "diverged": False}
-    except Diverged as d:  # a legitimate outcome of a too-large max_lr: nothing right
-        epochs = []
-        correct = torch.zeros(ctx.n_val, dtype=torch.bool)
-        result = {"round": k, "max_lr": max_lr, "seed": seed, "val_acc": 0.0, "test_acc": 0.0,
-                  "train_loss": float(d.loss) if math.isfinite(d.loss) else None, "diverged": True}
-    result["time_s"] = time.perf_counter() - t0
-    result["device"] = ctx.device.type
-    save_torch({"result": result, "model": ctx.model.state_dict(), "epochs": epochs,
-                "val_correct": correct.to(torch.uint8)}, dest)
-    faults.point("candidate", k, fmt_lr(max_lr), seed)
-    return result
+        outs = train_batched(ctx, cfg.train, info, [base.with_peak(v) for v, _ in todo],
+                             [candidate_seed(cfg.train.seed, s) for _, s in todo])
+    except torch.cuda.OutOfMemoryError:  # K copies do not fit (the CUDA default is K = 8): one by one
+        import warnings  # noqa: PLC0415
+
+        del ctx
+        torch.cuda.empty_cache()
+        warnings.warn(f"gradscope: {len(todo)} batched Oracle candidates do not fit in GPU memory; training "
+                      f"them one after the other (use a smaller --batched)", RuntimeWarning)
+        return [run_candidate(out, k, v, s, threads, model) for v, s in specs]
+    share = (time.perf_counter() - t0) / len(todo)
+    for (v, s), o in zip(todo, outs):
+        if o.diverged:
+            result = _diverged_result(k, v, s, o.diverged[1])
+        else:
+            last = o.epochs[-1]
+            result = {"round": k, "max_lr": v, "seed": s, "val_acc": last.val_acc, "test_acc": last.test_acc,
+                      "train_loss": last.train_loss, "diverged": False}
+        result.update(time_s=share, device=ctx.device.type, batched=len(todo))
+        _save_candidate(candidate_path(out, k, v, s), result, o.state, [e.to_dict() for e in o.epochs],
+                        o.val_correct)
+    return [load_torch(candidate_path(out, k, v, s), what="Oracle candidate result", required=("result",))["result"]
+            for v, s in specs]
 
 
 RESULT_KEYS = ("round", "max_lr", "val_acc", "test_acc")
@@ -245,6 +303,25 @@ class InProcess:
             log(candidate_line(j, j.run()))
 
 
+class Batched:
+    """K jobs at a time as one vmapped model in this process (``run_candidates_batched``); each
+    job's result file is the one it would write alone. Pays where one small model leaves a
+    device idle (a GPU); on a CPU see bench/bench_oracle_exec.py."""
+
+    def __init__(self, k: int):
+        if int(k) != k or k < 2:
+            raise GradscopeError(f"--batched needs K >= 2 candidates at a time (1: one after the other), got {k}")
+        self.k = int(k)
+
+    def run(self, jobs, log):
+        for i in range(0, len(jobs), self.k):
+            chunk = jobs[i:i + self.k]
+            log(f"  oracle round {chunk[0].round}: {len(chunk)} candidates batched: " +
+                ", ".join(f"max_lr {fmt_lr(j.max_lr)} seed {j.seed}" for j in chunk))
+            run_candidates_batched(chunk[0].out, chunk[0].round, [(j.max_lr, j.seed) for j in chunk],
+                                   model=chunk[0].model)
+
+
 class PrintJobs:
     """Hand the jobs to another scheduler: print their commands and stop (exit 0)."""
 
@@ -255,11 +332,18 @@ class PrintJobs:
                                 f"again:\n{cmds}")
 
 
-def make_executor(workers: int = 1) -> Executor:
-    """0: print the jobs; 1: in this process; N > 1: N at a time on a local Ray instance
-    (``gradscope.train.ray_jobs``; it replaced a process pool that measured slower than sequential)."""
+def make_executor(workers: int = 1, batched: int = 1) -> Executor:
+    """0: print the jobs; 1: in this process (``batched`` K > 1: K at a time as one vmapped model);
+    N > 1: N at a time on a local Ray instance (``gradscope.train.ray_jobs``; it replaced a
+    process pool that measured slower than sequential)."""
     if int(workers) != workers or workers < 0:
         raise GradscopeError(f"--workers must be 0 (print the candidate commands) or a positive number, got {workers}")
+    if int(batched) != batched or batched < 0:
+        raise GradscopeError(f"--batched must be a whole number of candidates (0 or 1: off), got {batched}")
+    if batched > 1:
+        if workers != 1:
+            raise GradscopeError("--batched and --workers exclude each other (batched candidates run in this process)")
+        return Batched(batched)
     if workers > 1:
         from gradscope.train.ray_jobs import RayExecutor  # noqa: PLC0415
 
