@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from predictor_study import COMMON, CONFIGS, ORACLE_EXTRA, PROFILE_EXTRA, PROFILE_LR  # noqa: E402
+from predictor_study import COMMON, CONFIGS, ORACLE_EXTRA, PROFILE_EXTRA, PROFILE_LR, run_command  # noqa: E402
 
 RUNS = HERE / "runs" / "calibration"
 # issue 20's probes, measured at each round's start of a third run with the profile's recipe
@@ -54,9 +53,7 @@ def with_seed(args: list[str], seed: int) -> list[str]:
 
 def run(names: list[str], trajectories: list[int], threads: int | None, runs: Path,
         kinds: tuple[str, ...] = ("profile", "oracle"), workers: int = 1, data_root: str | None = None) -> None:
-    """Profile and Oracle of each configuration x trajectory (each command resumes where it stopped)."""
-    from gradscope.cli import main
-
+    """Profile, probes and Oracle of each configuration x trajectory (each command resumes where it stopped)."""
     for t in trajectories:
         for name in names:
             base = with_seed(CONFIGS[name] + COMMON, t) + (["--threads", str(threads)] if threads else [])
@@ -68,12 +65,8 @@ def run(names: list[str], trajectories: list[int], threads: int | None, runs: Pa
                                 ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers), "--no-record"])):
                 if kind not in kinds:
                     continue
-                out = runs / name / f"t{t}" / kind
-                t0 = time.perf_counter()
-                code = main(["prune" if kind == "probes" else kind, *base, *extra, "--out", str(out)])
-                print(f"[{name} t{t} {kind}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
-                if code:
-                    sys.exit(code)
+                run_command(["prune" if kind == "probes" else kind, *base, *extra, "--out",
+                             str(runs / name / f"t{t}" / kind)], f"{name} t{t} {kind}")
 
 
 def main_cli(argv=None) -> None:

@@ -49,8 +49,6 @@ ORACLE_EXTRA = ["--grid", GRID, "--seeds", "3", "--max-extend", "3"]
 def run(names: list[str], workers: int, threads: int | None, runs: Path, data_root: str | None = None,
         kinds: tuple[str, ...] = ("profile", "oracle")) -> None:
     """Profile and Oracle of each configuration (each command resumes where it stopped)."""
-    from gradscope.cli import main
-
     for name in names:
         base = CONFIGS[name] + COMMON + (["--threads", str(threads)] if threads else [])
         if data_root and "--data-root" in base:
@@ -59,12 +57,18 @@ def run(names: list[str], workers: int, threads: int | None, runs: Path, data_ro
                             ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers)])):
             if kind not in kinds:
                 continue
-            out = runs / name / kind
-            t0 = time.perf_counter()
-            code = main([kind, *base, *extra, "--out", str(out)])
-            print(f"[{name} {kind}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
-            if code:
-                sys.exit(code)
+            run_command([kind, *base, *extra, "--out", str(runs / name / kind)], f"{name} {kind}")
+
+
+def run_command(argv: list[str], label: str) -> None:
+    """One gradscope command in this process, timed; a failing one stops the study."""
+    from gradscope.cli import main
+
+    t0 = time.perf_counter()
+    code = main(argv)
+    print(f"[{label}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+    if code:
+        sys.exit(code)
 
 
 def main_cli(argv=None) -> None:
