@@ -227,6 +227,8 @@ def hostile_table(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["fit", h5, "--seed", str(2 ** 70)], "seed"),
         (["plot", "narrowing", h5, "--gamma", "nan", "-o", str(tmp / "n.png")], "gamma"),
         (["plot", "calibration", h5, "--statistic", "bogus", "-o", str(tmp / "c.png")], "bogus"),
+        (["calibrate", h5, "--lo", "1e20"], "lo"),  # found by scripts/fuzz_cli.py (accepted before)
+        (["calibrate", h5, "--gamma", "1e20"], "gamma"),  # a numpy overflow warning line, then the error
         (p("--model", "gs_user_models:forward_exits"), "exit"),
         (p("--model", "gs_user_models:build_exits"), "exit"),
     ]

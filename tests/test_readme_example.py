@@ -1,6 +1,7 @@
 """The README's 'attach the recorder to your own training loop' example runs as written:
 record (the Python block) -> fit -> calibrate (the shell block that follows it)."""
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -85,7 +86,12 @@ def test_readme_plain_loop_without_rounds_is_round_0(tmp_path):
         loss.backward()
         rec.step()
         opt.step()
+    from gradscope.store.diskio import run_file_lock_path
+
+    lock = run_file_lock_path(str(tmp_path / "run.h5"))
+    assert os.path.exists(lock)  # the recorder's writer holds the run file while it records
     rec.close()
+    assert not os.path.exists(lock)  # close() releases it at once (it lasted until garbage collection)
     with open_run(tmp_path / "run.h5") as r:
         rounds = r.rounds()
         assert list(rounds["round"]) == [0] and rounds["max_lr"][0] == 0.1 and rounds["sparsity"][0] == 0.0

@@ -618,6 +618,8 @@ class GradientRecorder:
             if self._opt_hook is not None:
                 self._opt_hook.remove()
                 self._opt_hook = None
+            if self.writer is not None:  # releases the run file's writer lock (.NAME.lock) now, not at exit
+                self.writer.close()
 
     def __enter__(self) -> "GradientRecorder":
         return self
