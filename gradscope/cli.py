@@ -131,8 +131,11 @@ def _cmd_fit(ns) -> int:
     from gradscope.fit import TREND_WORDING, check_fit_options, fit_run, narrowing_heading
     from gradscope.fit.run import format_narrowing, format_trend
     models = tuple(m.strip() for m in ns.models.split(","))
-    if models == ("",):
-        raise GradscopeError("--models is empty: name at least one family to fit (e.g. --models normal,laplace)")
+    if models == ("none",):  # the exact statistics (std, mean |g|) and the binned ones only: no family fitted
+        models = ()
+    elif models == ("",):
+        raise GradscopeError("--models is empty: name at least one family to fit (e.g. --models normal,laplace), "
+                             "or --models none for the exact and binned statistics only")
     if "" in models:
         raise GradscopeError(f"--models {ns.models!r} has an empty name; separate families by single commas")
     path = run_file(ns.run)
@@ -448,7 +451,8 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
     s.add_argument("--per", choices=("round", "window"), default="round",
                    help="fit per round or per window (default: round)")
     s.add_argument("--models", default="normal,laplace,t,gennorm", metavar="LIST",
-                   help="comma-separated distribution families (default: normal,laplace,t,gennorm)")
+                   help="comma-separated distribution families, or none for the exact and binned statistics only "
+                        "(default: normal,laplace,t,gennorm)")
     s.add_argument("--statistic", default="std", metavar=STATISTIC_METAVAR,
                    help="statistic whose narrowing is printed: std, meanabs (exact), iqr, mad (from the histogram), "
                         "or a fitted family's scale (default: std)")

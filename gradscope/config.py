@@ -194,7 +194,7 @@ class RunConfig:
             raise GradscopeError("--out must name a run directory, got an empty string")
         long = [part for part in self.out.split("/") if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX]
         if long:
-            raise GradscopeError(f"--out has a name of {len(long[0])} characters ({long[0][:20]}...); file systems "
+            raise GradscopeError(f"--out has a name too long: {len(long[0])} characters ({long[0][:20]}...); file systems "
                                  f"allow at most {NAME_MAX} bytes per name")
         if not self.record.record:
             given = [flag_name(f) for f in fields(RecordConfig)

@@ -88,8 +88,11 @@ def test_ddp_profile_matches_single_process(single):
         ma, mb = (r.moments().sort_values(keys).reset_index(drop=True) for r in (a, b))
         assert len(ma) == len(mb) > 0
         assert (ma["count"].to_numpy() == mb["count"].to_numpy()).all()
-        for col in ("sum", "sumsq"):
-            np.testing.assert_allclose(mb[col].to_numpy(), ma[col].to_numpy(), rtol=2e-3, atol=1e-12)
+        np.testing.assert_allclose(mb["sumsq"].to_numpy(), ma["sumsq"].to_numpy(), rtol=2e-3, atol=1e-12)
+        # the signed sum cancels (here 1.31 of a sum|g| of 39): its rounding error from the two ranks'
+        # reduction order scales with sum|g|, not with the sum itself
+        a, b, scale = ma["sum"].to_numpy(), mb["sum"].to_numpy(), ma["sumabs"].to_numpy()
+        assert (np.abs(b - a) <= 2e-3 * np.abs(a) + 2e-4 * scale).all(), np.c_[a, b, scale]
 
 
 def test_ddp_killed_and_resumed_matches_single_process(single):

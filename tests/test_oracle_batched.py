@@ -45,7 +45,11 @@ def test_batched_candidates_equal_sequential_ones(tiny_config, tmp_path, monkeyp
             assert eb["lr"] == pytest.approx(ea["lr"], rel=1e-6) and eb["epoch"] == ea["epoch"]
         assert a["model"].keys() == b["model"].keys()
         for n, t in a["model"].items():  # weight_orig (pruned entries included), masks, BatchNorm statistics
-            torch.testing.assert_close(b["model"][n].float(), t.float(), rtol=1e-4, atol=1e-5, msg=f"{key} {n}")
+            # float32 sums in another order (vmapped kernels): differences of ~1e-5 of the tensor's scale
+            # after an epoch at the largest stable max_lr (measured 6e-5 there, 2e-6 at the others)
+            scale = float(t.float().abs().max()) if t.numel() else 1.0
+            torch.testing.assert_close(b["model"][n].float(), t.float(), rtol=1e-4, atol=2e-4 * max(scale, 1e-6),
+                                       msg=f"{key} {n}")
     # the Oracle chose the same candidate in both runs
     ra, rb = (json.loads((tmp_path / d / "rounds.json").read_text()) for d in ("seq", "bat"))
     assert [r["max_lr"] for r in ra] == [r["max_lr"] for r in rb]

@@ -140,7 +140,7 @@ def test_killed_worker_is_rerun_and_the_command_continues(ray_address, reference
     out = reference.parent / "killed"
     args = [*ORACLE, "--cache-dir", str(reference.parent / "cache"), "--out", str(out)]
     assert main([*args, "--workers", "0"]) == 0  # round 0's start state, candidates printed
-    killed = _KilledOnce(str(out), 0, 0.05, 0, str(out / "killed-once"))
+    killed = _KilledOnce(str(out), 0, 0.05, 0, marker=str(out / "killed-once"))
     jobs = [CandidateJob(str(out), 0, 0.02), killed, CandidateJob(str(out), 0, 0.2)]
     RayExecutor(ray_address, max_retries=2).run(jobs, log=lambda s: None)
     assert Path(killed.marker).exists() and all(j.done for j in jobs)  # it died once, then finished

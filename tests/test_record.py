@@ -768,13 +768,13 @@ def test_layer_without_grad_on_some_steps_against_numpy(tmp_path):
 def test_window_numbers_are_step_div_n_with_gaps(tmp_path):
     """Issue 22 item 8: with window=N a window is numbered step // N (docs/hdf5-format.md), so a
     window holding no recorded step leaves a gap: every=3, window=2 records steps 0, 3, 6 as
-    windows 0, 1, 3."""
+    windows 0, 1, 3, whose spans (every optimizer step, recorded or not) start at 0, 2, 6."""
     net = _mlp()
     rec = GradientRecorder(net, tmp_path / "g.h5", window=2, every=3)
     _train(net, rec, 8)
     rec.close()
     m = open_run(tmp_path / "g.h5").moments(layer="0")
-    assert list(m.window) == [0, 1, 3] and list(m.step_start) == [0, 3, 6] and (m.steps == 1).all()
+    assert list(m.window) == [0, 1, 3] and list(m.step_start) == [0, 2, 6] and (m.steps == 1).all()
 
 
 def test_epoch_windows_are_epoch_numbers_uninterrupted_and_resumed(tmp_path):
@@ -806,7 +806,7 @@ def test_epoch_windows_are_epoch_numbers_uninterrupted_and_resumed(tmp_path):
             rec.close() if e1 == 3 else rec._disc.remove()
         m = open_run(path).moments(layer="0")
         keys.append(list(zip(m["round"], m["window"], m["step_start"])))
-    assert keys[0] == keys[1] == [(0, 0, 0), (0, 2, 10)]
+    assert keys[0] == keys[1] == [(0, 0, 0), (0, 2, 8)]  # epoch 2's span starts at its first step
 
 
 def test_huge_gradients_overflowing_population_sums_are_reported(tmp_path, capsys):

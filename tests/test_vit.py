@@ -293,7 +293,7 @@ def test_profile_fit_calibrate_vit_tiny_cifar10_adamw(tmp_path, capsys, real_cac
         assert (r4["count"] < r0["count"].to_numpy()).all()  # pruned: survivors only
         summ = run.round_summary()
 
-    assert main(["fit", str(h5), "--models", "", "--bootstrap", "0"]) == 0
+    assert main(["fit", str(h5), "--models", "none", "--bootstrap", "0"]) == 0
     fit_out = capsys.readouterr().out
     assert "Pooled narrowing of GELU-fed layers: std" in fit_out
     table = fit_out.split(":\n", 1)[1].split("\n\n", 1)[0].splitlines()

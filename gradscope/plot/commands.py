@@ -146,7 +146,7 @@ def register(subparsers) -> None:
                    help="schedule: fraction pruned per round (default: 0.2)")
     s.add_argument("--steps", type=int, default=100, metavar="N", help="schedule: steps per round drawn (default: 100)")
     s.add_argument("--peaks", action="store_true", help="schedule: plot max_lr per round instead of the per-step LR")
-    s.add_argument("--probe", default=None, help="probes: one predictor (e.g. sharpness, lr-range:steep), or "
+    s.add_argument("--probe", default=None, metavar="NAME", help="probes: one predictor (e.g. sharpness, lr-range:steep), or "
                    "lr-range for the range test's curves (default: the implied max_lr of every recorded probe)")
     s.add_argument("--probes-at", choices=("start", "epoch1"), default="start",
                    help="probes: measured at the round's start or after its first epoch (default: start)")

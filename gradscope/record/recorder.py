@@ -469,7 +469,10 @@ class GradientRecorder:
             rows["round"], rows["epoch"], rows["window"] = self.round, self.epoch, self._win
             # the window's first and last optimizer step, recorded or not (with every=k a round's
             # length stays known: round k of an export starts where round k-1 ended)
-            rows["step_start"] = min(self._win_start, self._span_start)
+            start = min(self._win_start, self._span_start)
+            if self.window is not None:  # window w of step // N spans steps w*N .. (w+1)*N - 1
+                start = max(start, self._win * self.window)
+            rows["step_start"] = start
             rows["step_end"] = max(self._win_last, self._step - 1)
             rows["layer"] = [i.index for i in self.recorded]
             if "view" in mom.dtype.names:
@@ -677,6 +680,7 @@ class GradientRecorder:
         self.epoch = int(state.epoch)
         if self.window is None and self._win_start is None:  # one window per epoch: window = epoch,
             self._win = self.epoch  # also when an earlier epoch recorded no step (every=k), as on resume
+            self._span_start = self._step  # and its span is this epoch's steps, resumed or not
 
     def on_after_backward(self, state) -> None:
         self.step(getattr(state, "scaler", None))

@@ -48,9 +48,13 @@ def comparable_config(cfg: dict) -> dict:
 
 
 def config_hash(cfg: dict) -> str:
-    """SHA-256 of a config's comparable part (canonical JSON): stored in every checkpoint, so a
+    """SHA-256 of a config's comparable part (canonical JSON) without the keys a resume may
+    change (``_EXTENSIBLE``: more rounds extend a finished run): stored in every checkpoint, so a
     checkpoint from another run is recognised before it is resumed."""
-    text = json.dumps(comparable_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    comp = comparable_config(cfg)
+    for s, k in _EXTENSIBLE:
+        comp.get(s, {}).pop(k, None)
+    text = json.dumps(comp, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
