@@ -214,8 +214,8 @@ def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
 
 def analyse(results: Path) -> None:
     """Every table of docs/findings.md's calibration study from ``results/data`` alone."""
-    from gradscope.oracle_stats import (OracleRound, fit_optimum, judge, power_line, score_predictions,  # noqa: PLC0415
-                                        trajectory, verdict_table)
+    from gradscope.oracle_stats import (OracleRound, fit_optimum, judge, power_line, round_regrets,  # noqa: PLC0415
+                                        score_predictions, trajectory, verdict_table)
 
     data = load(results / "data")
     if not data:
@@ -268,7 +268,6 @@ def analyse(results: Path) -> None:
         sc = score_predictions(rounds_all, predicted, constant="constant max_lr")
         sc.insert(0, "config", cfg)
         scores.append(sc)
-        from gradscope.oracle_stats import round_regrets  # noqa: PLC0415
         rr, _ = round_regrets(rounds_all, predicted)
         rr.insert(0, "config", cfg)
         per_round.append(rr)

@@ -20,7 +20,8 @@ from scipy.special import expit, logit
 
 from gradscope import GradscopeError
 from gradscope.calibrate.evidence import evidence_lines
-from gradscope.calibrate.gate import MIN_DOF, MIN_RISE, density_part, gate_lines, gate_sentence, null_gate, rounds_needed  # noqa: F401
+from gradscope.calibrate.gate import (MIN_DOF, MIN_RISE, density_part, gate_lines, gate_sentence,  # noqa: F401
+                                      null_gate, rounds_needed, slope_ci)
 from gradscope.schedules.curves import planned_pruned_fraction, s_curve
 from gradscope.views import DEFAULT_VIEW, DEFAULT_WINDOW
 
@@ -217,16 +218,10 @@ def rise_test(x, implied, level: float = 0.95) -> dict:
     or "flat" (CI includes 0, or fewer than 3 points / one x value)."""
     x, y = np.asarray(x, float), np.asarray(implied, float)
     keep = np.isfinite(x) & np.isfinite(y) & (y > 0)
-    x, y = x[keep], y[keep]
-    if len(x) < 3 or np.ptp(x) == 0:
-        return {"status": "flat", "slope": float("nan"), "slope_lo": float("nan"), "slope_hi": float("nan"),
-                "n": int(len(x)), "level": level}
-    r = stats.linregress(x, np.log(y))
-    tq = t_quantile(len(x) - 2, level)
-    lo, hi = r.slope - tq * r.stderr, r.slope + tq * r.stderr
-    status = "supported" if lo > 0 else ("falling" if hi < 0 else "flat")
-    return {"status": status, "slope": float(r.slope), "slope_lo": float(lo), "slope_hi": float(hi),
-            "n": int(len(x)), "level": level}
+    r = slope_ci(x[keep], np.log(y[keep]), level)  # the gate's OLS with its Student-t CI
+    lo, hi = r["lo"], r["hi"]
+    status = "supported" if lo > 0 else ("falling" if hi < 0 else "flat")  # NaN (< 3 points, one x): flat
+    return {"status": status, "slope": r["slope"], "slope_lo": lo, "slope_hi": hi, "n": int(r["n"]), "level": level}
 
 
 STATUS_WORDS = {
