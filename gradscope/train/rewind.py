@@ -70,14 +70,30 @@ def rewind_mode(cfg) -> str:
     return REWINDS.key(cfg.prune.rewind or implied_rewind(cfg.schedule.schedule))
 
 
-def round_schedule(factory, mode: str, k: int):
-    """The schedule of round k: ``factory``, or the mode's forced schedule after round 0."""
+def round_schedule(factory, mode: str, k: int, round0=None):
+    """The schedule of round k: ``factory``, or the mode's forced schedule after round 0.
+
+    ``finetune`` fine-tunes at the final LR of the original training, as Renda et al. 2020
+    define FT ("fine-tune at the final learning rate of the original training"): given
+    ``round0`` (round 0's RoundInfo), that is ``factory``'s LR at round 0's last step (0.01 x
+    max_lr for lth's warm-up-step); without it, or when that LR is 0 (cosine), the finetune
+    registry default (0.001).
+    """
     forced = REWINDS.get(mode).schedule
     if forced and k > 0 and factory.name != forced:
         from gradscope.schedules import get_schedule  # noqa: PLC0415
 
-        return get_schedule(forced)
+        final = final_lr(factory, round0) if forced == "finetune" else None
+        return get_schedule(forced, **({"max_lr": final} if final else {}))
     return factory
+
+
+def final_lr(factory, info) -> "Optional[float]":
+    """``factory``'s LR at the last step of the round ``info`` describes (None if unknown or 0)."""
+    if info is None or not hasattr(factory, "lrs"):
+        return None
+    lr = float(factory.lrs(info)[-1])
+    return lr if lr > 0 else None
 
 
 class PreviousWeights:

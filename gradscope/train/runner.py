@@ -341,8 +341,10 @@ class PruningRun:
             rewind_point=rec.get("rewind_point", "-"))
 
     def factory_for_round(self, k: int):
-        """The schedule of round k: the run's, or fine-tuning after round 0 with --rewind finetune."""
-        return round_schedule(self.factory, self.rewind, k)
+        """The schedule of round k: the run's, or fine-tuning after round 0 with --rewind finetune
+        (at round 0's final LR: rewind.round_schedule)."""
+        r0 = self.trainer.round_info(0, sparsity=0.0, prev_sparsity=0.0, prune_rate=self.cfg.prune.prune_rate)
+        return round_schedule(self.factory, self.rewind, k, r0 if k > 0 else None)
 
     def _persist(self, res: RoundResult) -> None:
         """round_K.pt and rounds.json for a finished round (idempotent: rewritten in full)."""
