@@ -57,7 +57,16 @@ def ray_address():
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'gradscope[ray]'); not installed")
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + (old or "")  # Ray's workers import this gradscope
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray gives its raylet a hard-coded 30 s to register (ray/_private/node.py), which a loaded
+    # machine can miss: a failed start is retried (a timing of Ray's, not of what is tested)
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception("...timed out during startup")
+            ray.shutdown()
+            if "timed out" not in str(e) or attempt == 2:
+                raise
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

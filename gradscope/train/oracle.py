@@ -171,6 +171,7 @@ def run_candidate(out: str, k: int, max_lr: float, seed: int = 0, threads: Optio
         result = _diverged_result(k, max_lr, seed, d.loss)
     result["time_s"] = time.perf_counter() - t0
     result["device"] = ctx.device.type
+    result["config_sha256"] = run_config_hash(RunPaths(out))
     _save_candidate(dest, result, ctx.model.state_dict(), epochs, correct)
     return result
 
@@ -185,6 +186,40 @@ def _save_candidate(dest, result: dict, model_state: dict, epochs: list, correct
     save_torch({"result": result, "model": model_state, "epochs": epochs,
                 "val_correct": correct.to(torch.uint8)}, dest)
     faults.point("candidate", result["round"], fmt_lr(result["max_lr"]), result["seed"])
+
+
+def run_config_hash(paths: RunPaths) -> Optional[str]:
+    """The config hash (runner.config_hash) of the run whose config.json is at ``paths``, None if unreadable."""
+    from gradscope.train.runner import config_hash  # noqa: PLC0415 - the runner imports this module
+
+    try:
+        return config_hash(json.loads(paths.config.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+
+
+def check_oracle_dir(paths: RunPaths) -> None:
+    """Refuse to write Oracle files through a symlinked ``RUN/oracle`` (or round folder) or one that
+    leads out of the run directory: the Oracle writes only inside its own run."""
+    root = paths.root.resolve()
+    for d in (paths.oracle, *sorted(paths.oracle.glob("round_*"))):
+        if d.is_symlink() or (d.exists() and not d.resolve().is_relative_to(root)):
+            raise GradscopeError(f"{d} is a symlink or leads out of {paths.root}: the Oracle writes only inside its "
+                                 "run directory; replace it with a real folder or use another --out")
+
+
+def _check_start(ck: dict, start, k: int, expected: Optional[str]) -> None:
+    """A round start state must be round ``k``'s of this run (config hash, where stored)."""
+    info = ck.get("info")
+    rk = info.get("round") if isinstance(info, dict) else None
+    if rk != k:
+        raise GradscopeError(f"{start} is the start state of round {rk!r}, not of round {k}: delete it to let "
+                             "`gradscope oracle` write it again")
+    saved = ck.get("config_sha256")
+    if saved is not None and expected is not None and saved != expected:
+        raise GradscopeError(f"{start} belongs to another run (its config hash differs from "
+                             f"{RunPaths(start.parent.parent.parent).config}): delete that round's folder or use "
+                             "another --out")
 
 
 def _open_round(out: str, k: int, threads: Optional[int], model: Optional[str]):
@@ -215,6 +250,7 @@ def _open_round(out: str, k: int, threads: Optional[int], model: Optional[str]):
         cfg.train.threads = threads
     ctx = build_context(cfg)
     ck = load_torch(start, what="Oracle round start state", required=("model", "info"))
+    _check_start(ck, start, k, run_config_hash(paths))
     try:
         ctx.model.load_state_dict(ck["model"])
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:
@@ -259,7 +295,8 @@ def run_candidates_batched(out: str, k: int, specs: Sequence[tuple[float, int]],
             last = o.epochs[-1]
             result = {"round": k, "max_lr": v, "seed": s, "val_acc": last.val_acc, "test_acc": last.test_acc,
                       "train_loss": last.train_loss, "diverged": False}
-        result.update(time_s=share, device=ctx.device.type, batched=len(todo))
+        result.update(time_s=share, device=ctx.device.type, batched=len(todo),
+                      config_sha256=run_config_hash(RunPaths(out)))
         _save_candidate(candidate_path(out, k, v, s), result, o.state, [e.to_dict() for e in o.epochs],
                         o.val_correct)
     return [load_torch(candidate_path(out, k, v, s), what="Oracle candidate result", required=("result",))["result"]
@@ -280,6 +317,17 @@ def check_result(r: Any, path) -> dict:
         raise GradscopeError(f"{path} is not a gradscope Oracle candidate file: its 'result' is {what}; delete it "
                              "to run that candidate again")
     return r
+
+
+def _check_candidate(r: dict, path, k: int, max_lr: float, seed: int, expected: Optional[str]) -> None:
+    """A candidate file must hold the (round, max_lr, seed) its name says, of this run (config hash, where stored)."""
+    if r["round"] != k or not math.isclose(r["max_lr"], max_lr, rel_tol=1e-9) or r.get("seed", seed) != seed:
+        raise GradscopeError(f"{path} holds round {r['round']}, max_lr {r['max_lr']:g}, seed {r.get('seed')}, not "
+                             f"round {k}, max_lr {max_lr:g}, seed {seed}: delete it to run that candidate again")
+    saved = r.get("config_sha256")
+    if saved is not None and expected is not None and saved != expected:
+        raise GradscopeError(f"{path} was trained by another run (its config hash differs): delete it to run that "
+                             "candidate again")
 
 
 class Executor(Protocol):
@@ -359,6 +407,10 @@ def load_candidates(out, k: int, grid: Sequence[float], seeds: int) -> tuple[lis
               for s in range(seeds)] for v in grid]
     results = [check_result(c["result"], candidate_path(out, k, v, s))
                for v, row in zip(grid, cands) for s, c in enumerate(row)]
+    expected = run_config_hash(RunPaths(out))
+    for v, row in zip(grid, cands):
+        for s, c in enumerate(row):
+            _check_candidate(c["result"], candidate_path(out, k, v, s), k, v, s, expected)
     correct = np.stack([np.stack([np.asarray(c["val_correct"], bool) for c in row]) for row in cands])
     return results, [row[0] for row in cands], correct
 
@@ -400,8 +452,10 @@ class OracleRounds:
                            steps_per_epoch=run.ctx.steps_per_epoch, epochs=run.cfg.train.epochs,
                            config=run.cfg.to_dict())
         call_all(callbacks, "on_round_start", state)
+        check_oracle_dir(paths)
         if not paths.oracle_start(k).exists():
-            save_torch({"model": run.ctx.model.state_dict(), "info": info.to_dict()}, paths.oracle_start(k))
+            save_torch({"model": run.ctx.model.state_dict(), "info": info.to_dict(),
+                        "config_sha256": run_config_hash(paths)}, paths.oracle_start(k))
             faults.point("oracle-start", k)
         grid = list(self.grid)
         user_model = run.cfg.model.model if ":" in run.cfg.model.model else None  # named by this command
