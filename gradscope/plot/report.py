@@ -254,7 +254,7 @@ def probes_html(run_dir) -> str:
                     except (GradscopeError, KeyError, TypeError, ValueError):
                         continue
                 if not curves:
-                    raise GradscopeError("no probe with a usable round 0")
+                    raise GradscopeError("no probe this gradscope knows has a usable round 0")
                 parts.append(_figure(plot_probes.draw_probes(curves, max_lr0, at), f"probes' implied max_lr ({at})", (
                     f"The max_lr each probe implies per round ({_WHEN.get(at, at)}), each probe's first rule, one "
                     f"constant fitted on round 0 so that every line starts at round 0's max_lr {max_lr0:.4g} (dotted: "
