@@ -115,6 +115,10 @@ class ScheduleConfig:
                                 "(default: planned)", choices=("planned", "measured"))
     orig_epochs: Optional[int] = _f(None, "ALLR and LRR: epochs of the original training T_orig (default: "
                                           "the round's epochs: ALLR's peak is then max_lr, LRR re-runs the whole schedule)", gt=0)
+    predictor: Optional[str] = _f(None, "silo-auto: calibrate from this probe's per-round values (one of --probes: "
+                                        "lr-range[:RULE], sharpness, bn-norm, noise-scale, norm-drop) instead of the "
+                                        "recorded gradients; no recorder needed; keeps the fixed peak --lo until the "
+                                        "gate says supported (default: none, the gradients)")
 
 
 @dataclass
@@ -196,6 +200,10 @@ class RunConfig:
         if long:
             raise GradscopeError(f"--out has a name too long: {len(long[0])} characters ({long[0][:20]}...); file systems "
                                  f"allow at most {NAME_MAX} bytes per name")
+        if self.schedule.predictor is not None and self.schedule.schedule != "silo-auto":
+            raise GradscopeError(f"--predictor {self.schedule.predictor} sets how silo-auto calibrates itself; it needs "
+                                 f"--schedule silo-auto (the schedule is {self.schedule.schedule!r}); to calibrate a "
+                                 "finished run from a probe use `gradscope calibrate RUN --predictor NAME`")
         if not self.record.record:
             given = [flag_name(f) for f in fields(RecordConfig)
                      if f.name != "record" and getattr(self.record, f.name) != f.default]

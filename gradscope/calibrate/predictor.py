@@ -129,9 +129,12 @@ def curve_shape(points: pd.DataFrame) -> tuple[str, str]:
 
 def calibrate_predictor(run_dir, name: str, *, at: str = "start", lo: Optional[float] = None,
                         p: Optional[float] = None, lag: Optional[int] = None, x: str = "planned",
-                        min_points: Optional[int] = None) -> tuple[Calibration, pd.DataFrame, tuple[str, str]]:
+                        min_points: Optional[int] = None, fix_lo: bool = False
+                        ) -> tuple[Calibration, pd.DataFrame, tuple[str, str]]:
     """Calibrate SILO from probe ``name`` recorded in run directory ``run_dir``: the
-    Calibration (``calibrate_points``' gate), the per-round values and the curve's shape."""
+    Calibration (``calibrate_points``' gate), the per-round values and the curve's shape.
+    ``fix_lo``: pin the fitted lo to round 0's max_lr (``lo``, else rounds.json's), as
+    ``silo-auto --predictor`` does; otherwise lo is fitted like hi, beta and midpoint."""
     run_dir = Path(run_dir)
     if run_dir.is_file() and run_dir.suffix == ".h5":  # RUN/run.h5 given: its run directory
         run_dir = run_dir.parent
@@ -154,5 +157,7 @@ def calibrate_predictor(run_dir, name: str, *, at: str = "start", lo: Optional[f
            "model": (cfg.get("model") or {}).get("model"), "dataset": (cfg.get("data") or {}).get("dataset"),
            "view": "-", "window": "-"}
     kw = {} if min_points is None else {"min_points": min_points}
+    if fix_lo:
+        kw["fix_lo"] = float(max_lr0)
     cal = calibrate_points(pts, p=float(p), lag=lag, source=src, **kw)
     return cal, values, curve_shape(pts)

@@ -117,6 +117,165 @@ def check_run_readable(src: RunSource) -> None:
         raise GradscopeError(f"{src.h5} is damaged: {str(e).splitlines()[0]}") from None
 
 
+_PROBE_ORDER = {"start": 0, "epoch1": 1}
+_WHEN = {"start": "at each round's start (the pruned, rewound network)", "epoch1": "after each round's first epoch"}
+
+
+def _probe_records(run_dir) -> list:
+    """RUN/probes.json's records (checksum verified by ``read_probes``), each checked for the
+    fields the report reads; a GradscopeError says what is wrong."""
+    from gradscope.store.probes import read_probes  # noqa: PLC0415
+
+    recs = read_probes(run_dir, required=False)
+    for i, r in enumerate(recs):
+        ok = (isinstance(r, dict) and isinstance(r.get("probe"), str) and isinstance(r.get("at"), str)
+              and isinstance(r.get("round"), int) and not isinstance(r.get("round"), bool)
+              and isinstance(r.get("values"), dict) and all(isinstance(v, list) for v in r["values"].values())
+              and isinstance(r.get("cv", {}), dict))
+        if not ok:
+            raise GradscopeError(f"record {i} of probes.json lacks probe/at/round/values or has them of the wrong "
+                                 "type")
+    return recs
+
+
+def _num(v) -> float:
+    """A number from a record (None, strings, non-finite -> NaN)."""
+    import math  # noqa: PLC0415
+
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v) if math.isfinite(float(v)) else math.nan
+
+
+def probe_table_rows(recs: list, probe: str, at: str, implied: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """Per round of one probe measured ``at``: sparsity, the predictor's value (mean over
+    repeats), its implied max_lr, the cost (forward+backward passes, share of an Oracle round)
+    and the CV over repeats, with labelled column names."""
+    from gradscope.probes.registry import split_predictor  # noqa: PLC0415
+
+    spec, variant = split_predictor(probe)
+    key = variant or "value"
+    rows = []
+    for r in sorted((r for r in recs if r["probe"] == spec.name and r["at"] == at), key=lambda r: r["round"]):
+        vals = [_num(v) for v in r["values"].get(key, [])]
+        vals = [v for v in vals if v == v]
+        share = _num(r.get("share_of_oracle_round"))
+        rows.append({"round": r["round"], "sparsity (%)": 100 * _num(r.get("sparsity")),
+                     f"{spec.label} (mean over repeats)": sum(vals) / len(vals) if vals else float("nan"),
+                     "repeats": r.get("repeats") if isinstance(r.get("repeats"), int) else len(r["values"].get(key, [])),
+                     "CV over repeats": _num(r["cv"].get(key)) if isinstance(r.get("cv"), dict) else float("nan"),
+                     "cost (forward+backward passes)": _num(r.get("fb_equiv")),
+                     "cost (% of an Oracle round)": 100 * share,
+                     "_assumed": bool(r.get("oracle_cost_assumed"))})
+    t = pd.DataFrame(rows)
+    if implied is not None and len(t):
+        t.insert(3, "implied max_lr", t["round"].map(dict(zip(implied["round"], implied["implied_max_lr"]))))
+    return t
+
+
+def probes_html(run_dir) -> str:
+    """The run's probes: a section per recorded probe (and time of measurement) with its rule,
+    per-round table and one figure of every probe's implied max_lr (``plot probes``); '' when
+    the run has no probes.json; one line saying why when probes.json cannot be used."""
+    from gradscope.calibrate.predictor import _round0_max_lr, _run_config, predictor_points, predictor_values  # noqa: PLC0415
+    from gradscope.plot import probes as plot_probes  # noqa: PLC0415 - `plot probes`' drawing functions
+    from gradscope.probes.registry import PROBES  # noqa: PLC0415
+    from gradscope.store.probes import probes_path  # noqa: PLC0415
+
+    if run_dir is None or not (os.path.lexists(probes_path(run_dir))):
+        return ""
+    head = "<h3>Probes</h3>\n"
+    try:
+        recs = _probe_records(run_dir)
+    except GradscopeError as e:
+        return head + f'<p class="note">probes.json skipped: {html.escape(str(e))}</p>'
+    if not recs:
+        return head + '<p class="note">probes.json holds no records.</p>'
+    try:
+        max_lr0 = _round0_max_lr(Path(run_dir))
+        cfg = _run_config(Path(run_dir))
+    except GradscopeError:  # rounds.json or config.json unreadable: their own sections say so
+        max_lr0, cfg = None, {}
+    p = float((cfg.get("prune") or {}).get("prune_rate") or 0.2)
+    lag = int((cfg.get("schedule") or {}).get("lag") or 1)
+    parts = [head, '<p class="meta">RUN/probes.json, checksum verified. Value: the predictor\'s number, mean over '
+             "the probe's repeats (different probe seeds, i.e. batches); implied max_lr: its rule with the one constant "
+             "fitted on round 0 (round 0's max_lr"
+             + (f" = {max_lr0:.4g}" if max_lr0 else ", not in rounds.json yet: no implied column") + "); cost: the "
+             "median repeat's wall time over one timed forward+backward pass at the training batch size, and that as a "
+             "share of one Oracle round (grid points × seeds × epochs × steps per epoch passes).</p>"]
+    by_at = sorted({r["at"] for r in recs}, key=lambda a: (_PROBE_ORDER.get(a, 9), a))
+    for at in by_at:
+        for name in sorted({r["probe"] for r in recs if r["at"] == at}):
+            title = f"Probe {name}, measured {_WHEN.get(at, 'at ' + repr(at))}"
+            try:
+                spec = PROBES.get(name)
+            except GradscopeError:
+                parts.append(f"<h4>{html.escape(title)}</h4>\n<p class=\"note\">skipped: {html.escape(name)!s} is not "
+                             "a probe this gradscope knows</p>")
+                continue
+            pred = name if not spec.variants[0] else f"{name}:{spec.variants[0]}"
+            body = [f"<h4>{html.escape(title)}</h4>",
+                    f"<p>{html.escape(spec.label)}; implied rule: {html.escape(spec.rule)}"
+                    + (f" (rule shown: {html.escape(spec.variants[0])}; others: "
+                       f"{html.escape(', '.join(v for v in spec.variants[1:]))})" if spec.variants[0] else "") + "</p>"]
+            try:
+                implied = None
+                note = ""
+                if max_lr0:
+                    try:
+                        implied = predictor_points(predictor_values(recs, pred, at), pred, max_lr0=max_lr0, p=p, lag=lag)
+                    except GradscopeError as e:
+                        note = f'<p class="note">no implied max_lr: {html.escape(str(e))}</p>'
+                t = probe_table_rows(recs, pred, at, implied)
+                assumed = bool(len(t)) and bool(t["_assumed"].any())
+                t = t.drop(columns="_assumed")
+                if assumed:
+                    t = t.rename(columns={"cost (% of an Oracle round)": "cost (% of an Oracle round, 7 x 3 grid assumed)"})
+                if len(t) and t["CV over repeats"].isna().all():
+                    t = t.drop(columns="CV over repeats")
+                    note += ('<p class="meta">No CV: ' + ("a deterministic probe, measured once per round." if not spec.random
+                                                          else "fewer than 2 repeats recorded.") + "</p>")
+                body += [_table(t), note]
+            except (GradscopeError, KeyError, TypeError, ValueError) as e:  # a hostile record that passed its checksum
+                body.append(f'<p class="note">skipped: its records are malformed ({html.escape(type(e).__name__)}: '
+                            f"{html.escape(str(e).splitlines()[0] if str(e) else '')})</p>")
+            parts.append("\n".join(body))
+        if max_lr0:
+            try:
+                curves = {}
+                for n in sorted({r["probe"] for r in recs if r["at"] == at}):
+                    if n not in PROBES:
+                        continue
+                    pred = n if not PROBES.get(n).variants[0] else f"{n}:{PROBES.get(n).variants[0]}"
+                    try:  # as probe_curves (plot probes) does, a malformed probe left out rather than the figure
+                        curves[pred] = predictor_points(predictor_values(recs, pred, at), pred, max_lr0=max_lr0, p=p,
+                                                        lag=lag)
+                    except (GradscopeError, KeyError, TypeError, ValueError):
+                        continue
+                if not curves:
+                    raise GradscopeError("no probe this gradscope knows has a usable round 0")
+                parts.append(_figure(plot_probes.draw_probes(curves, max_lr0, at), f"probes' implied max_lr ({at})", (
+                    f"The max_lr each probe implies per round ({_WHEN.get(at, at)}), each probe's first rule, one "
+                    f"constant fitted on round 0 so that every line starts at round 0's max_lr {max_lr0:.4g} (dotted: "
+                    "that constant every round); log axis. A line above the dotted one says 'raise max_lr'. Read it "
+                    "with the Oracle: a probe predicts max_lr only where the Oracle's optimum moves the same way.")))
+            except (GradscopeError, KeyError, TypeError, ValueError) as e:
+                parts.append(f'<p class="note">no figure of the implied max_lr ({html.escape(at)}): '
+                             f"{html.escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}</p>")
+        lr = [r for r in recs if r["probe"] == "lr-range" and r["at"] == at and isinstance(r.get("result"), dict)]
+        if lr:
+            try:
+                parts.append(_figure(plot_probes.draw_lr_range(lr), f"LR range test ({at})", (
+                    "The range test per round: training loss (EMA 0.98, debiased) while the LR grows exponentially "
+                    "step by step; x: the divergence point (first LR whose smoothed loss exceeds 4 x the minimum); "
+                    "dotted: fastai's valley suggestion.")))
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                parts.append(f'<p class="note">no range-test figure ({html.escape(at)}): malformed curve '
+                             f"({html.escape(type(e).__name__)})</p>")
+    return "\n".join(parts)
+
+
 def _run_html(src: RunSource, bootstrap: int, view: str = DEFAULT_VIEW, window: str = DEFAULT_WINDOW) -> str:
     vw = {"view": view, "window": window}
     parts = [f"<h2>Run {html.escape(src.label)}</h2>",
@@ -125,6 +284,7 @@ def _run_html(src: RunSource, bootstrap: int, view: str = DEFAULT_VIEW, window: 
     parts.append(f"<details><summary>Configuration</summary><pre>{html.escape(json.dumps(cfg, indent=2, default=str))}"
                  "</pre></details>")
     parts.append(_section("Per-round table", lambda: _table(percent_table(run_rounds(src)))))
+    parts.append(probes_html(src.run_dir))  # no probes.json: nothing; probes need no run.h5
     if src.h5 is None:
         parts.append('<p class="note">No run.h5 (gradients not recorded): no histograms, fits or calibration.</p>')
         return "\n".join(parts)

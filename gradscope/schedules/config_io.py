@@ -12,7 +12,8 @@ from gradscope.schedules.factories import ScheduleFactory
 from gradscope.schedules.registry import SCHEDULES, get_schedule
 
 # ScheduleConfig fields that are schedule parameters of the same name (None = not set).
-FLAG_PARAMS = ("max_lr", "lo", "hi", "beta", "midpoint", "lag", "shape", "preset", "p", "x", "orig_epochs")
+FLAG_PARAMS = ("max_lr", "lo", "hi", "beta", "midpoint", "lag", "shape", "preset", "p", "x", "orig_epochs",
+               "predictor")
 # What `gradscope calibrate` writes beside the parameters (read, not used as parameters).
 FILE_NOTES = ("uncertainty", "source", "prediction", "points", "notes", "status", "warnings")
 

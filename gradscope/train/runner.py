@@ -36,6 +36,9 @@ _VOLATILE = {("train", "progress"), ("train", "threads"), ("train", "device"), (
 # May change on resume without making a finished round wrong: more rounds extend a run (as
 # OpenLTH adds levels); each round depends only on the rounds before it, never on the total.
 _EXTENSIBLE = {("prune", "rounds")}
+# Fields added after checkpoints carried a config hash: at these values (their defaults) they are
+# left out of the hash, so a run checkpointed before the field existed still resumes.
+_ADDED = {("schedule", "predictor"): None}
 MAX_EPOCHS = 10_000  # per round; more is a typo (and would run on for ever), not a plan
 LOCK = ".lock"  # RUN/.lock: the run directory's writer lock (holds the writer's PID)
 
@@ -54,6 +57,9 @@ def config_hash(cfg: dict) -> str:
     comp = comparable_config(cfg)
     for s, k in _EXTENSIBLE:
         comp.get(s, {}).pop(k, None)
+    for (s, k), default in _ADDED.items():
+        if comp.get(s, {}).get(k, default) == default:
+            comp.get(s, {}).pop(k, None)
     text = json.dumps(comp, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -88,13 +94,16 @@ class PruningRun:
         self.user_callbacks = list(callbacks)
         self.rounds = rounds or PlainRounds()
         self.rewind = rewind_mode(config)  # imports gradscope.calibrate for silo-auto
-        if config.schedule.schedule == "silo-auto":
-            config.record.record = True  # silo-auto calibrates from the recorded gradients
         from gradscope.schedules import schedule_from_config  # noqa: PLC0415
 
         self.factory = schedule if schedule is not None else schedule_from_config(config.schedule)
+        if config.schedule.schedule == "silo-auto" and getattr(self.factory, "predictor", None) is None:
+            config.record.record = True  # silo-auto calibrates from the recorded gradients (a predictor: from probes)
         P.STRATEGIES.key(config.prune.prune_method)
         self.probe_names = _probe_names(config, self.rounds)
+        check = getattr(self.factory, "check_run", None)  # e.g. silo-auto --predictor needs its probe
+        if check is not None:
+            check(config, self.probe_names)
         self.ctx: Optional[TrainContext] = None
         self.trainer: Optional[RoundTrainer] = None
         self.state: Optional[RunState] = None
