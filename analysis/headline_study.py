@@ -245,23 +245,29 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _diff_row(df, cfg, k, m, ref, pruned, reference) -> dict:
+    cur = df[(df.config == cfg) & (df["round"] == k) & (df.method == m)].set_index("trajectory")
+    base = df[(df.config == cfg) & (df["round"] == k) & (df.method == ref)].set_index("trajectory")
+    d = 100 * (cur["test_acc"] - base["test_acc"]).dropna().to_numpy()
+    mean, lo, hi = t_ci(d)
+    verdict = ("better" if lo > 0 else "worse" if hi < 0 else "cannot tell") if np.isfinite(lo) else "n < 2"
+    return {"config": cfg, "round": k, "pruned": pruned, "method": m, "reference": reference, "best_baseline": ref,
+            "n": len(d), "diff_mean": mean, "diff_lo": lo, "diff_hi": hi, "verdict": verdict,
+            "detectable_80": detectable(float(np.std(d, ddof=1)) if len(d) > 1 else math.nan, len(d))}
+
+
 def paired_table(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
-    """SILO (each variant) and the Oracle's choice minus the best baseline (by validation) per level."""
+    """Per level: SILO (each variant) and the Oracle's choice minus the best baseline (by
+    validation; reference "best"), and SILO minus LTH, the same recipe at a constant peak
+    (reference "lth": what the peak rule alone changes)."""
     rows = []
     for cfg in sorted(df["config"].unique()):
         for k in LEVELS:
             a = acc[(acc.config == cfg) & (acc["round"] == k)].set_index("method")
             best = max(BASELINES, key=lambda b: a.loc[b, "val_mean"])
-            base = df[(df.config == cfg) & (df["round"] == k) & (df.method == best)].set_index("trajectory")
-            for m in (*SILO, "oracle"):
-                cur = df[(df.config == cfg) & (df["round"] == k) & (df.method == m)].set_index("trajectory")
-                d = 100 * (cur["test_acc"] - base["test_acc"]).dropna().to_numpy()
-                mean, lo, hi = t_ci(d)
-                verdict = ("better" if lo > 0 else "worse" if hi < 0 else "cannot tell") if np.isfinite(lo) else "n < 2"
-                rows.append({"config": cfg, "round": k, "pruned": a.loc[best, "pruned"], "method": m,
-                             "best_baseline": best, "n": len(d), "diff_mean": mean, "diff_lo": lo, "diff_hi": hi,
-                             "verdict": verdict,
-                             "detectable_80": detectable(float(np.std(d, ddof=1)) if len(d) > 1 else math.nan, len(d))})
+            pruned = a.loc[best, "pruned"]
+            rows += [_diff_row(df, cfg, k, m, best, pruned, "best") for m in (*SILO, "oracle")]
+            rows += [_diff_row(df, cfg, k, m, "lth", pruned, "lth") for m in (*SILO, "oracle")]
     return pd.DataFrame(rows)
 
 
@@ -295,7 +301,7 @@ def markdown(acc: pd.DataFrame, paired: pd.DataFrame, renda: pd.DataFrame, etas:
                 cells.append(_fmt(*r[["test_mean", "test_lo", "test_hi"]].iloc[0]) if len(r) else "–")
             out.append(f"| {LABEL[m]} | " + " | ".join(cells) + " |")
         out.append("")
-        p = paired[paired.config == cfg]
+        p = paired[(paired.config == cfg) & (paired.reference == "best")]
         out.append("Paired differences in test accuracy points, method − best baseline at that sparsity "
                    "(best = highest mean validation accuracy), mean (95 % t-CI over trajectories; per level, "
                    "no multiplicity correction); *detectable* = the smallest true difference this many "
@@ -309,6 +315,17 @@ def markdown(acc: pd.DataFrame, paired: pd.DataFrame, renda: pd.DataFrame, etas:
                      f"{q.loc[m, 'verdict']}" for m in (*SILO, "oracle")]
             out.append(f"| {q['pruned'].iloc[0]:.1f} % | {q['best_baseline'].iloc[0]} | " + " | ".join(cells)
                        + f" | {q.loc['silo-cal', 'detectable_80']:.2f} |")
+        out.append("")
+        p = paired[(paired.config == cfg) & (paired.reference == "lth")]
+        out.append("The same against LTH, the recipe SILO and the Oracle share (weights rewound to init, warm-up + "
+                   "step), at a constant peak η0: what the per-round peak alone changes:\n")
+        out.append("| pruned | " + " | ".join(f"{LABEL[m].split(' (')[0]} − LTH" for m in (*SILO, "oracle")) + " |")
+        out.append("|---" * 4 + "|")
+        for k in LEVELS:
+            q = p[p["round"] == k].set_index("method")
+            cells = [f"{_fmt(q.loc[m, 'diff_mean'], q.loc[m, 'diff_lo'], q.loc[m, 'diff_hi'], 2, True)} "
+                     f"{q.loc[m, 'verdict']}" for m in (*SILO, "oracle")]
+            out.append(f"| {q['pruned'].iloc[0]:.1f} % | " + " | ".join(cells) + " |")
         out.append("")
     out.append("Beside it, Renda et al. 2020's released CIFAR-10 ResNet-20 results (median of 3; 182 epochs per "
                "round, batch 128; `lottery-ticket/rewinding-iclr20-public`, vision/plot/pruned_dataframe.pkl, as "
@@ -347,12 +364,15 @@ def figure(acc: pd.DataFrame, paired: pd.DataFrame, path: Path) -> None:
         if j == 0:
             ax.legend(fontsize=7, loc="lower left")
         ax = axes[1, j]
-        p = paired[paired.config == cfg]
+        p = paired[(paired.config == cfg) & (paired.reference == "best")]
         for i, m in enumerate((*SILO, "oracle")):
             r = p[p.method == m].sort_values("round")
             x = r["pruned"].to_numpy() + (i - 1) * 0.6
             ax.errorbar(x, r["diff_mean"], yerr=[r["diff_mean"] - r["diff_lo"], r["diff_hi"] - r["diff_mean"]],
                         marker="o", capsize=3, color=colors[m], label=f"{LABEL[m].split(' (')[0]} − best baseline")
+        q = paired[(paired.config == cfg) & (paired.reference == "lth") & (paired.method == "silo-cal")].sort_values("round")
+        ax.plot(q["pruned"], q["diff_mean"], ls=":", marker="x", color=colors["silo-cal"],
+                label="SILO calibrated − LTH (same recipe, constant peak)")
         ax.axhline(0, color="k", lw=0.8)
         ax.axhspan(2.1, 3.4, color="tab:green", alpha=0.12, label="SILO papers' claim: +2.1 .. +3.4 points")
         ax.set_title("paired difference vs the best baseline (chosen on validation), 95 % CI")

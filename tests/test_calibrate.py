@@ -280,3 +280,16 @@ def test_adamw_run_calibrates_with_one_warning(tmp_path):
     cal.to_file(f)
     d = json.loads(f.read_text())
     assert d["notes"]["flags"][0] == ADAMW_WARNING and d["source"]["optimizer"] == "adamw"
+
+
+def test_too_few_points_message_counts_the_free_parameters():
+    """With lo fixed three parameters are fitted, so 4 points are needed (the message said 5)."""
+    import pandas as pd
+
+    from gradscope.calibrate import calibrate_points
+
+    pts = pd.DataFrame({"round": [0, 1, 2], "x": [0.0, 0.2, 0.36], "implied_max_lr": [0.1, 0.12, 0.15]})
+    with pytest.raises(GradscopeError, match=r"and 4 points in all \(lo fixed\); this run has 2 and 3"):
+        calibrate_points(pts, p=0.2, fix_lo=0.1, min_points=2)
+    with pytest.raises(GradscopeError, match=r"and 5 points in all; this run has 2 and 3"):
+        calibrate_points(pts, p=0.2, min_points=2)

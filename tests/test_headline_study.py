@@ -43,13 +43,18 @@ def _rounds(hs, n_traj, effect, seed=0, val_best="lrr"):
 def test_better_method_detected_and_null_not(hs):
     df = hs.complete(_rounds(hs, 6, {"silo-cal": 0.02}))
     acc = hs.accuracy_table(df)
-    p = hs.paired_table(df, acc).set_index(["round", "method"])
+    full = hs.paired_table(df, acc)
+    p = full[full.reference == "best"].set_index(["round", "method"])
+    vs_lth = full[full.reference == "lth"].set_index(["round", "method"])
     for k in hs.LEVELS:
         assert p.loc[(k, "silo-cal"), "best_baseline"] == "lrr"  # chosen on validation, though worst on test
         # silo-cal: +2 points over the trajectory level, +3 over lrr (whose test is 1 point lower)
         assert p.loc[(k, "silo-cal"), "diff_mean"] == pytest.approx(3.0, abs=0.5)
         assert p.loc[(k, "silo-cal"), "verdict"] == "better"
         assert p.loc[(k, "silo-preset"), "verdict"] == "better"  # +1 over lrr's lowered test accuracy
+        assert vs_lth.loc[(k, "silo-cal"), "diff_mean"] == pytest.approx(2.0, abs=0.5)
+        assert vs_lth.loc[(k, "silo-preset"), "verdict"] == "cannot tell" or \
+            abs(vs_lth.loc[(k, "silo-preset"), "diff_mean"]) < 0.5
     null = hs.complete(_rounds(hs, 6, {}, seed=1, val_best="cosine"))
     nacc = hs.accuracy_table(null)
     # a null where validation carries no information about test: 20 simulated studies, 5 levels each
@@ -58,9 +63,10 @@ def test_better_method_detected_and_null_not(hs):
         d = _rounds(hs, 5, {}, seed=100 + s, val_best="none")
         d["test_acc"] = d["test_acc"] + np.random.default_rng(s).normal(0, 0.01, len(d))
         q = hs.paired_table(d, hs.accuracy_table(d))
-        calls += list(q[q.method == "silo-cal"]["verdict"])
+        calls += list(q[(q.method == "silo-cal") & (q.reference == "best")]["verdict"])
     assert np.mean([c != "cannot tell" for c in calls]) < 0.15  # nominal 5 % per level
-    assert set(hs.paired_table(null, nacc)["best_baseline"]) == {"cosine"}
+    q = hs.paired_table(null, nacc)
+    assert set(q[q.reference == "best"]["best_baseline"]) == {"cosine"}
 
 
 def test_incomplete_trajectories_are_dropped_and_detectable_shrinks(hs):

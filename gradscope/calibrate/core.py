@@ -378,9 +378,11 @@ def calibrate_points(points: pd.DataFrame, *, p: float, lag: int = 1, shape: str
     training with the file uses the profiled run's shape, not the shape's defaults."""
     pts = points[np.isfinite(points["implied_max_lr"]) & (points["implied_max_lr"] > 0)]
     n_pos = int((pts["x"] > 0).sum())
-    if n_pos < min_points or len(pts) < (4 if fix_lo is None else 3) + 1:
+    need = (4 if fix_lo is None else 3) + 1  # the free parameters plus one
+    if n_pos < min_points or len(pts) < need:
         raise GradscopeError(f"calibration needs at least {min_points} usable rounds with pruned fraction x > 0 "
-                             f"and 5 points in all; this run has {n_pos} and {len(pts)} (run more rounds)")
+                             f"and {need} points in all{' (lo fixed)' if fix_lo is not None else ''}; this run has "
+                             f"{n_pos} and {len(pts)} (run more rounds)")
     fit = fit_s_curve(pts["x"], pts["implied_max_lr"], bounds=bounds, fix_lo=fix_lo, level=level)
     params = {"schedule": "silo", **fit["params"], "lag": int(lag), "p": float(p), "shape": shape,
               **dict(shape_params or {})}
