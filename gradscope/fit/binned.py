@@ -3,12 +3,18 @@
 Binned likelihood: cells are (-inf, e0) (underflow), the bins, and (e_last, inf) (overflow);
 log L = sum_j c_j log P_j(loc, scale, shape). Exact likelihood on raw samples uses log f.
 Location is fixed (the exact mean from the moments), scale (and shape) are found by a
-trust-region Newton iteration in (log shape, log scale) run on all histograms together:
-analytic derivatives in log scale, central differences in log shape. Nothing calls
-scipy.optimize per histogram. Rows are evaluated in cache-sized blocks; a row stops when its
-next step would be below tolerance (that step is not evaluated); the bootstrap reuses the
-per-cell derivatives of each row's last accepted point. The cost is the families' cdfs
-(stdtr, gammaincc): three evaluations per step for the two-parameter families.
+trust-region Newton iteration in (log shape, log scale) run on all histograms together,
+with analytic derivatives. Nothing calls scipy.optimize per histogram. Rows are evaluated in
+cache-sized blocks; a row stops when its next step would be below tolerance (that step is not
+evaluated); the bootstrap reuses the per-cell derivatives of each row's last accepted point.
+
+Two-parameter families (t, gennorm): a bin's P_j and its shape derivatives are integrals of
+f, f dlogf/dshape, ... over the bin, taken by Gauss-Legendre on the bin (closed-form
+integrands, exact to ~1e-10 where the family's ``quad_ok`` says so: log f nearly linear
+across the bin, no singularity near it); the scale derivatives come from f at the edges.
+The other cells (under/overflow, the bin around 0 for gennorm, bins of steep tails) use the
+family's cdf with central differences in log shape (step _H), as every cell did before.
+``_QUADRATURE = False`` forces that cdf path everywhere (the reference the tests compare to).
 """
 from __future__ import annotations
 
@@ -17,8 +23,11 @@ import numpy as np
 
 from gradscope.fit.families import Family, initial_shape
 
-_H = 1e-3  # log-shape step of the finite differences
+_H = 1e-3  # log-shape step of the finite differences (cells on the cdf path)
 _TINY = 1e-300
+_QUADRATURE = True  # two-parameter families: Gauss-Legendre bins where accurate (False: cdf everywhere)
+_GL_K = 5  # nodes per bin
+_GL_T, _GL_W = np.polynomial.legendre.leggauss(_GL_K)
 
 
 def _safe(x):
@@ -28,14 +37,15 @@ def _safe(x):
 def binned_terms(fam: Family, ext_edges, loc, logscale, shape, full: bool = True):
     """Per cell log P, dlogP/dlog(scale), d2logP/dlog(scale)2; arrays [m, cells].
 
-    ``ext_edges`` [E] include -inf and +inf; loc, logscale, shape are [m] (shape may be None).
+    ``ext_edges`` [E] include -inf and +inf (or [m, E]: edges per row, e.g. one cell's two);
+    loc, logscale, shape are [m] (shape may be None).
     ``full=False`` skips the second derivative (None): the shifted-shape evaluations of the
     finite differences need only log P and its first derivative.
     """
     s = np.exp(logscale)[:, None]
     sh = None if shape is None else shape[:, None]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        z = (ext_edges[None, :] - loc[:, None]) / s
+        z = (np.atleast_2d(ext_edges) - loc[:, None]) / s  # shared edges [E] or per-row [m, E]
         fin = np.isfinite(z)
         zf = np.where(fin, z, 0.0)
         G = np.where(fin, fam.lower_tail(np.abs(zf), sh), 0.0)
@@ -79,24 +89,26 @@ class _Problem:
     accepted point (``cells``, ``cells_x``), so the bootstrap at the MLE needs no new
     evaluation of the family's cdf."""
 
-    def __init__(self, fam, weights, loc, terms, keep_cells: bool = False):
+    def __init__(self, fam, weights, loc, terms, keep_cells: bool = False, quad=None):
         self.fam, self.w, self.loc, self._terms = fam, weights, loc, terms
         self.keep_cells = keep_cells
+        self.quad = quad  # a _BinQuad (binned fits of two-parameter families) or None
         self.cells = self.cells_x = None  # [m, W, K] (K = 2 or 5, see _cells) and [m, d]
 
     def cell_terms(self, rows, logshape, logscale, full=True):
         shape = None if logshape is None else np.exp(logshape)
         return self._terms(self.fam, rows, self.loc[rows], logscale, shape, full)
 
-    def stats(self, rows, x, want_cells: bool = False):
-        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2), and with
-        ``want_cells`` the per-cell derivatives [m, W, K]. Rows whose terms overflow (a
-        diverged run's extreme cells) come out non-finite, silently: the optimiser rejects
-        such steps and reports no-convergence."""
+    def stats(self, rows, x, store=None):
+        """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2); with
+        ``store`` [M, W, K] (K = 2 or 5) each row's per-cell derivatives are written to
+        ``store[rows]`` (preallocated: a fresh array of this size would page-fault on every
+        call). Rows whose terms overflow (a diverged run's extreme cells) come out
+        non-finite, silently: the optimiser rejects such steps and reports no-convergence."""
         m, d = x.shape
         LL, g, H = np.empty(m), np.empty((m, d)), np.empty((m, d, d))
-        cells = np.empty((m, self.w.shape[1], 2 if d == 1 else 5)) if want_cells else None
-        step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1]))
+        per_cell = _GL_K if (d == 2 and self.quad is not None and _QUADRATURE) else 1  # node arrays
+        step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * per_cell))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for s in range(0, m, step):
                 sl = slice(s, s + step)
@@ -110,9 +122,9 @@ class _Problem:
                     g[sl] = sums[:, 1:3]
                     H[sl, 0, 0], H[sl, 1, 1] = sums[:, 3], sums[:, 5]
                     H[sl, 0, 1] = H[sl, 1, 0] = sums[:, 4]
-                if cells is not None:
-                    cells[sl] = c[..., 1:]
-        return (LL, g, H, cells) if want_cells else (LL, g, H)
+                if store is not None:
+                    store[rows[sl]] = c[..., 1:]
+        return LL, g, H
 
     def _cells(self, rows, x):
         """Per cell [r, W, 1 + K]: log P, then the gradient and the Hessian's upper triangle in
@@ -120,6 +132,8 @@ class _Problem:
         if x.shape[1] == 1:
             lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
             return np.stack([lp, d1, d2], -1)
+        if self.quad is not None and _QUADRATURE:
+            return self.quad.cells(self.fam, self.loc[rows], x)
         phi, th = x[:, 0], x[:, 1]
         lp, d1, d2 = self.cell_terms(rows, phi, th)
         lpp, d1p, _ = self.cell_terms(rows, phi + _H, th, full=False)
@@ -127,15 +141,90 @@ class _Problem:
         return np.stack([lp, (lpp - lpm) / (2 * _H), d1, (lpp - 2 * lp + lpm) / _H**2,
                          (d1p - d1m) / (2 * _H), d2], -1)
 
-    def cell_grad_hess(self, rows, x):
-        """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x (bootstrap)."""
-        c = None
+    def cell_derivs(self, rows, x):
+        """Per-cell derivatives [m, W, K] of log P at x (the bootstrap's): the optimiser's kept
+        cells where x is its final point, else a fresh evaluation."""
         if self.cells is not None and np.array_equal(self.cells_x[rows], x):
-            c = self.cells[rows]
-        else:
-            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                c = self._cells(rows, x)[..., 1:]
-        return _split_cells(c)
+            return self.cells[rows]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return self._cells(rows, x)[..., 1:]
+
+    def cell_grad_hess(self, rows, x):
+        """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x."""
+        return _split_cells(self.cell_derivs(rows, x))
+
+
+def _fd_cells(fam, pair, loc, x):
+    """The cdf path for single cells: pair [n, 2] edges, loc [n], x [n, 2] -> [n, 6] as _cells."""
+    phi, th = x[:, 0], x[:, 1]
+    lp, d1, d2 = binned_terms(fam, pair, loc, th, np.exp(phi))
+    lpp, d1p, _ = binned_terms(fam, pair, loc, th, np.exp(phi + _H), full=False)
+    lpm, d1m, _ = binned_terms(fam, pair, loc, th, np.exp(phi - _H), full=False)
+    return np.stack([lp, (lpp - lpm) / (2 * _H), d1, (lpp - 2 * lp + lpm) / _H**2,
+                     (d1p - d1m) / (2 * _H), d2], -1)[:, 0, :]
+
+
+class _BinQuad:
+    """Gauss-Legendre nodes of every bin of shared edges, for two-parameter families.
+
+    With z = (x - loc) / scale and D = dlog f/dlog shape (fixed z), a bin's P = int f dz,
+    dP/dlog shape = int f D, d2P/dlog shape2 = int f (D^2 + dD/dlog shape), all by quadrature,
+    and the log-scale derivatives are differences of z f at the edges (exact), as is
+    d2P/dlog shape dlog scale = [z f D] at the edges. Cells the family's quad_ok does not
+    vouch for (and the under/overflow) take the cdf path (_fd_cells)."""
+
+    def __init__(self, ext_edges):
+        self.ext = np.asarray(ext_edges, float)
+        self.e = self.ext[1:-1]  # finite edges [B+1]
+        self.c = 0.5 * (self.e[1:] + self.e[:-1])
+        self.h = 0.5 * (self.e[1:] - self.e[:-1])
+        self.xn = self.c[:, None] + self.h[:, None] * _GL_T[None, :]  # [B, K]
+
+    def cells(self, fam, loc, x):
+        """Per cell [r, W, 6] for rows with loc [r], params x [r, 2] (see _Problem._cells)."""
+        r, B = x.shape[0], self.h.size
+        sh = np.exp(x[:, 0])
+        inv = np.exp(-x[:, 1])
+        out = np.empty((r, B + 2, 6))
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
+            s2 = sh[:, None]
+            z = (self.e[None, :] - loc[:, None]) * inv[:, None]  # [r, B+1]
+            fe, De, _ = fam.dshape(z, s2)
+            qe = z * fe
+            re = qe * (1.0 + fam.zg(z, s2))
+            qe_D = qe * De
+            zn = self.xn[None] - loc[:, None, None]  # [r, B, K]
+            zn *= inv[:, None, None]
+            fn, Dn, DDn = fam.dshape(zn, sh[:, None, None])
+            hz = self.h[None, :] * inv[:, None]
+            P = fn @ _GL_W
+            DDn *= fn
+            fn *= Dn  # f D
+            Q1 = fn @ _GL_W
+            fn *= Dn  # f D^2
+            fn += DDn
+            Q2 = fn @ _GL_W
+            P *= hz
+            cz = (self.c[None, :] - loc[:, None]) * inv[:, None]
+            ok = fam.quad_ok(np.abs(cz), hz, s2) & (P > 1e-280) & np.isfinite(Q1) & np.isfinite(Q2)
+            P = np.where(ok, P, 1.0)
+            iP = hz / P  # Q1, Q2 still lack the factor hz
+            g = Q1 * iP
+            iP = 1.0 / P
+            d1 = (qe[:, :-1] - qe[:, 1:]) * iP
+            o = out[:, 1:-1]
+            o[..., 0] = np.log(P)
+            o[..., 1] = g
+            o[..., 2] = d1
+            o[..., 3] = Q2 * hz * iP - g * g
+            o[..., 4] = (qe_D[:, :-1] - qe_D[:, 1:]) * iP - g * d1
+            o[..., 5] = (re[:, 1:] - re[:, :-1]) * iP - d1 * d1
+            bad = np.ones((r, B + 2), bool)
+            bad[:, 1:-1] = ~ok
+            ri, ci = np.nonzero(bad)
+            pair = np.stack([self.ext[ci], self.ext[ci + 1]], 1)
+            out[ri, ci] = _fd_cells(fam, pair, loc[ri], x[ri])
+        return out
 
 
 def _split_cells(c):
@@ -172,17 +261,16 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     """Maximise the log-likelihood of every row from x0 [m, d]; bounds [d, 2] in log units.
 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
-    step, shrinks by 4 on a rejected one. A row is done when its next step is shorter than
+    step, shrinks by 4 on a rejected one. With ``problem.keep_cells`` the per-cell
+    derivatives at every row's final point are left in ``problem.cells`` (the bootstrap's). A row is done when its next step is shorter than
     ``tol`` (that step is not evaluated: it would move the estimate by less than tol in log
     units, and skipping it saves one cdf evaluation of every row) or its radius collapses.
     """
     m, d = x0.shape
     x = np.clip(x0, bounds[:, 0], bounds[:, 1])
-    keep = problem.keep_cells
-    out = problem.stats(np.arange(m), x, want_cells=keep)
-    LL, g, H = out[:3]
-    if keep:
-        problem.cells, problem.cells_x = out[3], x  # x is updated in place: cells_x follows it
+    store = np.empty((m, problem.w.shape[1], 2 if d == 1 else 5)) if problem.keep_cells else None
+    stale = np.zeros(m, bool)  # store holds a rejected point's cells, not x's
+    LL, g, H = problem.stats(np.arange(m), x, store)
     radius = np.full(m, 0.5)
     done = np.zeros(m, bool)
     conv = np.zeros(m, bool)
@@ -198,17 +286,20 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         act, xn, real = act[~small], xn[~small], real[~small]
         if act.size == 0:
             break
-        out = problem.stats(act, xn, want_cells=keep)
-        LLn, gn, Hn = out[:3]
+        LLn, gn, Hn = problem.stats(act, xn, store)  # written over: rejected rows go stale
         ok = np.isfinite(LLn) & (LLn >= LL[act] - 1e-10 * np.abs(LL[act]))
         acc = act[ok]
         x[acc], LL[acc], g[acc], H[acc] = xn[ok], LLn[ok], gn[ok], Hn[ok]
-        if keep:
-            problem.cells[acc] = out[3][ok]
+        stale[act] = ~ok
         radius[act] = np.where(ok, np.minimum(radius[act] * 2, 1.0), radius[act] / 4)
         fin = ok & (real < tol)  # a step shrunk below tol by the trust region, and accepted
         conv[act] |= fin & (radius[act] >= 1e-9)
         done[act] = fin | (radius[act] < 1e-9)
+    if store is not None:
+        rows = np.flatnonzero(stale)
+        if rows.size:  # rows whose last evaluation was rejected: their accepted point's cells
+            problem.stats(rows, x[rows], store)
+        problem.cells, problem.cells_x = store, x.copy()
     return x, LL, conv
 
 
@@ -392,18 +483,18 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
     rows_per = max(1, int(chunk_elems // max(1, n_boot * W)))
     for s in range(0, m, rows_per):
         rows = np.arange(s, min(m, s + rows_per))
-        a, H = problem.cell_grad_hess(rows, x[rows])  # [r, W, d], [r, W, d, d]
+        c = problem.cell_derivs(rows, x[rows])  # [r, W, D]: gradient, Hessian's upper triangle
         w = problem.w[rows]
         N = w.sum(1)
         p = w / np.where(N > 0, N, 1.0)[:, None]
         if resample == "multinomial":
+            a, H = _split_cells(c)  # [r, W, d], [r, W, d, d]
             cstar = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
                                     size=(len(rows), n_boot)).astype(float)
             g = np.matmul(cstar, a)  # the counts enter linearly: [r, b, W] @ [r, W, .]
             Hs = np.matmul(cstar, H.reshape(len(rows), W, d * d)).reshape(len(rows), n_boot, d, d)
         else:
-            iu = np.triu_indices(d)
-            v = np.concatenate([a, H[:, :, iu[0], iu[1]]], -1)  # [r, W, D]
+            v = c  # [r, W, D], D = d + d(d+1)/2: the linear statistics of a replicate
             mean = np.matmul(p[:, None, :], v)[:, 0, :]
             dv = v - mean[:, None, :]
             cov = np.matmul((dv * p[:, :, None]).transpose(0, 2, 1), dv) * N[:, None, None]
@@ -413,7 +504,8 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
             zs = rng.standard_normal((len(rows), n_boot, D))
             vs = N[:, None, None] * mean[:, None, :] + np.matmul(zs, L.transpose(0, 2, 1))
             g = vs[..., :d]
-            Hs = np.zeros((len(rows), n_boot, d, d))
+            Hs = np.empty((len(rows), n_boot, d, d))
+            iu = np.triu_indices(d)
             Hs[..., iu[0], iu[1]] = vs[..., d:]
             Hs[..., iu[1], iu[0]] = vs[..., d:]
         if d == 1:
@@ -467,7 +559,8 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     """
     m = counts_ext.shape[0]
     terms = lambda f, rows, lc, ls, sh, full: binned_terms(f, ext_edges, lc, ls, sh, full)  # noqa: E731
-    prob = _Problem(fam, counts_ext.astype(float), loc, terms, keep_cells=bool(n_boot and m))
+    quad = _BinQuad(ext_edges) if fam.dshape is not None and ext_edges.ndim == 1 else None
+    prob = _Problem(fam, counts_ext.astype(float), loc, terms, keep_cells=bool(n_boot and m), quad=quad)
     x0 = _initial(fam, q, fallback_scale)
     x, LL, conv = newton_fit(prob, x0, _bounds(fam, None))
     res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
