@@ -175,8 +175,9 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
             cols["shape"] = r["shape"]
         if not bootstrap:
             del cols["scale_lo"], cols["scale_hi"]
-        mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"],
-                                r["shape"] if fam.n_shape else None)
+        mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
+        if mc is None:
+            mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
         cols["ks"] = np.abs(mc - cdf[rows]).max(1)
         mst = df["status"].to_numpy(object).copy()
         mst[rows] = np.where(conv, "ok", "no-convergence")

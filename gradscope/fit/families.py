@@ -34,9 +34,10 @@ class Family:
     shape_bounds: Optional[tuple] = None  # (lo, hi) of the shape parameter
     shape_name: Optional[str] = None
     # two-parameter families, for the bin quadrature (binned._BinQuad): the density with its
-    # analytic log-shape derivatives (z, shape) -> (f, dlogf/dlog shape, d2logf/dlog shape2), and
+    # analytic log-shape derivatives (z, shape) -> (f, dlogf/dlog shape, d2logf/dlog shape2),
     # (|centre|, half-width, shape) -> where Gauss-Legendre is exact to ~1e-12 on a bin (z units)
     dshape: Optional[Callable] = None
+    pdfs: Optional[Callable] = None  # (z, shape, shifts) -> [f at shape * exp(s) for s in shifts]
     quad_ok: Optional[Callable] = None
 
 
@@ -68,20 +69,24 @@ def _t_logpdf(z, nu):
             - (nu + 1) / 2 * np.log1p(z * z / nu))
 
 
+def _t_norm(nu):
+    """log normaliser of t(nu)."""
+    return sp.gammaln(0.5 * nu + 0.5) - sp.gammaln(0.5 * nu) - 0.5 * np.log(nu * np.pi)
+
+
 def _t_dshape(z, nu):
     """Density f of t(nu) at z with d log f / d log nu and d2 log f / d log nu2 (fixed z), fused
-    for the bin quadrature (r = z^2 / (nu + z^2); A = log normaliser)."""
+    for the bin quadrature (r = z^2 / (nu + z^2))."""
     hn = 0.5 * nu
-    a1 = hn * (sp.digamma(hn + 0.5) - sp.digamma(hn)) - 0.5  # nu A'(nu)
+    a1 = hn * (sp.digamma(hn + 0.5) - sp.digamma(hn)) - 0.5  # nu A'(nu), A = log normaliser
     a2 = hn * hn * (sp.polygamma(1, hn + 0.5) - sp.polygamma(1, hn)) + 0.5  # nu^2 A''(nu)
-    a0 = sp.gammaln(hn + 0.5) - sp.gammaln(hn) - 0.5 * np.log(nu * np.pi)
     c1 = hn + 0.5
     u = z * z
     u *= 1.0 / nu
     L = np.log1p(u)
     r = u
     r /= 1.0 + u  # u no longer needed
-    f = np.exp(a0 - c1 * L)
+    f = np.exp(_t_norm(nu) - c1 * L)
     D = c1 * r
     D -= hn * L
     D += a1
@@ -91,6 +96,20 @@ def _t_dshape(z, nu):
     DD += a2
     DD += D
     return f, D, DD
+
+
+def _t_pdfs(z, nu, shifts):
+    """Densities of t(nu * exp(s)) at z for each s in shifts (z^2 computed once)."""
+    zz = z * z
+    out = []
+    for sh in shifts:
+        n2 = nu * np.exp(sh)
+        v = zz * (1.0 / n2)
+        np.log1p(v, out=v)
+        v *= -(0.5 * n2 + 0.5)
+        v += _t_norm(n2)
+        out.append(np.exp(v, out=v))
+    return out
 
 
 def _t_quad_ok(c, h, nu, lam=_QUAD_LAMBDA, dist=_QUAD_DIST):
@@ -109,6 +128,7 @@ STUDENT_T = Family(
     shape_bounds=(0.5, 1000.0),
     shape_name="df",
     dshape=_t_dshape,
+    pdfs=_t_pdfs,
     quad_ok=_t_quad_ok,
 )
 
@@ -129,19 +149,23 @@ def _gammaincc(s, x):
     return torch.special.gammaincc(*t).numpy()
 
 
+def _gn_norm(b):
+    """log normaliser of gennorm(beta)."""
+    return np.log(b) - np.log(2.0) - sp.gammaln(1.0 / b)
+
+
 def _gn_dshape(z, b):
     """Density f of gennorm(beta) at z with d log f / d log beta and d2 log f / d log beta2
     (fixed z), fused for the bin quadrature (u = |z|^beta)."""
     ib = 1.0 / b
     ps = sp.digamma(ib) * ib
     c2 = -sp.polygamma(1, ib) * ib * ib - ps
-    a0 = np.log(b) - np.log(2.0) - sp.gammaln(ib)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lu = np.abs(z)
         np.log(lu, out=lu)
         lu *= b  # log u
         u = np.exp(lu)
-        f = np.exp(a0 - u)
+        f = np.exp(_gn_norm(b) - u)
         ulu = u
         ulu *= lu
         ulu[~np.isfinite(ulu)] = 0.0  # z = 0: u log u -> 0
@@ -150,6 +174,21 @@ def _gn_dshape(z, b):
     lu *= ulu
     DD = c2 - lu
     return f, D, DD
+
+
+def _gn_pdfs(z, b, shifts):
+    """Densities of gennorm(beta * exp(s)) at z for each s in shifts (log |z| computed once)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        la = np.abs(z)
+        np.log(la, out=la)
+        out = []
+        for sh in shifts:
+            b2 = b * np.exp(sh)
+            v = la * b2
+            np.exp(v, out=v)  # |z|^beta
+            np.subtract(_gn_norm(b2), v, out=v)
+            out.append(np.exp(v, out=v))
+    return out
 
 
 def _gn_quad_ok(c, h, b, lam=_QUAD_LAMBDA, dist=_QUAD_DIST):
@@ -169,6 +208,7 @@ GENNORM = Family(
     shape_bounds=(0.2, 10.0),
     shape_name="beta",
     dshape=_gn_dshape,
+    pdfs=_gn_pdfs,
     quad_ok=_gn_quad_ok,
 )
 
