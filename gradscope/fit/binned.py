@@ -30,7 +30,7 @@ _QUADRATURE = True  # two-parameter families: Gauss-Legendre bins where accurate
 # the definition of the cdf path (estimates as before to ~1e-8); "analytic" = int f D / P (the
 # exact binned MLE; moves shapes by up to ~1e-6 relative, the central difference's O(H^2) bias)
 _SHAPE_GRADIENT = "central"
-_GL_K = 5  # nodes per bin
+_GL_K = 4  # nodes per bin
 _GL_T, _GL_W = np.polynomial.legendre.leggauss(_GL_K)
 
 
@@ -110,24 +110,36 @@ class _Problem:
         call). Rows whose terms overflow (a diverged run's extreme cells) come out
         non-finite, silently: the optimiser rejects such steps and reports no-convergence."""
         m, d = x.shape
-        LL, g, H = np.empty(m), np.empty((m, d)), np.empty((m, d, d))
-        per_cell = _GL_K if (d == 2 and self.quad is not None and _QUADRATURE) else 1  # node arrays
-        step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * per_cell))
+        quad = d == 2 and self.quad is not None and _QUADRATURE
+        step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * (_GL_K if quad else 1)))  # node arrays
+        sums = np.empty((m, 3 if d == 1 else 6))  # weighted sums over the cells
+        fb_pos, fb_cell = [], []  # cells left to the cdf path: evaluated once, after the blocks
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for s in range(0, m, step):
                 sl = slice(s, s + step)
-                c = self._cells(rows[sl], x[sl])
-                w = self.w[rows[sl]]
-                sums = np.matmul(w[:, None, :], c)[:, 0, :]  # weighted sums over the cells
-                LL[sl] = sums[:, 0]
-                if d == 1:
-                    g[sl, 0], H[sl, 0, 0] = sums[:, 1], sums[:, 2]
+                if quad:
+                    c, ri, ci = self.quad.cells(self.fam, self.loc[rows[sl]], x[sl], defer=True)
+                    fb_pos.append(ri + s)
+                    fb_cell.append(ci)
                 else:
-                    g[sl] = sums[:, 1:3]
-                    H[sl, 0, 0], H[sl, 1, 1] = sums[:, 3], sums[:, 5]
-                    H[sl, 0, 1] = H[sl, 1, 0] = sums[:, 4]
+                    c = self._cells(rows[sl], x[sl])
+                sums[sl] = np.matmul(self.w[rows[sl]][:, None, :], c)[:, 0, :]
                 if store is not None:
-                    store[rows[sl]] = c
+                    _put_rows(store, rows[sl], c)
+            if quad:
+                pos, ci = np.concatenate(fb_pos), np.concatenate(fb_cell)
+                if pos.size:
+                    c = self.quad.fallback(self.fam, self.loc[rows[pos]], x[pos], ci)
+                    np.add.at(sums, pos, self.w[rows[pos], ci][:, None] * c)
+                    if store is not None:
+                        store[rows[pos], ci] = c
+        LL, g, H = sums[:, 0], np.empty((m, d)), np.empty((m, d, d))
+        if d == 1:
+            g[:, 0], H[:, 0, 0] = sums[:, 1], sums[:, 2]
+        else:
+            g[:] = sums[:, 1:3]
+            H[:, 0, 0], H[:, 1, 1] = sums[:, 3], sums[:, 5]
+            H[:, 0, 1] = H[:, 1, 0] = sums[:, 4]
         return LL, g, H
 
     def _cells(self, rows, x):
@@ -156,6 +168,14 @@ class _Problem:
     def cell_grad_hess(self, rows, x):
         """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x."""
         return _split_cells(self.cell_derivs(rows, x))
+
+
+def _put_rows(store, rows, c):
+    """store[rows] = c, by a slice where rows are consecutive (most calls: no index gather)."""
+    if rows.size and rows[-1] - rows[0] == rows.size - 1:
+        store[rows[0]:rows[-1] + 1] = c
+    else:
+        store[rows] = c
 
 
 def _fd_cells(fam, pair, loc, x):
@@ -188,8 +208,13 @@ class _BinQuad:
         self.h = 0.5 * (self.e[1:] - self.e[:-1])
         self.xn = self.c[:, None] + self.h[:, None] * _GL_T[None, :]  # [B, K]
 
-    def cells(self, fam, loc, x):
-        """Per cell [r, W, 6] for rows with loc [r], params x [r, 2] (see _Problem._cells)."""
+    def fallback(self, fam, loc, x, ci):
+        """The cdf path for cells ci (one per entry of loc [n], x [n, 2]) -> [n, 6]."""
+        return _fd_cells(fam, np.stack([self.ext[ci], self.ext[ci + 1]], 1), loc, x)
+
+    def cells(self, fam, loc, x, defer: bool = False):
+        """Per cell [r, W, 6] for rows with loc [r], params x [r, 2] (see _Problem._cells).
+        ``defer``: leave the cdf-path cells zero and return (cells, rows, cell indices) of them."""
         r, B = x.shape[0], self.h.size
         sh = np.exp(x[:, 0])
         inv = np.exp(-x[:, 1])
@@ -242,8 +267,10 @@ class _BinQuad:
             bad = np.ones((r, B + 2), bool)
             bad[:, 1:-1] = ~ok
             ri, ci = np.nonzero(bad)
-            pair = np.stack([self.ext[ci], self.ext[ci + 1]], 1)
-            out[ri, ci] = _fd_cells(fam, pair, loc[ri], x[ri])
+        if defer:
+            out[ri, ci] = 0.0
+            return out, ri, ci
+        out[ri, ci] = self.fallback(fam, loc[ri], x[ri], ci)
         return out
 
 
