@@ -81,6 +81,7 @@ def exact_terms(fam: Family, x, loc, logscale, shape, full: bool = True):
     return np.where(fin, lp, 0.0), np.where(fin, d1, 0.0), np.where(fin, d2, 0.0)
 
 
+_STORE_STEP = 1e-2  # newton_fit keeps the cells of points reached by a step shorter than this
 _CHUNK_ELEMS = 1 << 16  # cells per block of rows: a block's temporaries stay in the CPU cache
 
 
@@ -103,12 +104,12 @@ class _Problem:
         shape = None if logshape is None else np.exp(logshape)
         return self._terms(self.fam, rows, self.loc[rows], logscale, shape, full)
 
-    def stats(self, rows, x, store=None):
+    def stats(self, rows, x, store=None, put=None):
         """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2); with
         ``store`` [M, W, 1 + K] (K = 2 or 5) each row's per-cell log P and derivatives are
         written to ``store[rows]`` (preallocated: a fresh array of this size would page-fault on every
-        call). Rows whose terms overflow (a diverged run's extreme cells) come out
-        non-finite, silently: the optimiser rejects such steps and reports no-convergence."""
+        call); ``put`` [m] bool limits that to some rows. Rows whose terms overflow (a diverged
+        run's extreme cells) come out non-finite, silently: the optimiser rejects such steps and reports no-convergence."""
         m, d = x.shape
         quad = d == 2 and self.quad is not None and _QUADRATURE
         step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * (_GL_K if quad else 1)))  # node arrays
@@ -125,14 +126,18 @@ class _Problem:
                     c = self._cells(rows[sl], x[sl])
                 sums[sl] = np.matmul(self.w[rows[sl]][:, None, :], c)[:, 0, :]
                 if store is not None:
-                    _put_rows(store, rows[sl], c)
+                    if put is None or put[sl].all():
+                        _put_rows(store, rows[sl], c)
+                    elif put[sl].any():
+                        store[rows[sl][put[sl]]] = c[put[sl]]
             if quad:
                 pos, ci = np.concatenate(fb_pos), np.concatenate(fb_cell)
                 if pos.size:
                     c = self.quad.fallback(self.fam, self.loc[rows[pos]], x[pos], ci)
                     np.add.at(sums, pos, self.w[rows[pos], ci][:, None] * c)
                     if store is not None:
-                        store[rows[pos], ci] = c
+                        keep = slice(None) if put is None else put[pos]
+                        store[rows[pos][keep], ci[keep]] = c[keep]
         LL, g, H = sums[:, 0], np.empty((m, d)), np.empty((m, d, d))
         if d == 1:
             g[:, 0], H[:, 0, 0] = sums[:, 1], sums[:, 2]
@@ -316,8 +321,8 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     m, d = x0.shape
     x = np.clip(x0, bounds[:, 0], bounds[:, 1])
     store = np.empty((m, problem.w.shape[1], 3 if d == 1 else 6)) if problem.keep_cells else None
-    stale = np.zeros(m, bool)  # store holds a rejected point's cells, not x's
-    LL, g, H = problem.stats(np.arange(m), x, store)
+    held = np.zeros(m, bool)  # store holds the cells of the row's current (accepted) x
+    LL, g, H = problem.stats(np.arange(m), x)
     radius = np.full(m, 0.5)
     done = np.zeros(m, bool)
     conv = np.zeros(m, bool)
@@ -333,18 +338,21 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         act, xn, real = act[~small], xn[~small], real[~small]
         if act.size == 0:
             break
-        LLn, gn, Hn = problem.stats(act, xn, store)  # written over: rejected rows go stale
+        # keep the cells of points a short step away (likely final: Newton converges
+        # quadratically); the few rows that end elsewhere are evaluated again below
+        put = real < _STORE_STEP
+        LLn, gn, Hn = problem.stats(act, xn, store, put)
         ok = np.isfinite(LLn) & (LLn >= LL[act] - 1e-10 * np.abs(LL[act]))
         acc = act[ok]
         x[acc], LL[acc], g[acc], H[acc] = xn[ok], LLn[ok], gn[ok], Hn[ok]
-        stale[act] = ~ok
+        held[act] = np.where(put, ok, held[act] & ~ok)
         radius[act] = np.where(ok, np.minimum(radius[act] * 2, 1.0), radius[act] / 4)
         fin = ok & (real < tol)  # a step shrunk below tol by the trust region, and accepted
         conv[act] |= fin & (radius[act] >= 1e-9)
         done[act] = fin | (radius[act] < 1e-9)
     if store is not None:
-        rows = np.flatnonzero(stale)
-        if rows.size:  # rows whose last evaluation was rejected: their accepted point's cells
+        rows = np.flatnonzero(~held)
+        if rows.size:
             problem.stats(rows, x[rows], store)
         problem.cells, problem.cells_x = store, x.copy()
     return x, LL, conv
