@@ -18,6 +18,7 @@ family's cdf with central differences in log shape (step _H), as every cell did 
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 
@@ -114,14 +115,15 @@ class _Problem:
         quad = d == 2 and self.quad is not None and _QUADRATURE
         step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * (_GL_K if quad else 1)))  # node arrays
         sums = np.empty((m, 3 if d == 1 else 6))  # weighted sums over the cells
-        fb_pos, fb_cell = [], []  # cells left to the cdf path: evaluated once, after the blocks
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            for s in range(0, m, step):
-                sl = slice(s, s + step)
+
+        def block(s):
+            """One block of rows; returns its cells left to the cdf path (quad) or None."""
+            sl = slice(s, s + step)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # errstate is per thread
+                fb = None
                 if quad:
                     c, ri, ci = self.quad.cells(self.fam, self.loc[rows[sl]], x[sl], defer=True)
-                    fb_pos.append(ri + s)
-                    fb_cell.append(ci)
+                    fb = (ri + s, ci)
                 else:
                     c = self._cells(rows[sl], x[sl])
                 sums[sl] = np.matmul(self.w[rows[sl]][:, None, :], c)[:, 0, :]
@@ -130,8 +132,13 @@ class _Problem:
                         _put_rows(store, rows[sl], c)
                     elif put[sl].any():
                         store[rows[sl][put[sl]]] = c[put[sl]]
+            return fb
+
+        # blocks write disjoint rows, so threads (numpy releases the GIL) give the same numbers
+        fbs = _map_blocks(block, range(0, m, step))
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if quad:
-                pos, ci = np.concatenate(fb_pos), np.concatenate(fb_cell)
+                pos, ci = np.concatenate([f[0] for f in fbs]), np.concatenate([f[1] for f in fbs])
                 if pos.size:
                     c = self.quad.fallback(self.fam, self.loc[rows[pos]], x[pos], ci)
                     np.add.at(sums, pos, self.w[rows[pos], ci][:, None] * c)
@@ -173,6 +180,44 @@ class _Problem:
     def cell_grad_hess(self, rows, x):
         """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x."""
         return _split_cells(self.cell_derivs(rows, x))
+
+
+_POOL = None
+
+
+def _drop_pool():
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads: it starts a pool of its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_pool)
+
+
+def _threads() -> int:
+    """Worker threads for the row blocks: GRADSCOPE_FIT_THREADS, else the CPUs this process may use (at most 8)."""
+    env = os.environ.get("GRADSCOPE_FIT_THREADS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _map_blocks(fn, starts):
+    """[fn(s) for s in starts], on a thread pool when there are several blocks and CPUs."""
+    global _POOL
+    starts = list(starts)
+    n = _threads()
+    if n == 1 or len(starts) < 2:
+        return [fn(s) for s in starts]
+    if _POOL is None or _POOL._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="gradscope-fit")
+    return list(_POOL.map(fn, starts))
 
 
 def _put_rows(store, rows, c):
