@@ -653,8 +653,13 @@ def _row_quantiles(b, a):
 
 
 def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
-               n_boot: int = 0, rng=None, resample: str = "auto", level: float = 0.95):
+               n_boot: int = 0, rng=None, resample: str = "auto", level: float = 0.95, init_scale=None):
     """Binned ML fit of one family to every row of counts_ext [m, cells].
+
+    ``init_scale`` [m] (optional): a starting scale of a one-parameter family close to its
+    MLE (the exact std for the normal, mean |g| for the Laplace: their unbinned MLEs), used
+    where finite and > 0 in place of the quartile-based start; it saves Newton steps and
+    moves the estimate by less than the tolerance.
 
     Returns dict of arrays: scale, scale_lo, scale_hi, shape, loglik, converged, and with
     a bootstrap cdf_edges (the fitted model's cdf at the finite edges, [m, B+1]).
@@ -664,6 +669,9 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     quad = _BinQuad(ext_edges) if fam.dshape is not None and ext_edges.ndim == 1 else None
     prob = _Problem(fam, counts_ext.astype(float), loc, terms, keep_cells=bool(n_boot and m), quad=quad)
     x0 = _initial(fam, q, fallback_scale)
+    if init_scale is not None and not fam.n_shape:
+        good = np.isfinite(init_scale) & (init_scale > 0)
+        x0[good, 0] = np.log(init_scale[good])
     x, LL, conv = newton_fit(prob, x0, _bounds(fam, None))
     res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
            "shape": np.exp(x[:, 0]) if fam.n_shape else np.full(m, np.nan)}
