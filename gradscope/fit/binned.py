@@ -332,8 +332,13 @@ def _split_cells(c):
     return c[..., :2], H
 
 
-def _newton_step(g, H, radius):
-    """Newton step for maximisation, or a gradient step where H is not negative definite."""
+def _newton_step(g, H, radius, x=None, bounds=None):
+    """Newton step for maximisation, or a gradient step where H is not negative definite.
+
+    A row whose shape sits on its bound with the step pointing out of it moves its scale
+    alone (1-d Newton in log scale), so it converges to the constrained optimum (scale
+    gradient 0) instead of where the clipped 2-d step's scale part vanishes, a point that
+    depends on the noise of the tiny shape curvature there."""
     m, d = g.shape
     if d == 1:
         h = H[:, 0, 0]
@@ -348,6 +353,12 @@ def _newton_step(g, H, radius):
         inv[:, 0, 1] = inv[:, 1, 0] = -H[:, 0, 1] / safe
         newton = -np.einsum("mij,mj->mi", inv, g)
         step = np.where(nd[:, None], newton, g)
+        if x is not None:
+            pin = ((x[:, 0] <= bounds[0, 0]) & (step[:, 0] < 0)) | ((x[:, 0] >= bounds[0, 1]) & (step[:, 0] > 0))
+            if pin.any():
+                h = H[pin, 1, 1]
+                step[pin, 0] = 0.0
+                step[pin, 1] = np.where(h < 0, -g[pin, 1] / np.where(h < 0, h, -1.0), g[pin, 1])
     norm = np.sqrt((step**2).sum(1))
     scale = np.minimum(1.0, radius / np.maximum(norm, 1e-300))
     return step * scale[:, None]
@@ -375,7 +386,7 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         act = np.flatnonzero(~done)
         if act.size == 0:
             break
-        step = _newton_step(g[act], H[act], radius[act])
+        step = _newton_step(g[act], H[act], radius[act], x[act], bounds)
         xn = np.clip(x[act] + step, bounds[:, 0], bounds[:, 1])
         real = np.sqrt(((xn - x[act]) ** 2).sum(1))
         small = (real < tol) & (radius[act] > tol)  # a Newton (or gradient) step, not a shrunk one
@@ -565,7 +576,7 @@ def _bounds(fam: Family, ref_scale: np.ndarray):
 
 
 def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "auto",
-                     chunk_elems: int = 2_000_000):
+                     chunk_elems: int = 2_000_000, pinned=None):
     """One-step (linearised Newton) bootstrap of log scale from the MLE x [m, d].
 
     Each replicate resamples the cell counts (multinomial with the observed proportions),
@@ -573,7 +584,8 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
     are linear in the counts, so a replicate costs a matrix product, not a refit.
     ``resample``: "multinomial" (exact draws), "normal" (the multinomial's normal limit of
     the linear statistics: used automatically for very many histograms), or "auto".
-    Returns log-scale replicates [m, n_boot]. Rows are taken ``chunk_elems`` (rows x
+    ``pinned`` [m] bool: rows whose shape sits on its bound, where a replicate moves the scale
+    alone (as the optimiser did). Returns log-scale replicates [m, n_boot]. Rows are taken ``chunk_elems`` (rows x
     replicates x cells) at a time, small enough for the CPU cache; the draws do not depend on it.
     """
     m, d = x.shape
@@ -614,6 +626,10 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
             delta = -g[..., 0] / np.where(h < 0, h, np.nan)
         else:
             delta = _solve2_last(Hs, g)
+            if pinned is not None and pinned[rows].any():  # shape on its bound: the scale moves alone
+                pr = pinned[rows]
+                h = Hs[pr, :, 1, 1]
+                delta[pr] = -g[pr, :, 1] / np.where(h < 0, h, np.nan)
         out[rows] = x[rows, -1][:, None] + delta
     return out
 
@@ -678,7 +694,9 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     if prob.cells is not None:  # the model cdf at the finite edges, from the final cells' P
         res["cdf_edges"] = np.cumsum(np.exp(prob.cells[:, :-1, 0]), 1)
     if n_boot and m:
-        boots = bootstrap_scales(prob, x, n_boot, rng, resample)
+        b = _bounds(fam, None)
+        pinned = ((x[:, 0] <= b[0, 0]) | (x[:, 0] >= b[0, 1])) if fam.n_shape else None
+        boots = bootstrap_scales(prob, x, n_boot, rng, resample, pinned=pinned)
         a = (1 - level) / 2
         lo, hi = _row_quantiles(boots, a)
         res["scale_lo"], res["scale_hi"] = np.exp(lo), np.exp(hi)
