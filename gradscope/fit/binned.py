@@ -4,17 +4,20 @@ Binned likelihood: cells are (-inf, e0) (underflow), the bins, and (e_last, inf)
 log L = sum_j c_j log P_j(loc, scale, shape). Exact likelihood on raw samples uses log f.
 Location is fixed (the exact mean from the moments), scale (and shape) are found by a
 trust-region Newton iteration in (log shape, log scale) run on all histograms together,
-with analytic derivatives. Nothing calls scipy.optimize per histogram. Rows are evaluated in
+with analytic derivatives in log scale. Nothing calls scipy.optimize per histogram. Rows are evaluated in
 cache-sized blocks; a row stops when its next step would be below tolerance (that step is not
 evaluated); the bootstrap reuses the per-cell derivatives of each row's last accepted point.
 
-Two-parameter families (t, gennorm): a bin's P_j and its shape derivatives are integrals of
-f, f dlogf/dshape, ... over the bin, taken by Gauss-Legendre on the bin (closed-form
-integrands, exact to ~1e-10 where the family's ``quad_ok`` says so: log f nearly linear
-across the bin, no singularity near it); the scale derivatives come from f at the edges.
-The other cells (under/overflow, the bin around 0 for gennorm, bins of steep tails) use the
-family's cdf with central differences in log shape (step _H), as every cell did before.
-``_QUADRATURE = False`` forces that cdf path everywhere (the reference the tests compare to).
+Two-parameter families (t, gennorm): a bin's P_j is the integral of the density over the
+bin, by 4-node Gauss-Legendre where the family's ``quad_ok`` vouches for it (log f bends by at
+most 1 across the half-bin, no singularity within 10 half-widths: P to 3e-7 at worst, mostly
+1e-10); the shape derivatives are central differences of log P at shape e^+-H, as the cdf
+path takes them, and the scale derivatives come from f at the edges. The other cells
+(under/overflow, gennorm's bin at 0, steep tails) use the family's cdf with the same central
+differences, as every cell did before. ``_QUADRATURE = False`` forces that cdf path
+everywhere (the reference the tests and bench/bench_fit.py compare to: every estimate, CI
+and log-likelihood agrees to 1e-6, measured ~1e-9). A shape on its bound moves the scale
+alone (optimiser and bootstrap). Blocks of rows run on a thread pool (GRADSCOPE_FIT_THREADS).
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ class Family:
     shape_name: Optional[str] = None
     # two-parameter families, for the bin quadrature (binned._BinQuad): the density with its
     # analytic log-shape derivatives (z, shape) -> (f, dlogf/dlog shape, d2logf/dlog shape2),
-    # (|centre|, half-width, shape) -> where Gauss-Legendre is exact to ~1e-12 on a bin (z units)
+    # (|centre|, half-width, shape) -> where 4-node Gauss-Legendre gives a bin's P to 3e-7 at worst
+    # (steep bins; mostly 1e-10): z units
     dshape: Optional[Callable] = None
     pdfs: Optional[Callable] = None  # (z, shape, shifts) -> [f at shape * exp(s) for s in shifts]
     quad_ok: Optional[Callable] = None
