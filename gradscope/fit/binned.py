@@ -209,18 +209,26 @@ def _threads() -> int:
     return max(1, min(8, n))
 
 
-def _map_blocks(fn, starts):
-    """[fn(s) for s in starts], on a thread pool when there are several blocks and CPUs."""
+def _pool():
+    """The shared thread pool, or None with one thread."""
     global _POOL
-    starts = list(starts)
     n = _threads()
-    if n == 1 or len(starts) < 2:
-        return [fn(s) for s in starts]
+    if n == 1:
+        return None
     if _POOL is None or _POOL._max_workers != n:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         _POOL = ThreadPoolExecutor(n, thread_name_prefix="gradscope-fit")
-    return list(_POOL.map(fn, starts))
+    return _POOL
+
+
+def _map_blocks(fn, starts):
+    """[fn(s) for s in starts], on the thread pool when there are several blocks and CPUs."""
+    starts = list(starts)
+    pool = _pool() if len(starts) > 1 else None
+    if pool is None:
+        return [fn(s) for s in starts]
+    return list(pool.map(fn, starts))
 
 
 def _put_rows(store, rows, c):
@@ -621,18 +629,45 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
     if resample == "auto":
         resample = "multinomial" if m * n_boot * W <= 5e6 else "normal"
     rows_per = max(1, int(chunk_elems // max(1, n_boot * W)))
+
+    def replicates(rows, c, N, p, draws):
+        """out[rows] from the chunk's cells and its draws (no random numbers: runs on the pool)."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if resample == "multinomial":
+                a, H = _split_cells(c)  # [r, W, d], [r, W, d, d]
+                g = np.matmul(draws, a)  # the counts enter linearly: [r, b, W] @ [r, W, .]
+                Hs = np.matmul(draws, H.reshape(len(rows), W, d * d)).reshape(len(rows), n_boot, d, d)
+            else:
+                mean, L = draws[1], draws[2]
+                vs = N[:, None, None] * mean[:, None, :] + np.matmul(draws[0], L.transpose(0, 2, 1))
+                g = vs[..., :d]
+                Hs = np.empty((len(rows), n_boot, d, d))
+                iu = np.triu_indices(d)
+                Hs[..., iu[0], iu[1]] = vs[..., d:]
+                Hs[..., iu[1], iu[0]] = vs[..., d:]
+            if d == 1:
+                h = Hs[..., 0, 0]
+                delta = -g[..., 0] / np.where(h < 0, h, np.nan)
+            else:
+                delta = _solve2_last(Hs, g)
+                if pinned is not None and pinned[rows].any():  # shape on its bound: the scale moves alone
+                    pr = pinned[rows]
+                    h = Hs[pr, :, 1, 1]
+                    delta[pr] = -g[pr, :, 1] / np.where(h < 0, h, np.nan)
+            out[rows] = x[rows, -1][:, None] + delta
+
+    pool = _pool()
+    pending = []
     for s in range(0, m, rows_per):
         rows = np.arange(s, min(m, s + rows_per))
         c = problem.cell_derivs(rows, x[rows])  # [r, W, D]: gradient, Hessian's upper triangle
         w = problem.w[rows]
         N = w.sum(1)
         p = w / np.where(N > 0, N, 1.0)[:, None]
+        # the random draws in chunk order, here; the arithmetic on them may run on the pool
         if resample == "multinomial":
-            a, H = _split_cells(c)  # [r, W, d], [r, W, d, d]
-            cstar = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
+            draws = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
                                     size=(len(rows), n_boot)).astype(float)
-            g = np.matmul(cstar, a)  # the counts enter linearly: [r, b, W] @ [r, W, .]
-            Hs = np.matmul(cstar, H.reshape(len(rows), W, d * d)).reshape(len(rows), n_boot, d, d)
         else:
             v = c  # [r, W, D], D = d + d(d+1)/2: the linear statistics of a replicate
             mean = np.matmul(p[:, None, :], v)[:, 0, :]
@@ -641,23 +676,15 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
             D = v.shape[-1]
             jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
             L = _psd_sqrt(cov + jitter * np.eye(D))
-            zs = rng.standard_normal((len(rows), n_boot, D))
-            vs = N[:, None, None] * mean[:, None, :] + np.matmul(zs, L.transpose(0, 2, 1))
-            g = vs[..., :d]
-            Hs = np.empty((len(rows), n_boot, d, d))
-            iu = np.triu_indices(d)
-            Hs[..., iu[0], iu[1]] = vs[..., d:]
-            Hs[..., iu[1], iu[0]] = vs[..., d:]
-        if d == 1:
-            h = Hs[..., 0, 0]
-            delta = -g[..., 0] / np.where(h < 0, h, np.nan)
-        else:
-            delta = _solve2_last(Hs, g)
-            if pinned is not None and pinned[rows].any():  # shape on its bound: the scale moves alone
-                pr = pinned[rows]
-                h = Hs[pr, :, 1, 1]
-                delta[pr] = -g[pr, :, 1] / np.where(h < 0, h, np.nan)
-        out[rows] = x[rows, -1][:, None] + delta
+            draws = (rng.standard_normal((len(rows), n_boot, D)), mean, L)
+        if pool is None:
+            replicates(rows, c, N, p, draws)
+            continue
+        pending.append(pool.submit(replicates, rows, c, N, p, draws))
+        if len(pending) > 2 * pool._max_workers:  # bounded memory
+            pending.pop(0).result()
+    for f in pending:
+        f.result()
     return out
 
 
