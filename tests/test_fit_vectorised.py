@@ -251,3 +251,14 @@ def test_threads_and_the_cell_store_do_not_change_any_number(monkeypatch):
     for other in (b, d, e):
         assert all(x.equals(y) for x, y in zip(a, other))
     assert np.isfinite(a[1]["t_scale_lo"]).all()
+
+
+def test_no_fittable_row_is_statuses_not_a_crash():
+    """Only empty and degenerate histograms: every family (the quadrature ones included) is
+    skipped with the rows' statuses, with and without a bootstrap."""
+    c = np.zeros((3, len(EDGES) - 1), int)
+    c[1, 100] = 50  # one occupied bin: degenerate
+    for boot in (0, 20):
+        df = fit_histograms(c, EDGES, np.zeros(3), np.zeros(3), bootstrap=boot)
+        assert list(df["status"]) == ["empty", "degenerate", "empty"]
+        assert df["t_scale"].isna().all() and (df["gennorm_status"] == df["status"]).all()

@@ -140,7 +140,7 @@ class _Problem:
         # blocks write disjoint rows, so threads (numpy releases the GIL) give the same numbers
         fbs = _map_blocks(block, range(0, m, step))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            if quad:
+            if quad and fbs:
                 pos, ci = np.concatenate([f[0] for f in fbs]), np.concatenate([f[1] for f in fbs])
                 if pos.size:
                     c = self.quad.fallback(self.fam, self.loc[rows[pos]], x[pos], ci)
