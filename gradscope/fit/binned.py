@@ -111,9 +111,10 @@ class _Problem:
     def stats(self, rows, x, store=None, put=None):
         """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2); with
         ``store`` [M, W, 1 + K] (K = 2 or 5) each row's per-cell log P and derivatives are
-        written to ``store[rows]`` (preallocated: a fresh array of this size would page-fault on every
-        call); ``put`` [m] bool limits that to some rows. Rows whose terms overflow (a diverged
-        run's extreme cells) come out non-finite, silently: the optimiser rejects such steps and reports no-convergence."""
+        written to ``store[rows]`` (preallocated: a fresh array of this size would page-fault
+        on every call); ``put`` [m] bool limits that to some rows. Rows whose terms overflow (a
+        diverged run's extreme cells) come out non-finite, silently: the optimiser rejects such
+        steps and reports no-convergence."""
         m, d = x.shape
         quad = d == 2 and self.quad is not None and _QUADRATURE
         step = max(1, _CHUNK_ELEMS // max(1, self.w.shape[1] * (_GL_K if quad else 1)))  # node arrays
@@ -179,10 +180,6 @@ class _Problem:
             return self.cells[rows, :, 1:]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return self._cells(rows, x)[..., 1:]
-
-    def cell_grad_hess(self, rows, x):
-        """Per-cell gradient [m, W, d] and Hessian [m, W, d, d] of log P at x."""
-        return _split_cells(self.cell_derivs(rows, x))
 
 
 _POOL = None
@@ -405,8 +402,8 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
     step, shrinks by 4 on a rejected one. With ``problem.keep_cells`` the per-cell
-    derivatives at every row's final point are left in ``problem.cells`` (the bootstrap's). A row is done when its next step is shorter than
-    ``tol`` (that step is not evaluated: it would move the estimate by less than tol in log
+    derivatives at every row's final point are left in ``problem.cells`` (the bootstrap's).
+    A row is done when its next step is shorter than ``tol`` (that step is not evaluated: it would move the estimate by less than tol in log
     units, and skipping it saves one cdf evaluation of every row) or its radius collapses.
     """
     m, d = x0.shape
