@@ -403,8 +403,9 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
     step, shrinks by 4 on a rejected one. With ``problem.keep_cells`` the per-cell
     derivatives at every row's final point are left in ``problem.cells`` (the bootstrap's).
-    A row is done when its next step is shorter than ``tol`` (that step is not evaluated: it would move the estimate by less than tol in log
-    units, and skipping it saves one cdf evaluation of every row) or its radius collapses.
+    A row is done when its next step is shorter than ``tol`` (that step is not evaluated: it
+    would move the estimate by less than tol in log units, and skipping it saves one
+    evaluation of every row) or its radius collapses.
     """
     m, d = x0.shape
     x = np.clip(x0, bounds[:, 0], bounds[:, 1])
