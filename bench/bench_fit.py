@@ -1,8 +1,12 @@
 """Benchmark: fit every window of a ResNet-20-sized run (20 layers x 25 rounds x 20 windows
 = 10^4 histograms of 201 bins, 4 models, bootstrap 200) with gradscope.fit, and compare
-with the naive way (one scipy.optimize call per histogram per model) on a subset.
+with the naive way (one scipy.optimize call per histogram per model) on a subset, both
+timed --repeat times in this one run (medians). Then the equality check: the first --check
+histograms fitted again through the cdf reference path (binned._QUADRATURE = False, the
+fits as they were before the bin quadrature) and the largest relative difference over every
+estimate, CI, log-likelihood and KS distance.
 
-    .venv/bin/python bench/bench_fit.py [--layers 20 --rounds 25 --windows 20]
+    .venv/bin/python bench/bench_fit.py [--layers 20 --rounds 25 --windows 20 --repeat 3]
     .venv/bin/python bench/bench_fit.py --smoke      # 8 histograms: checks that it runs
 """
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 from scipy import optimize, stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gradscope.fit import fit_run  # noqa: E402
+import gradscope.fit.binned as binned  # noqa: E402
+from gradscope.fit import fit_histograms, fit_run  # noqa: E402
 from gradscope.fit.synthetic import SyntheticRun, log_edges  # noqa: E402
 
 
@@ -60,6 +65,34 @@ def naive_per_histogram(counts, under, over, edges, m=40):
     return (time.perf_counter() - t) / m
 
 
+def max_rel_diff_vs_reference(run, n_rows, bootstrap):
+    """Largest relative difference between the fits of the first n_rows histograms and the
+    cdf reference path's, over every numeric column (estimates, CIs, log-likelihoods, KS)."""
+    counts, edges, idx = run.histograms()
+    mom = run.moments()
+    n = min(n_rows, len(idx))
+    args = (counts[:n], edges, idx["under"].to_numpy(float)[:n], idx["over"].to_numpy(float)[:n])
+    kw = {"moments": {k: mom[k].to_numpy(float)[:n] for k in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4")},
+          "bootstrap": bootstrap}
+    new = fit_histograms(*args, **kw)
+    old_flag = binned._QUADRATURE
+    binned._QUADRATURE = False
+    try:
+        ref = fit_histograms(*args, **kw)
+    finally:
+        binned._QUADRATURE = old_flag
+    worst, col = 0.0, None
+    for c in ref.select_dtypes("number").columns:
+        a, b = ref[c].to_numpy(float), new[c].to_numpy(float)
+        if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+            return float("inf"), c, n
+        f = np.isfinite(a) & (a != 0)
+        d = float(np.max(np.abs(b[f] - a[f]) / np.abs(a[f]))) if f.any() else 0.0
+        if d > worst:
+            worst, col = d, c
+    return worst, col, n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=20)
@@ -67,24 +100,38 @@ def main(argv=None):
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--naive", type=int, default=40, help="histograms fitted the naive way (extrapolated)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each path (medians are printed)")
+    ap.add_argument("--check", type=int, default=400, help="histograms compared with the cdf reference path")
     ap.add_argument("--smoke", action="store_true", help="2 layers x 2 rounds x 2 windows, bootstrap 20")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.layers, a.rounds, a.windows, a.bootstrap, a.naive = 2, 2, 2, 20, 2
+        a.layers, a.rounds, a.windows, a.bootstrap, a.naive, a.repeat, a.check = 2, 2, 2, 20, 2, 1, 8
     run, edges = synthetic_rows(a.layers, a.rounds, a.windows)
     n_hist = a.layers * a.rounds * a.windows
-    t = time.perf_counter()
-    res = fit_run(run, per="window", bootstrap=a.bootstrap, store=False)
-    dt = time.perf_counter() - t
-    ok = (res.per_layer["status"] == "ok").mean()
-    print(f"fit_run per=window: {n_hist} histograms (+{len(res.pooled)} pooled, + round level), "
-          f"4 models, bootstrap {a.bootstrap}: {dt:.1f} s  ({ok:.1%} status ok)")
     counts, _, idx = run.histograms()
-    per_hist = naive_per_histogram(counts, idx["under"].to_numpy(), idx["over"].to_numpy(), edges, a.naive)
-    naive = per_hist * n_hist * 4  # x4 models, and the 2-parameter ones would cost more
-    print(f"naive scipy.optimize per histogram (Laplace, extrapolated x4 models): {naive:.1f} s")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"speed-up ratio (naive / vectorised, lower bound): {naive / dt:.1f}x  (load average {load:.1f})")
+    walls, cpus, naives = [], [], []
+    for _ in range(max(1, a.repeat)):
+        t, c = time.perf_counter(), time.process_time()
+        res = fit_run(run, per="window", bootstrap=a.bootstrap, store=False)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+        per_hist = naive_per_histogram(counts, idx["under"].to_numpy(), idx["over"].to_numpy(), edges, a.naive)
+        naives.append(per_hist * n_hist * 4)  # x4 models, and the 2-parameter ones would cost more
+    dt, cpu, naive = (float(np.median(v)) for v in (walls, cpus, naives))
+    ok = (res.per_layer["status"] == "ok").mean()
+    runs = ", ".join(f"{w:.2f}" for w in walls)
+    print(f"fit_run per=window: {n_hist} histograms (+{len(res.pooled)} pooled, + round level), "
+          f"4 models, bootstrap {a.bootstrap}: median {dt:.2f} s of {len(walls)} ({runs}; cpu {cpu:.2f} s)  "
+          f"({ok:.1%} status ok)")
+    print(f"naive scipy.optimize per histogram (Laplace, extrapolated x4 models): median {naive:.2f} s "
+          f"of {len(naives)} ({', '.join(f'{v:.2f}' for v in naives)})")
+    if a.check > 0:
+        diff, col, n = max_rel_diff_vs_reference(run, a.check, a.bootstrap)
+        print(f"max relative difference vs the cdf reference path ({n} histograms, 4 models, every estimate, "
+              f"CI, log-likelihood and KS): {diff:.1e} ({col})")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"speed-up ratio (naive / vectorised, lower bound): {naive / dt:.1f}x  "
+          f"(load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -181,9 +181,24 @@ def _replace_row(run, round_, layer, values):
             r.update(summarize(np.asarray(values, float), run.edges), **keep)
 
 
-def test_a_failed_model_fit_keeps_the_exact_statistics():
-    # 8/9 of the gradients exactly zero (a layer where most weights get no signal): some family
-    # fails to converge; its columns go NaN, but the exact std of that row stays everywhere
+def test_a_failed_model_fit_keeps_the_exact_statistics(monkeypatch):
+    # 8/9 of the gradients exactly zero (a layer where most weights get no signal). Every family
+    # failed to converge there until the fits started the normal and Laplace at their moment
+    # MLEs and moved a shape on its bound along the scale alone; the t fit is made to fail on
+    # that row here (the optimiser's verdict, not its arithmetic, is what this test is about):
+    # its columns go NaN, but the exact std of that row stays everywhere
+    import gradscope.fit.binned as B
+
+    newton = B.newton_fit
+
+    def t_fails_on_spikes(problem, x0, bounds, **kw):
+        x, LL, conv = newton(problem, x0, bounds, **kw)
+        if problem.fam.name == "t":
+            w = problem.w
+            conv = conv & ~(w.max(1) > 0.5 * w.sum(1))  # a cell holding most of the values
+        return x, LL, conv
+
+    monkeypatch.setattr(B, "newton_fit", t_fails_on_spikes)
     K = 6
     true = 0.01 * 0.95 ** np.arange(K)
     rec_edges = log_edges(10.0, n_half=101, min_abs=1e-10)  # the recorder's default layout
@@ -195,7 +210,7 @@ def test_a_failed_model_fit_keeps_the_exact_statistics():
     res = fit_run(run, per="round", bootstrap=30, seed=0, store=False)
     row = res.per_layer.set_index(["round", "layer"]).loc[(2, "conv1")]
     failed = [m for m in ("normal", "laplace", "t", "gennorm") if row[f"{m}_status"] == "no-convergence"]
-    assert failed and row["status"] == "no-convergence"
+    assert failed == ["t"] and row["status"] == "no-convergence"
     assert all(np.isnan(row[f"{m}_scale"]) for m in failed)
     np.testing.assert_allclose(row["std"], x.std(), rtol=1e-9)
     n = res.narrowing.set_index(["layer", "statistic", "round"]).sort_index()

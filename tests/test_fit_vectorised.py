@@ -1,7 +1,9 @@
 """The vectorised binned fits give the binned maximum-likelihood estimates (checked with
-scipy.stats, independently of gradscope's own cdfs and derivatives), and the bootstrap that
-reuses the optimiser's per-cell derivatives equals one that recomputes them."""
+scipy.stats, independently of gradscope's own cdfs and derivatives); the bin quadrature of the
+two-parameter families gives what the cdf reference path gives; the bootstrap that reuses the
+optimiser's per-cell derivatives equals one that recomputes them."""
 import numpy as np
+import pytest
 from scipy import stats
 
 import gradscope.fit.binned as B
@@ -86,8 +88,8 @@ def test_bootstrap_from_the_optimisers_cells_equals_a_fresh_evaluation(monkeypat
         kept = B.fit_family(fam, c, EXT, np.zeros(len(c)), q, np.full(len(c), 0.005), 60,
                             np.random.default_rng(3), resample)
         with monkeypatch.context() as mp:
-            mp.setattr(B._Problem, "cell_grad_hess", lambda self, rows, x: B._split_cells(
-                self._cells(rows, x)[..., 1:]))  # never the kept cells
+            mp.setattr(B._Problem, "cell_derivs",
+                       lambda self, rows, x: self._cells(rows, x)[..., 1:])  # never the kept cells
             fresh = B.fit_family(fam, c, EXT, np.zeros(len(c)), q, np.full(len(c), 0.005), 60,
                                  np.random.default_rng(3), resample)
         for k in ("scale", "shape", "scale_lo", "scale_hi"):
@@ -103,3 +105,161 @@ def test_blocks_of_rows_give_the_same_statistics_as_one_block(monkeypatch):
     b = fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], bootstrap=20, models=("gennorm", "normal"))
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-10)
+
+
+def _mixed_counts(seed):
+    """Histograms (under, bins, over) from t(1.5 / 4 / 30), gennorm(0.6 / 1.5 / 4) and the
+    normal, at scales whose tails reach past the edges or fall well inside them, so the
+    quadrature bins, the cdf-path bins (steep tails, gennorm's bin at 0) and the
+    under/overflow all carry counts, and t's df runs into its upper bound (light tails)."""
+    rng = np.random.default_rng(seed)
+    dists = [stats.t(1.5), stats.t(4), stats.t(30), stats.gennorm(0.6), stats.gennorm(1.5),
+             stats.gennorm(4), stats.norm()]
+    rows = []
+    for i in range(42):
+        d = dists[i % len(dists)]
+        s = (0.0005, 0.004, 0.03)[i % 3]
+        if i % 7 == 6 and i % 3 == 0:  # normal data at 0.0005: t's df (~600) is not determined to
+            s = 0.004  # 1e-6 (log L flat to 1e-7), so "converged" is decided by either path's last digits
+        rows.append(rng.multinomial(100_000, np.diff(d.cdf(EXT / s))))
+    return np.array(rows)
+
+
+def test_quadrature_path_equals_the_cdf_reference_path(monkeypatch):
+    """The bin quadrature of t and gennorm gives what the cdf path (binned._QUADRATURE = False:
+    every cell by the family's cdf, as the fits were before) gives, to 1e-6 relative on every
+    number of the table: scales, shapes, CIs, log-likelihoods, AIC, KS (measured: ~1e-9)."""
+    c = _mixed_counts(4)
+    mom = {"count": c.sum(1).astype(float), "sum": np.full(len(c), 3e-6 * c.sum(1)),  # a location != 0
+           "sumsq": np.full(len(c), 1e-5) * c.sum(1), "sumabs": np.full(len(c), 2e-3) * c.sum(1),
+           "sum3": np.zeros(len(c)), "sum4": np.full(len(c), 1e-9) * c.sum(1)}
+    kw = {"moments": mom, "bootstrap": 40, "models": ("t", "gennorm")}
+    new = fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], **kw)
+    monkeypatch.setattr(B, "_QUADRATURE", False)
+    ref = fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], **kw)
+    for col in ("status", "t_status", "gennorm_status", "best"):
+        assert (new[col].to_numpy() == ref[col].to_numpy()).all(), col
+    assert (ref["t_status"] == "ok").mean() > 0.9 and (ref["gennorm_status"] == "ok").all()
+    assert np.isclose(ref["t_shape"], 1000.0).sum() >= 6  # rows at the bound are compared too
+    num = ref.select_dtypes("number").columns
+    np.testing.assert_array_equal(np.isfinite(ref[num].to_numpy(float)), np.isfinite(new[num].to_numpy(float)))
+    est = [c for c in num if not c.endswith("_ks")]
+    np.testing.assert_allclose(new[est].to_numpy(float), ref[est].to_numpy(float), rtol=1e-6)
+    # KS (a maximum of cdf differences, ~1e-2 here) magnifies the estimates' last digits
+    ks = [c for c in num if c.endswith("_ks")]
+    np.testing.assert_allclose(new[ks].to_numpy(float), ref[ks].to_numpy(float), rtol=1e-5)
+
+
+@pytest.mark.parametrize("model,shapes", [("t", (0.6, 4.0, 300.0)), ("gennorm", (0.3, 1.1, 6.0))])
+def test_bin_quadrature_is_the_cdf_difference_where_it_is_used(model, shapes):
+    """Per bin, Gauss-Legendre P equals scipy's cdf difference to 3e-7 (steep bins; most to
+    1e-10) wherever quad_ok lets the quadrature stand, for shapes, scales and locations across the range; the tails of
+    light-tailed shapes are left to the cdf path (and both kinds of bins occur)."""
+    fam = get_family(model)
+    q = B._BinQuad(EXT)
+    used = left = 0
+    for sh in shapes:
+        for s in (1e-4, 3e-3, 0.1):
+            for loc in (0.0, 0.2 * s):
+                cz, hz = (q.c - loc) / s, q.h / s
+                ok = fam.quad_ok(np.abs(cz), hz, sh)
+                zn = (q.xn - loc) / s
+                P = (fam.pdfs(zn, sh, (0.0,))[0] @ B._GL_W) * hz
+                dist = SCIPY[model](sh)
+                za, zb = (q.e[:-1] - loc) / s, (q.e[1:] - loc) / s
+                exact = np.where(za >= 0, dist.sf(za) - dist.sf(zb), dist.cdf(zb) - dist.cdf(za))
+                # where the difference of cdfs cancels more than 1e4-fold it is the less exact
+                # of the two (bins near the centre of a wide distribution): left out
+                tail = np.minimum(np.minimum(dist.cdf(za), dist.sf(za)), np.minimum(dist.cdf(zb), dist.sf(zb)))
+                good = ok & (exact > 1e-250) & (exact > 1e-4 * tail)
+                np.testing.assert_allclose(P[good], exact[good], rtol=3e-7)  # 4 nodes, log f bent by <= 1 per bin
+                used, left = used + good.sum(), left + (~ok).sum()
+    assert used > 1000 and left > 10
+
+
+@pytest.mark.parametrize("model,shape", [("t", 0.7), ("t", 25.0), ("gennorm", 0.4), ("gennorm", 2.5)])
+def test_analytic_shape_derivatives_of_log_density(model, shape):
+    """dshape's d log f/d log shape and its second derivative equal Richardson-extrapolated
+    central differences of logpdf, and pdfs' densities equal exp(logpdf)."""
+    fam = get_family(model)
+    z = np.array([0.004, 0.3, 1.0, 3.0])  # further out the differences' h^4 term spoils the reference
+    f, D, DD = fam.dshape(z.copy(), shape)
+    p = np.log(shape)
+
+    def lf(q):
+        return fam.logpdf(z, np.exp(q))
+
+    def d1(h):
+        return (lf(p + h) - lf(p - h)) / (2 * h)
+
+    def d2(h):
+        return (lf(p + h) - 2 * lf(p) + lf(p - h)) / h**2
+
+    np.testing.assert_allclose(D, (4 * d1(5e-3) - d1(1e-2)) / 3, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(DD, (4 * d2(5e-3) - d2(1e-2)) / 3, rtol=2e-6, atol=1e-7)  # the differences' own error
+    np.testing.assert_allclose(f, np.exp(lf(p)), rtol=1e-13)
+    np.testing.assert_allclose(fam.pdfs(z.copy(), shape, (0.3,))[0], np.exp(fam.logpdf(z, shape * np.exp(0.3))),
+                               rtol=1e-13)
+
+
+def test_analytic_shape_gradient_gives_the_exact_binned_mle(monkeypatch):
+    """_SHAPE_GRADIENT = "analytic" (integrals of f dlog f/dlog shape) lands on the binned MLE
+    of scipy's log-likelihood with Richardson-extrapolated derivatives, to 3e-7 in log units
+    (the stopping tolerance, 1e-7, and this check's own differences)."""
+    monkeypatch.setattr(B, "_SHAPE_GRADIENT", "analytic")
+    c = _counts(24, seed=5)
+    df = fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], bootstrap=0, models=("t", "gennorm"))
+    for model in ("t", "gennorm"):
+        est = np.stack([np.log(df[f"{model}_shape"].to_numpy()), np.log(df[f"{model}_scale"].to_numpy())], 1)
+
+        def ll(x):
+            return _loglik(model, c, x[:, 0], x[:, 1])
+
+        e = np.eye(2)
+
+        def grad(h):
+            return np.stack([(ll(est + h * e[i]) - ll(est - h * e[i])) / (2 * h) for i in range(2)], 1)
+
+        g = (4 * grad(1e-3) - grad(2e-3)) / 3
+        H = np.empty((len(c), 2, 2))
+        for i in range(2):
+            for j in range(2):
+                hi, hj = 1e-3 * e[i], 1e-3 * e[j]
+                H[:, i, j] = (ll(est + hi + hj) - ll(est + hi - hj) - ll(est - hi + hj) + ll(est - hi - hj)) / 4e-6
+        step = -np.linalg.solve(H, g[..., None])[..., 0]
+        assert np.abs(step).max() < 3e-7, (model, np.abs(step).max(0))
+
+
+def test_threads_and_the_cell_store_do_not_change_any_number(monkeypatch):
+    """One thread or several (row blocks and bootstrap chunks), cells kept at every step or none
+    (every row evaluated again at its end): the same table, bit for bit, in both resampling modes."""
+    c = _counts(40, seed=6)
+
+    def fit():
+        return [fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], bootstrap=30, resample=r)
+                for r in ("multinomial", "normal")]
+
+    monkeypatch.setenv("GRADSCOPE_FIT_THREADS", "1")
+    monkeypatch.setattr(B, "_CHUNK_ELEMS", 8 * c.shape[1] * B._GL_K)  # several blocks of rows
+    monkeypatch.setattr(B.bootstrap_scales, "__defaults__", ("auto", 5 * 30 * c.shape[1], None))  # 8 chunks
+    a = fit()
+    monkeypatch.setenv("GRADSCOPE_FIT_THREADS", "3")
+    b = fit()
+    monkeypatch.setattr(B, "_STORE_STEP", 0.0)
+    d = fit()
+    monkeypatch.setattr(B, "_STORE_STEP", np.inf)
+    e = fit()
+    for other in (b, d, e):
+        assert all(x.equals(y) for x, y in zip(a, other))
+    assert np.isfinite(a[1]["t_scale_lo"]).all()
+
+
+def test_no_fittable_row_is_statuses_not_a_crash():
+    """Only empty and degenerate histograms: every family (the quadrature ones included) is
+    skipped with the rows' statuses, with and without a bootstrap."""
+    c = np.zeros((3, len(EDGES) - 1), int)
+    c[1, 100] = 50  # one occupied bin: degenerate
+    for boot in (0, 20):
+        df = fit_histograms(c, EDGES, np.zeros(3), np.zeros(3), bootstrap=boot)
+        assert list(df["status"]) == ["empty", "degenerate", "empty"]
+        assert df["t_scale"].isna().all() and (df["gennorm_status"] == df["status"]).all()

@@ -161,11 +161,19 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     C = np.concatenate([uf[rows, None], cf[rows], of[rows, None]], 1)
     qr = {p: v[rows] for p, v in q.items()}
     fallback = (df["std"].to_numpy(float)[rows] if "std" in df else np.full(len(rows), np.nan))
+    # starts near the MLE from the exact moments: the unbinned MLEs of the normal (std) and, for a
+    # location near 0, the Laplace (mean |g|)
+    starts = {"normal": fallback}
+    if "meanabs" in df:
+        ma = df["meanabs"].to_numpy(float)[rows]
+        with np.errstate(invalid="ignore"):
+            starts["laplace"] = np.where(np.abs(loc_all[rows]) < 0.1 * ma, ma, np.nan)
     rng = np.random.default_rng(seed)
     aics, model_cols = [], []
     for m in models:
         fam = get_family(m)
-        r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level)
+        r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level,
+                       init_scale=starts.get(m))
         conv = r["converged"] & np.isfinite(r["scale"]) & np.isfinite(r["loglik"])
         if bootstrap:
             conv &= np.isfinite(r["scale_lo"]) & np.isfinite(r["scale_hi"])
@@ -175,8 +183,9 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
             cols["shape"] = r["shape"]
         if not bootstrap:
             del cols["scale_lo"], cols["scale_hi"]
-        mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"],
-                                r["shape"] if fam.n_shape else None)
+        mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
+        if mc is None:
+            mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
         cols["ks"] = np.abs(mc - cdf[rows]).max(1)
         mst = df["status"].to_numpy(object).copy()
         mst[rows] = np.where(conv, "ok", "no-convergence")
