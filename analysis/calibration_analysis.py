@@ -110,10 +110,41 @@ def extract(runs: Path, data: Path) -> None:
             probes = tdir / "probes" / "probes.json"
             if probes.exists():
                 shutil.copyfile(probes, dest / "probes.json")
+            if (tdir / "probes2" / "probes.json").exists():  # the second probes run's records join them
+                _merge_probes(tdir / "probes2", dest)
             np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
             (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
                                                           "oracle": cfg}, indent=1, sort_keys=True))
             print(f"[{cfg_dir.name}/{tdir.name}] extracted to {dest}")
+
+
+def _merge_probes(run: Path, dest: Path) -> int:
+    """Add ``run``'s probe records to ``dest/probes.json`` (checksummed; a record of the same round,
+    time and probe is replaced, every other record kept); the number of records added."""
+    from gradscope.store.probes import read_probes, upsert_probes  # noqa: PLC0415
+
+    recs = read_probes(run)
+    upsert_probes(dest, recs)
+    return len(recs)
+
+
+def extract_probes(runs: Path, data: Path, kind: str = "probes2") -> None:
+    """Only the records of each trajectory's ``kind`` probes run, merged into the committed
+    ``data/<config>/t<k>/probes.json`` (profile.csv, norms.csv, oracle.npz and the first probes
+    run's records are left as they are); a trajectory without committed data or whose run has
+    not finished every round is skipped with a line."""
+    for cfg_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for tdir in sorted(cfg_dir.glob("t*"), key=lambda p: int(p.name[1:])):
+            run, dest = tdir / kind, data / cfg_dir.name / tdir.name
+            if not (run / "probes.json").exists():
+                continue
+            cfg = json.loads((run / "config.json").read_text())
+            rows = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").exists() else []
+            if len(rows) < cfg["prune"]["rounds"] or not (dest / "oracle.npz").exists():
+                print(f"[{cfg_dir.name}/{tdir.name}] {kind}: not finished or no committed trajectory: skipped")
+                continue
+            n = _merge_probes(run, dest)
+            print(f"[{cfg_dir.name}/{tdir.name}] {kind}: {n} probe records merged into {dest / 'probes.json'}")
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -160,7 +191,10 @@ def load_norms(data: Path) -> pd.DataFrame:
 
 
 PROBE_PREDICTORS = ("lr-range", "lr-range:steep", "lr-range:torch-lr-finder", "lr-range:divergence", "noise-scale",
-                    "norm-drop", "bn-norm")
+                    "norm-drop", "bn-norm", "sharpness", "sharpness:bn-blocks", "eps-opt", "lr-free")
+# sharpness's stability limits taken literally (no constant fitted): max_lr = c / lambda_max
+SHARP_ABSOLUTE = {"probe sharpness 2/lambda_max (absolute)": lambda beta: 2.0,
+                  "probe sharpness 2(1+beta)/lambda_max (absolute)": lambda beta: 2.0 * (1 + beta)}
 
 
 def probe_implied(tdir: Path, opt0: float) -> tuple[dict, list]:
@@ -183,11 +217,21 @@ def probe_implied(tdir: Path, opt0: float) -> tuple[dict, list]:
         except GradscopeError:
             continue
         out[f"probe {name}"] = pts.set_index("round")["implied_max_lr"]
-        cost.append({"predictor": f"probe {name}", "cv_median": float(pd.to_numeric(v["cv"], errors="coerce").median()),
-                     "fb_equiv_median": float(pd.to_numeric(v["fb_equiv"], errors="coerce").median()),
-                     "share_of_oracle_round_median": float(pd.to_numeric(v["share_of_oracle_round"],
-                                                                          errors="coerce").median())})
+        cost.append(_cost(f"probe {name}", v))
+        if name == "sharpness":  # the same measurement, the limits without a fitted constant
+            beta = next((float(r["result"]["momentum"]) for r in recs if r["probe"] == "sharpness"), 0.9)
+            lam = v.set_index("round")["value"]
+            for label, c in SHARP_ABSOLUTE.items():
+                out[label] = c(beta) / lam
+                cost.append(_cost(label, v))
     return out, cost
+
+
+def _cost(label: str, v: pd.DataFrame) -> dict:
+    """A predictor's measurement noise (CV over repeats) and cost, medians over the rounds."""
+    return {"predictor": label, "cv_median": float(pd.to_numeric(v["cv"], errors="coerce").median()),
+            "fb_equiv_median": float(pd.to_numeric(v["fb_equiv"], errors="coerce").median()),
+            "share_of_oracle_round_median": float(pd.to_numeric(v["share_of_oracle_round"], errors="coerce").median())}
 
 
 def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
