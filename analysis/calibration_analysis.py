@@ -388,11 +388,16 @@ def render_tables(vt, powers, scores, spreads, optima) -> str:
     L += ["", "**Power.** " + " ".join(f"{c}: {s}" for c, s in zip(powers["config"], powers["sentence"])), ""]
     L += ["**Table B. Predictors scored by regret** (validation accuracy points lost by training at the "
           "predictor's max_lr instead of the Oracle's optimum, on the Oracle's fitted accuracy curve, its "
-          "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum; "
-          "95 % CI over trajectories). 'vs constant' is the paired difference (negative = fewer points lost).", "",
-          "Probes (issue 20) were measured at each round's start of a third run with the profile's recipe; "
-          "cost is in forward+backward passes per measurement and as a share of an Oracle round (7 x 3), noise "
-          "is the CV over 3 repeats with different probe seeds (medians over rounds and trajectories).", "",
+          "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum "
+          "except the two '(absolute)' rows; 95 % CI over trajectories). 'vs constant' is the paired difference "
+          "(negative = fewer points lost).", "",
+          "Probes (issue 20) were measured at each round's start of a third run with the profile's recipe "
+          "(lr-range, noise-scale, norm-drop, bn-norm) and of a fourth (sharpness: Lanczos with 6 vectors, tol "
+          "1e-2, 4 batches; eps-opt: 4 batches; lr-free: D-Adaptation SGD, 100 steps); cost is in "
+          "forward+backward passes per measurement (measured wall time / one measured pass) and as a share of "
+          "an Oracle round (7 x 3), noise is the CV over 3 repeats with different probe seeds (medians over "
+          "rounds and trajectories). With a constant fitted on round 0, 2/lambda_max and 2(1+beta)/lambda_max "
+          "are one rule ('probe sharpness'); the '(absolute)' rows take them literally as max_lr.", "",
           "| configuration | predictor | regret (points) | CI | vs constant | CI | Spearman rho | in Oracle CI | verdict | cost (passes; share) | noise (CV) |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in scores.iterrows():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 SETTINGS = {  # name -> sharpness config
-    "ARPACK 20 vectors, tol 1e-3, 4 batches (old default)": {"ncv": None, "tol": 1e-3, "batches": 4},
+    "ARPACK 20 vectors, tol 1e-3, 4 batches (old default)": {"ncv": 20, "tol": 1e-3, "batches": 4},
     "6 Lanczos vectors, tol 1e-2, 4 batches (new default)": {"ncv": 6, "tol": 1e-2, "batches": 4},
     "6 Lanczos vectors, tol 1e-2, 2 batches": {"ncv": 6, "tol": 1e-2, "batches": 2},
     "power iteration, tol 1e-2, 2 batches": {"method": "power", "tol": 1e-2, "batches": 2},
