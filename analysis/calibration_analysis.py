@@ -454,7 +454,8 @@ def splice_findings(tables: str) -> None:
 def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path, verdicts=None) -> None:
     """Per configuration: every trajectory's interior Oracle optima (faint), their geometric mean
     per round, the slope over trajectories with its CI (fan) beside SILO's rise, and what the
-    default predictor and a constant implied (means over trajectories)."""
+    default predictor, sharpness (where measured) and a constant implied (geometric means over
+    trajectories)."""
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -480,10 +481,12 @@ def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path, verdicts=Non
                             alpha=0.12, label=f"its {100 * v.ci.level:.1f} % CI ({v.ci.scope})")
             ax.plot(xs, np.exp(a + v.reference * (xs - xb)), "C2--", lw=1, label=f"SILO's preset rise x{np.exp(v.reference):.2g}/unit")
         pr = per_round[per_round["config"] == cfg]
-        for name, style in (("survivors std, all windows (default)", "-"), ("constant max_lr", ":")):
+        for name, style, color in (("survivors std, all windows (default)", "-", "k"), ("constant max_lr", ":", "k"),
+                                   ("probe sharpness", "-.", "C1")):
             q = pr[pr["predictor"] == name].groupby("round")[["sparsity", "max_lr"]].agg(
                 {"sparsity": "mean", "max_lr": lambda m: np.exp(np.log(m).mean())})
-            ax.plot(q["sparsity"], q["max_lr"], style, color="k", lw=1, label=f"implied: {name}")
+            if len(q):
+                ax.plot(q["sparsity"], q["max_lr"], style, color=color, lw=1, label=f"implied: {name}")
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (fraction of prunable weights pruned)")
         ax.set_ylabel("max_lr")

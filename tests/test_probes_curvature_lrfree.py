@@ -50,7 +50,7 @@ class Regression(nn.Module):
         super().__init__()
         self.lin = nn.Linear(len(w), 1, bias=False).double()
         with torch.no_grad():
-            self.lin.weight.copy_(torch.tensor([w], dtype=torch.float64))
+            self.lin.weight.copy_(torch.tensor(np.array([w]), dtype=torch.float64))
 
     def forward(self, x):
         return self.lin(x).squeeze(1)
