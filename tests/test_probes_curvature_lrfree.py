@@ -149,7 +149,7 @@ class Point(nn.Module):
         super().__init__()
         self.lin = nn.Linear(len(x0), 1, bias=False).double()
         with torch.no_grad():
-            self.lin.weight.copy_(torch.tensor([x0], dtype=torch.float64))
+            self.lin.weight.copy_(torch.tensor(np.array([x0]), dtype=torch.float64))
 
     def forward(self, x):
         return self.lin.weight.reshape(-1)
