@@ -13,7 +13,6 @@ Oracle, and gradscope's evidence table (gradscope/calibrate/evidence.csv).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +106,12 @@ def extract(runs: Path, data: Path) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             extract_profile(prof).to_csv(dest / "profile.csv", index=False)
             extract_norms(prof).to_csv(dest / "norms.csv", index=False)
-            probes = tdir / "probes" / "probes.json"
-            if probes.exists():
-                shutil.copyfile(probes, dest / "probes.json")
-            if (tdir / "probes2" / "probes.json").exists():  # the second probes run's records join them
-                _merge_probes(tdir / "probes2", dest)
+            # both probes runs' records are merged into the committed file (a record of the same round,
+            # time and probe is replaced; records only the committed file has, e.g. the second run's
+            # when its runs live elsewhere, are kept)
+            for kind in ("probes", "probes2"):
+                if (tdir / kind / "probes.json").exists():
+                    _merge_probes(tdir / kind, dest)
             np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
             (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
                                                           "oracle": cfg}, indent=1, sort_keys=True))

@@ -361,3 +361,21 @@ def test_a_prune_run_with_the_new_probes_trains_bit_identically_and_their_rules_
         v0, v1 = recs[(0, name)]["result"][key], recs[(1, name)]["result"][key]
         assert pts.loc[0, "implied_max_lr"] == 0.05
         assert pts.loc[1, "implied_max_lr"] == pytest.approx(0.05 * (v0 / v1 if inverse else v1 / v0)), name
+
+
+def test_a_full_extract_merges_the_first_probes_run_without_dropping_the_second_runs_records(tmp_path):
+    """`extract` from runs that hold only profile, probes and Oracle (the second probes run lives in
+    another folder) keeps the committed second-run records."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "analysis"))
+    from calibration_analysis import _merge_probes
+    from gradscope.store.probes import read_probes, write_probes
+
+    dest, first = tmp_path / "dest", tmp_path / "probes"
+    dest.mkdir()
+    first.mkdir()
+    write_probes(dest, [{"round": 0, "at": "start", "probe": "sharpness", "values": {"value": [9.0]}},
+                        {"round": 0, "at": "start", "probe": "noise-scale", "values": {"value": [0.1]}}])
+    write_probes(first, [{"round": 0, "at": "start", "probe": "noise-scale", "values": {"value": [0.7]}}])
+    assert _merge_probes(first, dest) == 1
+    got = {r["probe"]: r["values"]["value"][0] for r in read_probes(dest)}
+    assert got == {"sharpness": 9.0, "noise-scale": 0.7}
