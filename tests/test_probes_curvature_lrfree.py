@@ -379,3 +379,20 @@ def test_a_full_extract_merges_the_first_probes_run_without_dropping_the_second_
     assert _merge_probes(first, dest) == 1
     got = {r["probe"]: r["values"]["value"][0] for r in read_probes(dest)}
     assert got == {"sharpness": 9.0, "noise-scale": 0.7}
+
+
+def test_a_run_with_lr_free_but_without_its_package_stops_before_training(tmp_path, monkeypatch):
+    import importlib.util
+    from gradscope.config import RunConfig
+    from gradscope.train import PruningRun
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "dadaptation" else real(n, *a))
+    c = RunConfig()
+    c.data.dataset, c.data.train_subset, c.data.batch_size, c.data.cache_dir = "digits", 128, 64, str(tmp_path / "c")
+    c.model.model, c.train.epochs, c.train.threads, c.train.progress = "lenet_300_100", 1, 1, False
+    c.prune.rounds, c.schedule.schedule, c.schedule.max_lr, c.record.record = 2, "lth", 0.05, False
+    c.probe.probes, c.out = "noise-scale,lr-free", str(tmp_path / "run")
+    with pytest.raises(GradscopeError, match="the lr-free probe needs the package 'dadaptation'"):
+        PruningRun(c, log=lambda s: None).run()
+    assert not (tmp_path / "run" / "rounds.json").exists() and not (tmp_path / "run" / "probes.json").exists()
