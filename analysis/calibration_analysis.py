@@ -13,7 +13,6 @@ Oracle, and gradscope's evidence table (gradscope/calibrate/evidence.csv).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +106,45 @@ def extract(runs: Path, data: Path) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             extract_profile(prof).to_csv(dest / "profile.csv", index=False)
             extract_norms(prof).to_csv(dest / "norms.csv", index=False)
-            probes = tdir / "probes" / "probes.json"
-            if probes.exists():
-                shutil.copyfile(probes, dest / "probes.json")
+            # both probes runs' records are merged into the committed file (a record of the same round,
+            # time and probe is replaced; records only the committed file has, e.g. the second run's
+            # when its runs live elsewhere, are kept)
+            for kind in ("probes", "probes2"):
+                if (tdir / kind / "probes.json").exists():
+                    _merge_probes(tdir / kind, dest)
             np.savez_compressed(dest / "oracle.npz", **extract_oracle(orc))
             (dest / "config.json").write_text(json.dumps({"profile": json.loads((prof / "config.json").read_text()),
                                                           "oracle": cfg}, indent=1, sort_keys=True))
             print(f"[{cfg_dir.name}/{tdir.name}] extracted to {dest}")
+
+
+def _merge_probes(run: Path, dest: Path) -> int:
+    """Add ``run``'s probe records to ``dest/probes.json`` (checksummed; a record of the same round,
+    time and probe is replaced, every other record kept); the number of records added."""
+    from gradscope.store.probes import read_probes, upsert_probes  # noqa: PLC0415
+
+    recs = read_probes(run)
+    upsert_probes(dest, recs)
+    return len(recs)
+
+
+def extract_probes(runs: Path, data: Path, kind: str = "probes2") -> None:
+    """Only the records of each trajectory's ``kind`` probes run, merged into the committed
+    ``data/<config>/t<k>/probes.json`` (profile.csv, norms.csv, oracle.npz and the first probes
+    run's records are left as they are); a trajectory without committed data or whose run has
+    not finished every round is skipped with a line."""
+    for cfg_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for tdir in sorted(cfg_dir.glob("t*"), key=lambda p: int(p.name[1:])):
+            run, dest = tdir / kind, data / cfg_dir.name / tdir.name
+            if not (run / "probes.json").exists():
+                continue
+            cfg = json.loads((run / "config.json").read_text())
+            rows = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").exists() else []
+            if len(rows) < cfg["prune"]["rounds"] or not (dest / "oracle.npz").exists():
+                print(f"[{cfg_dir.name}/{tdir.name}] {kind}: not finished or no committed trajectory: skipped")
+                continue
+            n = _merge_probes(run, dest)
+            print(f"[{cfg_dir.name}/{tdir.name}] {kind}: {n} probe records merged into {dest / 'probes.json'}")
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -160,7 +191,10 @@ def load_norms(data: Path) -> pd.DataFrame:
 
 
 PROBE_PREDICTORS = ("lr-range", "lr-range:steep", "lr-range:torch-lr-finder", "lr-range:divergence", "noise-scale",
-                    "norm-drop", "bn-norm")
+                    "norm-drop", "bn-norm", "sharpness", "sharpness:bn-blocks", "eps-opt", "lr-free")
+# sharpness's stability limits taken literally (no constant fitted): max_lr = c / lambda_max
+SHARP_ABSOLUTE = {"probe sharpness 2/lambda_max (absolute)": lambda beta: 2.0,
+                  "probe sharpness 2(1+beta)/lambda_max (absolute)": lambda beta: 2.0 * (1 + beta)}
 
 
 def probe_implied(tdir: Path, opt0: float) -> tuple[dict, list]:
@@ -183,11 +217,21 @@ def probe_implied(tdir: Path, opt0: float) -> tuple[dict, list]:
         except GradscopeError:
             continue
         out[f"probe {name}"] = pts.set_index("round")["implied_max_lr"]
-        cost.append({"predictor": f"probe {name}", "cv_median": float(pd.to_numeric(v["cv"], errors="coerce").median()),
-                     "fb_equiv_median": float(pd.to_numeric(v["fb_equiv"], errors="coerce").median()),
-                     "share_of_oracle_round_median": float(pd.to_numeric(v["share_of_oracle_round"],
-                                                                          errors="coerce").median())})
+        cost.append(_cost(f"probe {name}", v))
+        if name == "sharpness":  # the same measurement, the limits without a fitted constant
+            beta = next((float(r["result"]["momentum"]) for r in recs if r["probe"] == "sharpness"), 0.9)
+            lam = v.set_index("round")["value"]
+            for label, c in SHARP_ABSOLUTE.items():
+                out[label] = c(beta) / lam
+                cost.append(_cost(label, v))
     return out, cost
+
+
+def _cost(label: str, v: pd.DataFrame) -> dict:
+    """A predictor's measurement noise (CV over repeats) and cost, medians over the rounds."""
+    return {"predictor": label, "cv_median": float(pd.to_numeric(v["cv"], errors="coerce").median()),
+            "fb_equiv_median": float(pd.to_numeric(v["fb_equiv"], errors="coerce").median()),
+            "share_of_oracle_round_median": float(pd.to_numeric(v["share_of_oracle_round"], errors="coerce").median())}
 
 
 def implied_table(prof: pd.DataFrame, opt0: float) -> pd.DataFrame:
@@ -344,11 +388,16 @@ def render_tables(vt, powers, scores, spreads, optima) -> str:
     L += ["", "**Power.** " + " ".join(f"{c}: {s}" for c, s in zip(powers["config"], powers["sentence"])), ""]
     L += ["**Table B. Predictors scored by regret** (validation accuracy points lost by training at the "
           "predictor's max_lr instead of the Oracle's optimum, on the Oracle's fitted accuracy curve, its "
-          "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum; "
-          "95 % CI over trajectories). 'vs constant' is the paired difference (negative = fewer points lost).", "",
-          "Probes (issue 20) were measured at each round's start of a third run with the profile's recipe; "
-          "cost is in forward+backward passes per measurement and as a share of an Oracle round (7 x 3), noise "
-          "is the CV over 3 repeats with different probe seeds (medians over rounds and trajectories).", "",
+          "bootstrap carried through; rounds k >= 1; every predictor anchored at the Oracle's round-0 optimum "
+          "except the two '(absolute)' rows; 95 % CI over trajectories). 'vs constant' is the paired difference "
+          "(negative = fewer points lost).", "",
+          "Probes (issue 20) were measured at each round's start of a third run with the profile's recipe "
+          "(lr-range, noise-scale, norm-drop, bn-norm) and of a fourth (sharpness: Lanczos with 6 vectors, tol "
+          "1e-2, 4 batches; eps-opt: 4 batches; lr-free: D-Adaptation SGD, 100 steps); cost is in "
+          "forward+backward passes per measurement (measured wall time / one measured pass) and as a share of "
+          "an Oracle round (7 x 3), noise is the CV over 3 repeats with different probe seeds (medians over "
+          "rounds and trajectories). With a constant fitted on round 0, 2/lambda_max and 2(1+beta)/lambda_max "
+          "are one rule ('probe sharpness'); the '(absolute)' rows take them literally as max_lr.", "",
           "| configuration | predictor | regret (points) | CI | vs constant | CI | Spearman rho | in Oracle CI | verdict | cost (passes; share) | noise (CV) |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in scores.iterrows():
@@ -405,7 +454,8 @@ def splice_findings(tables: str) -> None:
 def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path, verdicts=None) -> None:
     """Per configuration: every trajectory's interior Oracle optima (faint), their geometric mean
     per round, the slope over trajectories with its CI (fan) beside SILO's rise, and what the
-    default predictor and a constant implied (means over trajectories)."""
+    default predictor, sharpness (where measured) and a constant implied (geometric means over
+    trajectories)."""
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -431,10 +481,12 @@ def plot(optima: pd.DataFrame, per_round: pd.DataFrame, path: Path, verdicts=Non
                             alpha=0.12, label=f"its {100 * v.ci.level:.1f} % CI ({v.ci.scope})")
             ax.plot(xs, np.exp(a + v.reference * (xs - xb)), "C2--", lw=1, label=f"SILO's preset rise x{np.exp(v.reference):.2g}/unit")
         pr = per_round[per_round["config"] == cfg]
-        for name, style in (("survivors std, all windows (default)", "-"), ("constant max_lr", ":")):
+        for name, style, color in (("survivors std, all windows (default)", "-", "k"), ("constant max_lr", ":", "k"),
+                                   ("probe sharpness", "-.", "C1")):
             q = pr[pr["predictor"] == name].groupby("round")[["sparsity", "max_lr"]].agg(
                 {"sparsity": "mean", "max_lr": lambda m: np.exp(np.log(m).mean())})
-            ax.plot(q["sparsity"], q["max_lr"], style, color="k", lw=1, label=f"implied: {name}")
+            if len(q):
+                ax.plot(q["sparsity"], q["max_lr"], style, color=color, lw=1, label=f"implied: {name}")
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (fraction of prunable weights pruned)")
         ax.set_ylabel("max_lr")

@@ -12,6 +12,8 @@ analysis/results/calibration/, so ``analyse`` regenerates the tables without the
     python analysis/calibration_study.py run --configs digits-lenet_300_100 --trajectories 0-3
     python analysis/calibration_study.py extract      # runs -> analysis/results/calibration/data/
     python analysis/calibration_study.py analyse      # data -> tables, figure, gradscope's evidence table
+    python analysis/calibration_study.py run --only probes2 --threads 1    # sharpness, eps-opt, lr-free
+    python analysis/calibration_study.py extract --only probes2   # merge only their records into data/
 
 Runs go to analysis/runs/calibration/ (git-ignored, resumable).
 """
@@ -27,9 +29,13 @@ from predictor_study import COMMON, CONFIGS, ORACLE_EXTRA, PROFILE_EXTRA, PROFIL
 
 RUNS = HERE / "runs" / "calibration"
 # issue 20's probes, measured at each round's start of a third run with the profile's recipe
-# (sharpness is left out on the CPU: ~2x an Oracle round's cost per measurement)
+# (sharpness went into the second probes run below, at its cheaper setting)
 PROBES = {"digits-lenet_300_100": "norm-drop,noise-scale,lr-range",
           "digits-small_cnn": "bn-norm,norm-drop,noise-scale,lr-range"}
+# the second probes run (issue 20, part 2): sharpness at its cheaper setting (Lanczos with 6
+# vectors, tol 1e-2), McCandlish's eps_opt and D-Adaptation SGD's step, same recipe; `extract
+# --only probes2` merges its records into the committed probes.json
+PROBES2 = "sharpness,eps-opt,lr-free"
 RESULTS = HERE / "results" / "calibration"
 
 
@@ -52,7 +58,7 @@ def with_seed(args: list[str], seed: int) -> list[str]:
 
 
 def run(names: list[str], trajectories: list[int], threads: int | None, runs: Path,
-        kinds: tuple[str, ...] = ("profile", "oracle"), workers: int = 1, data_root: str | None = None) -> None:
+        kinds: tuple[str, ...] = ("profile", "oracle", "probes"), workers: int = 1, data_root: str | None = None) -> None:
     """Profile, probes and Oracle of each configuration x trajectory (each command resumes where it stopped)."""
     for t in trajectories:
         for name in names:
@@ -62,10 +68,11 @@ def run(names: list[str], trajectories: list[int], threads: int | None, runs: Pa
             for kind, extra in (("profile", ["--max-lr", str(PROFILE_LR), *PROFILE_EXTRA]),
                                 ("probes", ["--max-lr", str(PROFILE_LR), "--probes", PROBES.get(name, "cheap"),
                                             "--no-record"]),
+                                ("probes2", ["--max-lr", str(PROFILE_LR), "--probes", PROBES2, "--no-record"]),
                                 ("oracle", ["--max-lr", str(PROFILE_LR), *ORACLE_EXTRA, "--workers", str(workers), "--no-record"])):
                 if kind not in kinds:
                     continue
-                run_command(["prune" if kind == "probes" else kind, *base, *extra, "--out",
+                run_command(["prune" if kind.startswith("probes") else kind, *base, *extra, "--out",
                              str(runs / name / f"t{t}" / kind)], f"{name} t{t} {kind}")
 
 
@@ -77,7 +84,9 @@ def main_cli(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--runs", default=str(RUNS), help="where the runs live (default: analysis/runs/calibration)")
     p.add_argument("--data", default=str(RESULTS / "data"), help="extract: where the extracted data go")
-    p.add_argument("--only", choices=("profile", "oracle", "probes"), default=None, help="run only this kind")
+    p.add_argument("--only", choices=("profile", "oracle", "probes", "probes2"), default=None,
+                   help="run / extract only this kind (extract --only probes2: merge the second probes run's "
+                        "records into the committed data, nothing else)")
     p.add_argument("--data-root", default=None, help="CIFAR-10 archive or folder (default: ../shared/data/...)")
     p.add_argument("--workers", type=int, default=1, help="Oracle candidates at a time (N > 1: Ray; default 1)")
     ns = p.parse_args(argv)
@@ -91,7 +100,13 @@ def main_cli(argv=None) -> None:
             data_root=ns.data_root)
     elif ns.stage == "extract":
         from calibration_analysis import extract  # noqa: PLC0415
-        extract(Path(ns.runs), Path(ns.data))
+        if ns.only == "probes2":
+            from calibration_analysis import extract_probes  # noqa: PLC0415
+            extract_probes(Path(ns.runs), Path(ns.data), "probes2")
+        elif ns.only:
+            p.error("extract --only takes probes2 (the other kinds are extracted together)")
+        else:
+            extract(Path(ns.runs), Path(ns.data))
     else:
         from calibration_analysis import analyse  # noqa: PLC0415
         analyse(RESULTS)

@@ -37,7 +37,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.gradscope-stamp" 2>/dev/null)
   pip_q $TORCH_SPEC
   # setuptools' note "Editable installation. Please be careful with folders ... same name"
   # (information, not a problem: here that folder is the package itself) is silenced alone.
-  PYTHONWARNINGS="ignore:Editable installation" pip_q -e "$ROOT[test,notebooks,ray,tensorboard]"
+  PYTHONWARNINGS="ignore:Editable installation" pip_q -e "$ROOT[test,notebooks,ray,tensorboard,lrfree]"
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name gradscope --display-name "Python 3 (gradscope)" >/dev/null
   old_kernel="${JUPYTER_DATA_DIR:-$HOME/.local/share/jupyter}/kernels/python3/kernel.json"
   if [ -f "$old_kernel" ] && grep -qF "$VENV/" "$old_kernel"; then

@@ -52,7 +52,12 @@ class ProbeCallback:
 
     # ------------------------------------------------------------------ hooks
     def on_run_start(self, state: TrainState) -> None:
-        """Refuse bn-norm on a model without BatchNorm-fed layers before anything trains."""
+        """Refuse bn-norm on a model without BatchNorm-fed layers, and lr-free without its optimizer
+        package, before anything trains."""
+        if "lr-free" in self.names:
+            from gradscope.probes.lr_free import check_available  # noqa: PLC0415
+
+            check_available(self.settings.get("optimizer") or "sgd")
         if "bn-norm" in self.names:
             from gradscope.probes.base import Functional, bn_followed, preserved  # noqa: PLC0415
 
@@ -112,6 +117,12 @@ def format_record(m: dict) -> str:
         extra = f", B_simple {_g(m['result'].get('b_simple'))} at batch {m['result'].get('batch_size')}"
     elif m["probe"] == "sharpness" and m["result"].get("stable_lr"):
         extra = f", stability limit 2(1+beta)/lambda_max {_g(m['result']['stable_lr'])}"
+    elif m["probe"] == "eps-opt":
+        extra = (f", eps_max {_g(m['result'].get('eps_max'))}, B_noise {_g(m['result'].get('b_noise'))} "
+                 f"at batch {m['result'].get('batch_size')}")
+    elif m["probe"] == "lr-free":
+        extra = (f", {m['result'].get('optimizer')} d {_g(m['result'].get('d'))} after {m['result'].get('steps')} steps"
+                 f"{'' if m['result'].get('d_grew') else ' (d never grew from d0)'}")
     elif m["probe"] == "lr-range":
         extra = f", divergence LR {_g(m['result'].get('divergence_lr'))}"
     return (f"probe {m['probe']} round {m['round']} ({m['at']}): {spec.label} {_g(vals[0])}{extra} "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from gradscope import GradscopeError
-from gradscope.probes import bn_norm, lr_range, noise_scale, norm_drop, sharpness
+from gradscope.probes import bn_norm, eps_opt, lr_free, lr_range, noise_scale, norm_drop, sharpness
 from gradscope.registry import Registry
 
 
@@ -61,10 +61,19 @@ PROBES.register("lr-range", ProbeSpec(
     "lr-range", lr_range.probe, _lr_value, _ratio,
     "max_lr(k) = max_lr(0) * suggestion(k) / suggestion(0)", "suggested LR (fastai valley)",
     ("valley", *lr_range.RULES[1:], "divergence")))
+def _sharp_value(r: dict, variant: str) -> Optional[float]:
+    if variant == "bn-blocks":  # the sharpest BatchNorm block, scale-free (lambda_b * ||w_b||^2)
+        vals = [b.get("lambda_norm_sq") for b in (r.get("blocks") or {}).values()]
+        vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+        return max(vals) if vals else None
+    return r.get("lambda_max")
+
+
 PROBES.register("sharpness", ProbeSpec(
-    "sharpness", sharpness.probe, lambda r, v: r.get("lambda_max"), _inverse,
-    "max_lr(k) = max_lr(0) * lambda_max(0) / lambda_max(k) (a constant share of the stability limit 2(1+beta)/lambda)",
-    "lambda_max of the loss Hessian (surviving weights)"))
+    "sharpness", sharpness.probe, _sharp_value, _inverse,
+    "max_lr(k) = max_lr(0) * lambda_max(0) / lambda_max(k) (a constant share of the stability limit 2(1+beta)/lambda; "
+    "variant bn-blocks: s = max over BatchNorm-fed blocks of lambda_b * ||w_b||^2 in place of lambda_max)",
+    "lambda_max of the loss Hessian (surviving weights)", ("", "bn-blocks")))
 PROBES.register("bn-norm", ProbeSpec(
     "bn-norm", bn_norm.probe, lambda r, v: r.get("ratio"), _ratio,
     "max_lr(k) = max_lr(0) * r(k) / r(0) (keeps round 0's BatchNorm effective LR)",
@@ -73,6 +82,15 @@ PROBES.register("noise-scale", ProbeSpec(
     "noise-scale", noise_scale.probe, lambda r, v: r.get("lr_factor"), _ratio,
     "max_lr(k) = max_lr(0) * f(k) / f(0), f = 1 / (1 + B_simple / B) (McCandlish's optimal-LR factor)",
     "LR factor 1/(1 + B_simple/B)"))
+PROBES.register("eps-opt", ProbeSpec(
+    "eps-opt", eps_opt.probe, lambda r, v: r.get("eps_opt"), _ratio,
+    "max_lr(k) = max_lr(0) * eps_opt(k) / eps_opt(0), eps_opt = eps_max / (1 + B_noise / B) (McCandlish's optimal step)",
+    "McCandlish's eps_opt at the batch size"))
+PROBES.register("lr-free", ProbeSpec(
+    "lr-free", lr_free.probe, lambda r, v: r.get("step_lr"), _ratio,
+    "max_lr(k) = max_lr(0) * s(k) / s(0), s = D-Adaptation SGD's step d*lr/|g0| (Prodigy's d*lr for AdamW) after "
+    "a short masked probe",
+    "LR-free optimizer's step size (D-Adaptation SGD / Prodigy)"))
 PROBES.register("norm-drop", ProbeSpec(
     "norm-drop", norm_drop.probe, _nd_value, _ratio,
     "max_lr(k) = max_lr(0) * e(k) / e(1), e = norm_drop / sqrt(step pruned) (ALLR's estimate, unclipped; "
@@ -80,7 +98,7 @@ PROBES.register("norm-drop", ProbeSpec(
     "ALLR estimate norm_drop/sqrt(step pruned)", random=False, needs=("norm_drop", "step_pruned")))
 
 PRESETS = {"cheap": ("bn-norm", "norm-drop", "noise-scale"),
-           "all": ("lr-range", "sharpness", "bn-norm", "noise-scale", "norm-drop")}
+           "all": ("lr-range", "sharpness", "bn-norm", "noise-scale", "norm-drop", "eps-opt", "lr-free")}
 
 
 def parse_probes(text: Optional[str]) -> list[str]:

@@ -31,7 +31,11 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from gradscope import GradscopeError
 from gradscope.probes.base import Functional, bn_followed, finite, loss_of, take_batches
 
-DEFAULTS = {"batches": 4, "tol": 1e-3, "maxiter": 60, "momentum": 0.9, "blocks": True, "block_tol": 1e-2}
+# ncv 6, tol 1e-2: the study's cheaper setting (docs/probes.md): 6 Lanczos vectors per restart
+# instead of ARPACK's 20 and a relative tolerance below the batch-to-batch noise (CV ~1-4 %)
+DEFAULTS = {"batches": 4, "tol": 1e-2, "maxiter": 60, "momentum": 0.9, "blocks": True, "block_tol": 1e-2,
+            "method": "lanczos", "ncv": 6}
+METHODS = ("lanczos", "power")
 
 
 class _Packer:
@@ -93,17 +97,25 @@ class HVP:
         return dict(zip(names, acc))
 
 
-def top_eigenvalue(hvp: HVP, names, *, tol: float, maxiter: int, seed: int) -> tuple[float, int]:
-    """λ_max of the Hessian block of ``names`` on their surviving coordinates (Lanczos) and
-    the number of Hessian-vector products it took."""
+def top_eigenvalue(hvp: HVP, names, *, tol: float, maxiter: int, seed: int, method: str = "lanczos",
+                   ncv: Optional[int] = None) -> tuple[float, int]:
+    """λ_max of the Hessian block of ``names`` on their surviving coordinates and the number of
+    Hessian-vector products it took: Lanczos (ARPACK, ``ncv`` Lanczos vectors per restart,
+    default ARPACK's 20) or ``power`` iteration (see ``power_iteration``)."""
+    if method not in METHODS:
+        raise GradscopeError(f"sharpness: unknown method {method!r}; known: {', '.join(METHODS)}")
     pk = _Packer(hvp.f, names)
     before = hvp.count
     if pk.n == 1:
         return float(pk.pack(hvp(pk.unpack(np.ones(1))))[0]), hvp.count - before
-    op = LinearOperator((pk.n, pk.n), matvec=lambda v: pk.pack(hvp(pk.unpack(np.asarray(v).ravel()))), dtype=np.float64)
+    matvec = lambda v: pk.pack(hvp(pk.unpack(np.asarray(v).ravel())))  # noqa: E731
     v0 = np.random.default_rng(seed).standard_normal(pk.n)
+    if method == "power":
+        return power_iteration(matvec, v0, tol=tol, maxiter=maxiter), hvp.count - before
+    op = LinearOperator((pk.n, pk.n), matvec=matvec, dtype=np.float64)
     try:
-        val = eigsh(op, k=1, which="LA", tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=False)
+        val = eigsh(op, k=1, which="LA", tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=False,
+                    ncv=min(int(ncv), pk.n) if ncv else None)
     except ArpackNoConvergence as e:
         if len(e.eigenvalues) == 0:
             raise GradscopeError(f"sharpness: Lanczos did not converge in {maxiter} restarts (tol {tol}); "
@@ -112,17 +124,49 @@ def top_eigenvalue(hvp: HVP, names, *, tol: float, maxiter: int, seed: int) -> t
     return float(np.max(val)), hvp.count - before
 
 
+def power_iteration(matvec, v0: np.ndarray, *, tol: float, maxiter: int) -> float:
+    """The dominant eigenvalue by power iteration with a Rayleigh quotient, stopped when two
+    successive quotients agree to ``tol`` (relative). Cheaper than ARPACK's 20-vector restarts at
+    the accuracy the batch noise allows (docs/probes.md), but it finds the eigenvalue of largest
+    *magnitude*: if that one is negative, the iteration is repeated on H + |λ|·I, whose dominant
+    eigenvalue is λ_max + |λ|. Not converged in ``maxiter`` products: one clear error."""
+    def run(shift: float) -> tuple[float, bool]:
+        v = v0 / np.linalg.norm(v0)
+        lam = None
+        for _ in range(maxiter):
+            w = matvec(v) + shift * v
+            new = float(v @ w)
+            nw = float(np.linalg.norm(w))
+            if not np.isfinite(nw) or nw == 0:
+                return new, True
+            v = w / nw
+            if lam is not None and abs(new - lam) <= tol * abs(new):
+                return new, True
+            lam = new
+        return lam, False
+
+    lam, ok = run(0.0)
+    if ok and lam < 0:
+        shifted, ok = run(abs(lam))
+        lam = shifted - abs(lam)
+    if not ok:
+        raise GradscopeError(f"sharpness: power iteration did not converge in {maxiter} Hessian-vector products "
+                             f"(relative tol {tol}); raise maxiter or tol, or use method lanczos")
+    return lam
+
+
 def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], loader, config: Mapping[str, Any]) -> dict:
     """λ_max over the surviving weights, the stability limits, and λ_max·‖w‖² per BN block.
 
-    config: batches (training-size batches the loss averages), tol, maxiter (ARPACK restarts),
-    momentum β, max_lr (for ``limit_at_max_lr``), blocks (per-BN-block values), seed, loss."""
+    config: batches (training-size batches the loss averages), method (lanczos | power), tol,
+    maxiter (ARPACK restarts, or power iteration's Hessian-vector products), ncv, momentum β, max_lr (for ``limit_at_max_lr``), blocks (per-BN-block values), seed, loss."""
     c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     f = Functional(model, masks, loss_of(c))
     batches = take_batches(loader, int(c["batches"]))
     hvp = HVP(f, batches)
     seed = int(c.get("seed", 0))
-    lam, _ = top_eigenvalue(hvp, f.names, tol=float(c["tol"]), maxiter=int(c["maxiter"]), seed=seed)
+    how = {"method": str(c["method"]), "ncv": c["ncv"], "maxiter": int(c["maxiter"]), "seed": seed}
+    lam, _ = top_eigenvalue(hvp, f.names, tol=float(c["tol"]), **how)
     beta = float(c["momentum"])
     out = {"lambda_max": lam, "loss": hvp.loss0, "momentum": beta, "surviving": f.surviving(),
            "stable_lr": 2 * (1 + beta) / lam if lam > 0 else None,
@@ -132,7 +176,7 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
         pairs = bn_followed(model, batches[0][0][:2], f.forward)
         for layer in pairs:
             pname = f"{layer}.weight_orig" if f"{layer}.weight_orig" in f.params else f"{layer}.weight"
-            lam_b, _ = top_eigenvalue(hvp, [pname], tol=float(c["block_tol"]), maxiter=int(c["maxiter"]), seed=seed)
+            lam_b, _ = top_eigenvalue(hvp, [pname], tol=float(c["block_tol"]), **how)
             w = f.masked({pname: f.params[pname]})[pname].detach()
             nsq = float(w.double().pow(2).sum())
             out["blocks"][layer] = {"lambda_max": lam_b, "weight_norm_sq": nsq, "lambda_norm_sq": lam_b * nsq}
