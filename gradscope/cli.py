@@ -496,8 +496,8 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
     s.add_argument("--fix-lo", action="store_true", help="pin lo to round 0's max_lr (default: fitted)")
     s.add_argument("--predictor", default=None, metavar="NAME",
                    help="calibrate from a probe recorded with --probes (RUN is then the run directory): lr-range, "
-                        "lr-range:steep|slide|minimum|torch-lr-finder|divergence, sharpness, bn-norm, noise-scale, "
-                        "norm-drop (--statistic, --view, --window, --gamma do not apply)")
+                        "lr-range:steep|slide|minimum|torch-lr-finder|divergence, sharpness[:bn-blocks], bn-norm, noise-scale, "
+                        "norm-drop, eps-opt, lr-free (--statistic, --view, --window, --gamma do not apply)")
     s.add_argument("--probes-at", choices=("start", "epoch1"), default="start",
                    help="with --predictor: the probe measured at the round's start or after its first epoch "
                         "(default: start)")

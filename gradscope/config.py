@@ -116,7 +116,7 @@ class ScheduleConfig:
     orig_epochs: Optional[int] = _f(None, "ALLR and LRR: epochs of the original training T_orig (default: "
                                           "the round's epochs: ALLR's peak is then max_lr, LRR re-runs the whole schedule)", gt=0)
     predictor: Optional[str] = _f(None, "silo-auto: calibrate from this probe's per-round values (one of --probes: "
-                                        "lr-range[:RULE], sharpness, bn-norm, noise-scale, norm-drop) instead of the "
+                                        "lr-range[:RULE], sharpness[:bn-blocks], bn-norm, noise-scale, norm-drop, eps-opt, lr-free) instead of the "
                                         "recorded gradients; no recorder needed; keeps the fixed peak --lo until the "
                                         "gate says supported (default: none, the gradients)")
 
@@ -147,7 +147,7 @@ class RecordConfig:
 @dataclass
 class ProbeConfig:
     probes: Optional[str] = _f(None, "probes measured on each round's network (RUN/probes.json): comma-separated "
-                                     "lr-range, sharpness, bn-norm, noise-scale, norm-drop, or a preset: cheap "
+                                     "lr-range, sharpness, bn-norm, noise-scale, norm-drop, eps-opt, lr-free, or a preset: cheap "
                                      "(bn-norm, norm-drop, noise-scale) | all")
     probes_at: str = _f("start", "when the probes run: at each round's 'start' (pruned, rewound), after its first "
                                  "epoch ('epoch1'; not with oracle), or 'both'", choices=("start", "epoch1", "both"))
