@@ -79,6 +79,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         assert "Oracle: best max_lr per round with 95 % bootstrap CI" in _text(read)
         assert "drawn: Oracle 2 rounds with an interior optimum (95 % CI), 1 not interior (grid argmax); " \
                f"calibrated curve 5 rounds, view {DEFAULT_VIEW}" in _text(_next_code(nb, read))
+    if path.stem.startswith("03"):  # the headline study's committed paired differences are shown
+        cell = next(c for c in nb.cells if c.cell_type == "code" and "paired.csv" in c.source)
+        text = _text(cell)
+        assert "silo-cal" in text and "best_baseline" in text, text
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs)
 
 
 def _text(cell) -> str:
