@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +48,12 @@ ARCHIVE = next((p / "shared" / "data" / "cifar10-jpeg.tar.xz" for p in ROOT.pare
                 if (p / "shared" / "data" / "cifar10-jpeg.tar.xz").exists()),
                ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz")
 
-MODELS = {  # size -> (default-recipe model, FC-heavy model with the default init, the released model)
-    "cpu": ("gradscope.models.vgg_silo:narrow_gap", "gradscope.models.vgg_silo:narrow_fc", "vgg19_silo_narrow"),
+MODELS = {  # model set -> (default-recipe model, FC-heavy model with the default init, the released model)
+    # the study at CPU scale: VGG-11's plan at x1/4 width (analysis/recipe_models.py); the FC block on
+    # the 1x1-pooled features (the released 7x7 copies stall a narrow FC block: see that file)
+    "plan-a": ("analysis.recipe_models:a_gap", "analysis.recipe_models:a_pfc", "analysis.recipe_models:a_pfc_released"),
+    # the pilots: the released VGG-19 plan at x1/8 width with the released head
+    "vgg19-narrow": ("gradscope.models.vgg_silo:narrow_gap", "gradscope.models.vgg_silo:narrow_fc", "vgg19_silo_narrow"),
     "gpu": ("gradscope.models.vgg_silo:full_gap", "gradscope.models.vgg_silo:full_fc", "vgg19_silo"),
 }
 CELLS = ("default", "fc", "delta", "bn", "reinit", "warmup", "full")
@@ -72,8 +78,10 @@ def cell_args(cell: str, size: dict, seed: int, out: Path) -> list[str]:
          "--batch-size", "64", "--rounds", str(size["rounds"]), "--epochs", str(size["epochs"]),
          "--prune-rate", "0.2", "--no-progress", "--no-amp", "--seed", str(seed),
          "--record-preset", "default", "--sample-k", "0", "--out", str(out)]
+    if size.get("every", 1) != 1:
+        a += ["--every", str(size["every"])]
     a += ["--device", "cuda"] if size.get("gpu") else ["--threads", "1", "--device", "cpu"]
-    base_model, fc_model, released_model = MODELS["gpu" if size.get("gpu") else "cpu"]
+    base_model, fc_model, released_model = MODELS[size["models"]]
     model, method, bn, rewind = base_model, "global", False, "init"
     spe = size["train"] // 64
     sched = {"schedule": "lth", "max_lr": MAX_LR}
@@ -97,13 +105,27 @@ def cell_args(cell: str, size: dict, seed: int, out: Path) -> list[str]:
     return a
 
 
-def run_cells(cells, seeds, size) -> None:
-    for cell in cells:
-        for seed in seeds:
-            out = size["runs"] / f"{cell}_seed{seed}"
-            rc = gradscope_main(cell_args(cell, size, seed, out))
-            if rc:
-                raise SystemExit(f"{cell} seed {seed}: gradscope exited {rc}")
+def run_list(cells, seeds, part: tuple[int, int] = (0, 1)) -> list[tuple[str, int]]:
+    """(cell, seed) in seed-major order (every cell of seed 0 first), then every n-th from i."""
+    i, n = part
+    return [(c, s) for s in seeds for c in cells][i::n]
+
+
+def run_cells(cells, seeds, size, part=(0, 1)) -> None:
+    if not size.get("gpu"):
+        # the recorder's compiled kernels cost more than they save at these sizes on one core
+        os.environ.setdefault("GRADSCOPE_COMPILE", "0")
+    for cell, seed in run_list(cells, seeds, part):
+        out = size["runs"] / f"{cell}_seed{seed}"
+        done = (out / "rounds.json").exists() and len(json.loads((out / "rounds.json").read_text())) >= size["rounds"]
+        t0, c0 = time.time(), time.process_time()
+        rc = gradscope_main(cell_args(cell, size, seed, out))
+        if rc:
+            raise SystemExit(f"{cell} seed {seed}: gradscope exited {rc}")
+        if not done:  # wall and CPU seconds of this process for the run (resumed runs: the part run now)
+            with open(size["runs"] / "timing.csv", "a") as f:
+                f.write(f"{cell},{seed},{time.time() - t0:.1f},{time.process_time() - c0:.1f},"
+                        f"{os.uname().nodename},{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
 
 
 def _pooled_std(m: pd.DataFrame) -> float:
@@ -176,14 +198,17 @@ def analyse(cells, seeds, size) -> pd.DataFrame:
 
 
 SIZES = {
+    # the study (issue 21 item 2): 5120 images (80 steps per epoch), 4 epochs per round, 5 rounds (59 %
+    # pruned), recorded every 4th step; ~45 min of one core for 7 cells x 3 seeds
+    "cpu": {"train": 5120, "val": 1000, "test": 2000, "rounds": 5, "epochs": 4, "every": 4, "models": "plan-a"},
     # ~8-10 min on 1 core of a shared 2-core box (nice): 7 cells x 2 seeds x 4 rounds x 2 epochs of 8 steps
-    "pilot": {"train": 512, "val": 256, "test": 256, "rounds": 4, "epochs": 2},
-    "tiny": {"train": 128, "val": 64, "test": 64, "rounds": 2, "epochs": 2},  # CI: seconds per cell
+    "pilot": {"train": 512, "val": 256, "test": 256, "rounds": 4, "epochs": 2, "models": "vgg19-narrow"},
+    "tiny": {"train": 128, "val": 64, "test": 64, "rounds": 2, "epochs": 2, "models": "plan-a"},  # CI: seconds per cell
     # 4x the pilot's steps per round, one round more (~3 min per run on the shared box): do the
     # pilot's effects survive a net that learns a little more?
-    "pilot-b": {"train": 2048, "val": 512, "test": 512, "rounds": 5, "epochs": 3},
+    "pilot-b": {"train": 2048, "val": 512, "test": 512, "rounds": 5, "epochs": 3, "models": "vgg19-narrow"},
     # prepared for a GPU (not run yet): full-width models, the released steps per epoch (36000 / 64)
-    "gpu": {"train": 36000, "val": 5000, "test": 10000, "rounds": 8, "epochs": 10, "gpu": True},
+    "gpu": {"train": 36000, "val": 5000, "test": 10000, "rounds": 8, "epochs": 10, "gpu": True, "models": "gpu"},
 }
 
 
@@ -194,21 +219,23 @@ def main(argv=None) -> None:
     ap.add_argument("--gpu", action="store_true", help="full-width models on CUDA (size 'gpu'; seeds 0,1,2)")
     ap.add_argument("--size", choices=sorted(SIZES), default=None, help="a size by name (default: pilot)")
     ap.add_argument("--cells", default=",".join(CELLS))
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--runs", default=str(RUNS))
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--cache", default=str(ROOT / "data" / "cache"))
+    ap.add_argument("--part", default="0/1", help="run only every n-th run from the i-th: i/n (parallel streams)")
     a = ap.parse_args(argv)
-    which = a.size or ("gpu" if a.gpu else "tiny" if a.tiny else "pilot")
-    sub = "" if which == "pilot" else which  # the pilot's files sit at the top (committed first)
+    which = a.size or ("gpu" if a.gpu else "tiny" if a.tiny else "cpu")
+    sub = "" if which == "cpu" else which  # the study's files sit at the top
     size = dict(SIZES[which], runs=Path(a.runs) / sub, results=Path(a.results) / sub, cache=a.cache)
     cells = [c for c in a.cells.split(",") if c]
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:
         raise SystemExit(f"unknown cell(s) {', '.join(unknown)}; cells: {', '.join(CELLS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
+    i, n = (int(v) for v in a.part.split("/"))
     if not a.analyse:
-        run_cells(cells, seeds, size)
+        run_cells(cells, seeds, size, (i, n))
     analyse(cells, seeds, size)
 
 
