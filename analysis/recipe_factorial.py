@@ -73,7 +73,7 @@ def released_shape(epochs: int, steps_per_epoch: int) -> dict:
 
 def cell_args(cell: str, size: dict, seed: int, out: Path) -> list[str]:
     """The `gradscope profile` command line of one cell and seed."""
-    a = ["profile", "--dataset", "cifar10", "--data-root", str(ARCHIVE), "--cache-dir", str(size["cache"]),
+    a = ["profile", "--dataset", "cifar10", "--data-root", str(size.get("archive") or ARCHIVE), "--cache-dir", str(size["cache"]),
          "--train-subset", str(size["train"]), "--val-size", str(size["val"]), "--test-subset", str(size["test"]),
          "--batch-size", "64", "--rounds", str(size["rounds"]), "--epochs", str(size["epochs"]),
          "--prune-rate", "0.2", "--no-progress", "--no-amp", "--seed", str(seed),
@@ -106,9 +106,10 @@ def cell_args(cell: str, size: dict, seed: int, out: Path) -> list[str]:
 
 
 def run_list(cells, seeds, part: tuple[int, int] = (0, 1)) -> list[tuple[str, int]]:
-    """(cell, seed) in seed-major order (every cell of seed 0 first), then every n-th from i."""
+    """(cell, seed), cell-major in the order of ``cells`` (a priority: each cell's trajectories
+    finish together), then every n-th from i (with n = len(seeds), stream i runs seed i of each cell)."""
     i, n = part
-    return [(c, s) for s in seeds for c in cells][i::n]
+    return [(c, s) for c in cells for s in seeds][i::n]
 
 
 def run_cells(cells, seeds, size, part=(0, 1)) -> None:
@@ -164,36 +165,221 @@ def per_round(run_dir: Path, cell: str, seed: int) -> pd.DataFrame:
     return df
 
 
+KEYS = ["cell", "round", "view", "window", "layer_type"]
+VIEWS = {"survivors": "survivors", "all": "all weights"}
+WINDOWS = {"all": "all epochs", "last": "last epoch"}
+LAYER_TYPES = ("conv (+BN)", "fc (no BN)")
+
+
+def t_interval(x, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean of the finite values of ``x`` with a Student-t interval over them: (mean, lo, hi, n)."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
 def summarise(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Mean ratio over seeds (trajectories) with a Student-t CI over them."""
+    """Mean ratio over seeds (trajectories) with a Student-t CI over them; the test accuracy the same way."""
     out = []
-    for key, g in df.groupby(["cell", "round", "view", "window", "layer_type"]):
-        x = g["ratio"].dropna().to_numpy()
-        n = len(x)
-        mean = float(x.mean()) if n else math.nan
-        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        out.append(dict(zip(["cell", "round", "view", "window", "layer_type"], key),
-                        ratio_mean=mean, ci_lo=mean - half, ci_hi=mean + half, ci_level=level, n_seeds=n,
+    for key, g in df.groupby(KEYS):
+        mean, lo, hi, n = t_interval(g["ratio"], level)
+        acc, acc_lo, acc_hi, _ = t_interval(g["test_acc"], level)
+        out.append(dict(zip(KEYS, key), ratio_mean=mean, ci_lo=lo, ci_hi=hi, ci_level=level, n_seeds=n,
                         sparsity=float(g["sparsity"].mean()), sqrt_density=float(g["sqrt_density"].mean()),
-                        test_acc_mean=float(g["test_acc"].mean())))
+                        test_acc_mean=acc, test_acc_lo=acc_lo, test_acc_hi=acc_hi))
     return pd.DataFrame(out)
 
 
-def analyse(cells, seeds, size) -> pd.DataFrame:
+def verdict(lo: float, hi: float) -> str:
+    """What a CI over trajectories says about a ratio to round 0."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n < 2"
+    return "narrower" if hi < 1 else "wider" if lo > 1 else "cannot tell"
+
+
+def accuracy_table(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per cell and round: test accuracy, mean over seeds with a t-CI (one row per run and round)."""
+    runs = df.drop_duplicates(["cell", "seed", "round"])
+    out = []
+    for (cell, k), g in runs.groupby(["cell", "round"]):
+        mean, lo, hi, n = t_interval(g["test_acc"], level)
+        vmean, vlo, vhi, _ = t_interval(g["val_acc"], level)
+        out.append({"cell": cell, "round": int(k), "sparsity": float(g["sparsity"].mean()), "test_acc_mean": mean,
+                    "test_acc_lo": lo, "test_acc_hi": hi, "val_acc_mean": vmean, "val_acc_lo": vlo,
+                    "val_acc_hi": vhi, "ci_level": level, "n_seeds": n})
+    return pd.DataFrame(out)
+
+
+def paired_vs_default(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Last round, conv (+BN) layers: each cell's ratio minus the default cell's, paired by seed
+    (same seed = same data subset, data order and, where the model is the same, the same init)."""
+    last = df[df["round"] == df["round"].max()]
+    conv = last[last["layer_type"] == "conv (+BN)"].set_index(["cell", "seed", "view", "window"])["ratio"]
+    out = []
+    for cell in [c for c in CELLS if c != "default" and c in conv.index.get_level_values(0)]:
+        for view in VIEWS:
+            for window in WINDOWS:
+                try:
+                    a, b = conv.loc[(cell, slice(None), view, window)], conv.loc[("default", slice(None), view, window)]
+                except KeyError:
+                    continue
+                a = a.droplevel([0, 2, 3]) if a.index.nlevels == 4 else a
+                b = b.droplevel([0, 2, 3]) if b.index.nlevels == 4 else b
+                d = (a - b).dropna()
+                mean, lo, hi, n = t_interval(d, level)
+                out.append({"cell": cell, "view": view, "window": window, "layer_type": "conv (+BN)",
+                            "diff_mean": mean, "ci_lo": lo, "ci_hi": hi, "ci_level": level, "n_pairs": n})
+    return pd.DataFrame(out)
+
+
+def _fmt(mean, lo, hi, digits=2) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]".replace("-", "−")
+
+
+def last_round_table(summ: pd.DataFrame, acc: pd.DataFrame) -> str:
+    """The findings table: per cell and layer type, the std ratio (last round / round 0) under each
+    view and window, mean [95 % CI] over trajectories, n, the survivors' verdict, test accuracy."""
+    k = int(summ["round"].max())
+    last = summ[summ["round"] == k].set_index(KEYS[:1] + KEYS[2:])
+    a = acc[acc["round"] == k].set_index("cell")
+    a0 = acc[acc["round"] == 0].set_index("cell")
+    level = int(round(100 * float(summ["ci_level"].iloc[0])))
+    cols = [(v, w) for v in VIEWS for w in WINDOWS]
+    head = (["cell", "layers"] + [f"{VIEWS[v]}, {WINDOWS[w]}" for v, w in cols] +
+            ["n", "survivors narrower? (all / last epoch)", f"test acc. round 0", f"test acc. round {k}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in [c for c in CELLS if c in last.index.get_level_values(0)]:
+        for t in LAYER_TYPES:
+            if (cell, "survivors", "all", t) not in last.index:
+                continue
+            r = {vw: last.loc[(cell, *vw, t)] for vw in cols if (cell, *vw, t) in last.index}
+            cells = [_fmt(r[vw]["ratio_mean"], r[vw]["ci_lo"], r[vw]["ci_hi"]) if vw in r else "–" for vw in cols]
+            n = int(r[("survivors", "all")]["n_seeds"])
+            verd = " / ".join(verdict(r[("survivors", w)]["ci_lo"], r[("survivors", w)]["ci_hi"])
+                              for w in WINDOWS if ("survivors", w) in r)
+            acc0 = _fmt(100 * a0.loc[cell, "test_acc_mean"], 100 * a0.loc[cell, "test_acc_lo"],
+                        100 * a0.loc[cell, "test_acc_hi"], 1) + " %" if cell in a0.index else "–"
+            acck = _fmt(100 * a.loc[cell, "test_acc_mean"], 100 * a.loc[cell, "test_acc_lo"],
+                        100 * a.loc[cell, "test_acc_hi"], 1) + " %" if cell in a.index else "–"
+            lines.append("| " + " | ".join([cell, t, *cells, str(n), verd, acc0, acck]) + " |")
+    sp = float(last["sparsity"].iloc[0])
+    caption = (f"Gradient std at round {k} ({100 * sp:.1f} % pruned, sqrt(density) {math.sqrt(1 - sp):.3f}) as a "
+               f"ratio to round 0, pooled over the ReLU-fed layers of each type; mean over trajectories (seeds) "
+               f"[{level} % Student-t CI over them]; n = trajectories; test accuracy mean [{level} % CI]. "
+               "\"narrower\": the survivors' CI lies below 1; \"wider\": above 1.")
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def accuracy_markdown(acc: pd.DataFrame) -> str:
+    rounds = sorted(acc["round"].unique())
+    level = int(round(100 * float(acc["ci_level"].iloc[0])))
+    sp = acc.groupby("round")["sparsity"].mean()
+    head = ["cell"] + [f"round {k} ({100 * sp[k]:.0f} % pruned)" for k in rounds]
+    lines = [f"Test accuracy per round, mean over trajectories [{level} % t-CI], %:", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    t = acc.set_index(["cell", "round"])
+    for cell in [c for c in CELLS if c in t.index.get_level_values(0)]:
+        row = [cell] + [_fmt(100 * t.loc[(cell, k), "test_acc_mean"], 100 * t.loc[(cell, k), "test_acc_lo"],
+                             100 * t.loc[(cell, k), "test_acc_hi"], 1) if (cell, k) in t.index else "–"
+                        for k in rounds]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_factorial(summ: pd.DataFrame, acc: pd.DataFrame, path: Path, title: str) -> Path:
+    """Std ratio to round 0 per round: rows = layer type, columns = view x window, one line per
+    cell with its CI band over trajectories; sqrt(density) dotted; bottom: test accuracy per round."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [(v, w) for v in VIEWS for w in WINDOWS]
+    fig = plt.figure(figsize=(17, 11.5), layout="constrained")
+    grid = fig.add_gridspec(3, 4)
+    colours = {c: f"C{i}" for i, c in enumerate(CELLS)}
+    level = int(round(100 * float(summ["ci_level"].iloc[0])))
+    dens = summ.groupby("round")["sqrt_density"].mean()
+    for i, t in enumerate(LAYER_TYPES):
+        for j, (v, w) in enumerate(cols):
+            ax = fig.add_subplot(grid[i, j])
+            sel = summ[(summ["layer_type"] == t) & (summ["view"] == v) & (summ["window"] == w)]
+            for cell in CELLS:
+                g = sel[sel["cell"] == cell].sort_values("round")
+                if g.empty:
+                    continue
+                ax.plot(g["round"], g["ratio_mean"], "o-", ms=3, color=colours[cell], label=cell)
+                ax.fill_between(g["round"], g["ci_lo"], g["ci_hi"], color=colours[cell], alpha=0.12)
+            ax.plot(dens.index, dens.values, ":", color="k", label="sqrt(density)")
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_title(f"{t}: {VIEWS[v]}, {WINDOWS[w]}", fontsize="medium")
+            ax.set_xlabel("round")
+            if j == 0:
+                ax.set_ylabel(f"grad std / round 0 (mean, {level} % CI band)")
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7, ncol=2)
+    ax = fig.add_subplot(grid[2, :])
+    for cell in CELLS:
+        g = acc[acc["cell"] == cell].sort_values("round")
+        if g.empty:
+            continue
+        off = (CELLS.index(cell) - 3) * 0.03
+        ax.errorbar(g["round"] + off, 100 * g["test_acc_mean"],
+                    yerr=[100 * (g["test_acc_mean"] - g["test_acc_lo"]), 100 * (g["test_acc_hi"] - g["test_acc_mean"])],
+                    fmt="o-", ms=3, capsize=3, color=colours[cell], label=cell)
+    ax.axhline(10, color="grey", lw=0.8, ls="--", label="chance (10 %)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test accuracy, % (mean, {level} % CI)")
+    ax.legend(fontsize=8, ncol=4)
+    ax.set_title("test accuracy per round (does the cell learn?)", fontsize="medium")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def collect(cells, seeds, size) -> pd.DataFrame:
+    """Runs -> factorial_rounds.csv (the committed per-round data the tables are made from)."""
     frames = [per_round(size["runs"] / f"{c}_seed{s}", c, s) for c in cells for s in seeds
               if (size["runs"] / f"{c}_seed{s}" / "run.h5").exists()]
+    if not frames:
+        raise SystemExit(f"no runs under {size['runs']}")
     df = pd.concat(frames, ignore_index=True)
-    summ = summarise(df)
     size["results"].mkdir(parents=True, exist_ok=True)
     df.to_csv(size["results"] / "factorial_rounds.csv", index=False)
-    summ.to_csv(size["results"] / "factorial_summary.csv", index=False)
-    last = summ[summ["round"] == summ["round"].max()]
-    show = last[last["window"] == "all"][["cell", "view", "layer_type", "ratio_mean", "ci_lo", "ci_hi",
-                                          "n_seeds", "sparsity", "sqrt_density", "test_acc_mean"]]
-    print(f"gradient std ratio (round {int(summ['round'].max())} / round 0), window = all epochs of the round, "
-          f"mean over seeds with {int(100 * summ['ci_level'].iloc[0])} % t-CI over seeds; sqrt_density = "
-          "what the all-weights view gives by arithmetic alone")
-    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return df
+
+
+def analyse(size, figure: Path | None = None, title: str = "") -> pd.DataFrame:
+    """factorial_rounds.csv -> summary, accuracy and paired CSVs, the markdown tables, the figure."""
+    res = size["results"]
+    df = pd.read_csv(res / "factorial_rounds.csv")
+    summ = summarise(df)
+    acc = accuracy_table(df)
+    summ.to_csv(res / "factorial_summary.csv", index=False)
+    acc.to_csv(res / "factorial_accuracy.csv", index=False)
+    paired = paired_vs_default(df)
+    paired.to_csv(res / "factorial_vs_default.csv", index=False)
+    table = last_round_table(summ, acc)
+    accmd = accuracy_markdown(acc)
+    (res / "factorial_table.md").write_text(table + "\n" + accmd)
+    print(table)
+    print(accmd)
+    if not paired.empty:
+        print("conv (+BN) std ratio, cell minus default, paired by seed, last round, mean [95 % t-CI], n pairs:")
+        print(paired.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if figure is not None:
+        print("figure:", plot_factorial(summ, acc, figure, title))
     return summ
 
 
@@ -214,29 +400,46 @@ SIZES = {
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--analyse", action="store_true", help="tables from existing runs only")
-    ap.add_argument("--tiny", action="store_true", help="CI size")
-    ap.add_argument("--gpu", action="store_true", help="full-width models on CUDA (size 'gpu'; seeds 0,1,2)")
-    ap.add_argument("--size", choices=sorted(SIZES), default=None, help="a size by name (default: pilot)")
+    ap.add_argument("--analyse", action="store_true",
+                    help="tables and figure from the committed factorial_rounds.csv only (no runs needed)")
+    ap.add_argument("--collect", action="store_true", help="re-read existing runs into the CSV, then analyse (no training)")
+    ap.add_argument("--tiny", action="store_true", help="CI size (seconds per run)")
+    ap.add_argument("--gpu", action="store_true", help="full-width models on CUDA (size 'gpu')")
+    ap.add_argument("--size", choices=sorted(SIZES), default=None, help="a size by name (default: cpu)")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--runs", default=str(RUNS))
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--figure", default=None, help="figure path (default: docs/img/recipe_factorial.png for size "
+                                                   "cpu, RESULTS/SIZE/recipe_factorial.png otherwise)")
     ap.add_argument("--cache", default=str(ROOT / "data" / "cache"))
+    ap.add_argument("--data-root", default=str(ARCHIVE), help="the CIFAR-10 archive or folder")
     ap.add_argument("--part", default="0/1", help="run only every n-th run from the i-th: i/n (parallel streams)")
     a = ap.parse_args(argv)
     which = a.size or ("gpu" if a.gpu else "tiny" if a.tiny else "cpu")
     sub = "" if which == "cpu" else which  # the study's files sit at the top
-    size = dict(SIZES[which], runs=Path(a.runs) / sub, results=Path(a.results) / sub, cache=a.cache)
+    size = dict(SIZES[which], runs=Path(a.runs) / sub, results=Path(a.results) / sub, cache=a.cache,
+                archive=a.data_root)
     cells = [c for c in a.cells.split(",") if c]
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:
         raise SystemExit(f"unknown cell(s) {', '.join(unknown)}; cells: {', '.join(CELLS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
     i, n = (int(v) for v in a.part.split("/"))
+    if a.figure:
+        figure = Path(a.figure)
+    else:
+        figure = ROOT / "docs" / "img" / "recipe_factorial.png" if which == "cpu" else size["results"] / "recipe_factorial.png"
+    s = SIZES[which]
+    title = (f"Released SILO recipe, one ingredient at a time (size {which}: CIFAR-10, {s['train']} training images, "
+             f"batch 64, {s['epochs']} epochs x {s['rounds']} rounds, 20 % pruned per round)")
     if not a.analyse:
-        run_cells(cells, seeds, size, (i, n))
-    analyse(cells, seeds, size)
+        if not a.collect:
+            run_cells(cells, seeds, size, (i, n))
+        if n > 1:
+            return  # one stream of several: collect once they are all done (--collect)
+        collect(cells, seeds, size)
+    analyse(size, figure, title)
 
 
 if __name__ == "__main__":
