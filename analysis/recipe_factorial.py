@@ -1,28 +1,57 @@
 """Which ingredient of the released SILO recipe, if any, makes the surviving weights' gradients
-narrow? (issue 21, item 2, at CPU scale)
+narrow? (issue 21, item 2)
 
-From gradscope's default recipe (a narrow VGG-19 conv stack with BatchNorm and a
-global-average-pool head, global magnitude pruning of conv/linear weights, weights rewound
-to init, a fixed-peak warm-up-step LR), switch one ingredient at a time to the released one,
-then all of them (docs/recipe-silo-code.md):
+From gradscope's default recipe (a BatchNorm VGG conv stack with a global-average-pool head,
+global magnitude pruning of conv/linear weights, weights rewound to init, a fixed-peak
+warm-up-step LR, max_lr 0.05), switch one ingredient at a time to the released one, then all
+of them (docs/recipe-silo-code.md):
 
     default  fc (the released FC block, no BN)  delta (|Δw| pruning)  bn (BN γ pruned too)
     reinit (new random weights each round)  warmup (the released LR shape)  full (all + S-curve)
 
-Each cell is a recorded `gradscope profile` run per seed. Per round, view (survivors; all
-weights with pruned ones as zeros) and window (all epochs of the round; the last epoch), the
-pooled gradient std of the activation-fed layers of each type (conv, each followed by BN; FC,
-no BN), its ratio to round 0, and the mean ratio over seeds with a t-interval over seeds.
+Each cell is a recorded `gradscope profile` run per seed (trajectory). Per round, view
+(survivors; all weights with pruned ones as zeros) and window (all epochs of the round; the last
+epoch), the pooled gradient std of the activation-fed layers of each type (conv, each followed
+by BN; FC, no BN), its ratio to round 0, and the mean ratio over seeds with a t-interval over
+seeds; the test accuracy per round, so that a cell that does not learn can be told apart.
 
-    PYTHONPATH=. python analysis/recipe_factorial.py                  # run (resumes) + tables
-    PYTHONPATH=. python analysis/recipe_factorial.py --analyse        # tables from existing runs
-    PYTHONPATH=. python analysis/recipe_factorial.py --tiny           # CI size (seconds)
-    PYTHONPATH=. python analysis/recipe_factorial.py --gpu --seeds 0,1,2 --runs /scratch/rf   # full width
+    PYTHONPATH=. python analysis/recipe_factorial.py                  # run (resumes), collect, analyse
+    PYTHONPATH=. python analysis/recipe_factorial.py --part 1/3       # one of 3 parallel streams (runs only)
+    PYTHONPATH=. python analysis/recipe_factorial.py --collect        # runs -> factorial_rounds.csv, analyse
+    PYTHONPATH=. python analysis/recipe_factorial.py --analyse        # from the committed CSV alone
+    PYTHONPATH=. python analysis/recipe_factorial.py --tiny           # CI size (seconds per run)
+    PYTHONPATH=. python analysis/recipe_factorial.py --size pilot --analyse   # the first CPU pilot's tables
+    PYTHONPATH=. python analysis/recipe_factorial.py --gpu --runs /scratch/rf # full width, on CUDA
 
-Writes analysis/results/recipe/factorial_rounds.csv (per cell, seed, round, view, window,
-layer type) and factorial_summary.csv (per cell, round, view, window, layer type: mean ratio,
-CI over seeds, n). The scale is tiny (a CIFAR-10 subset, a narrow net, few short rounds): a
-pilot that says what to run at scale, not the answer at scale.
+Sizes (SIZES):
+- ``cpu`` (the default, the study in docs/findings.md): CIFAR-10 subset of 5,120 training
+  images (80 steps of 64 per epoch), 1,000 validation, 2,000 test images, 4 epochs per round, 5
+  rounds (59 % pruned), the recorder on every 4th step; VGG-11's plan at x1/4 width
+  (analysis/recipe_models.py). 7 cells x 3 seeds = 21 runs, each ~2 min of one core when the
+  machine is idle (5 rounds x ~25 s), ~45-55 min of one core in all; on the shared 2-core box
+  it ran as 3 niced one-thread streams (timing.csv in the runs folder has wall and CPU seconds).
+  The FC ingredient is the released FC block's layers (2 hidden FC layers with dropout, no BN;
+  1,024 units, 67 % of the weights) on the 1x1-pooled features: the released head (7x7 copies
+  of each channel into the first FC layer) stalled at this width for every max_lr tried.
+- ``pilot``/``pilot-b``: the first CPU pilots (narrow VGG-19, 10-27 % accuracy), kept for the record.
+- ``tiny``: 128 images, 2 rounds of 2 epochs; notebook 04 and CI run it.
+- ``gpu``: prepared, not run (no device was lent to this task). The released vgg19_bn at full
+  width (139.6 M weights; fc/full cells) and its conv stack with a GAP head (the default),
+  36,000 training images (562 steps per epoch, the released split's size), 10 epochs x 8
+  rounds, 7 cells x 3 seeds: 21 runs x 80 epochs = ~945,000 steps of batch 64 in float32
+  (--no-amp, as released), the recorder on every step. It needs one CUDA GPU with >= 8 GB
+  (weights, gradients and momentum of 139.6 M float32 values are 1.7 GB), the CIFAR-10 archive
+  and ~20 GB of disk for the run files. Time not measured: at an assumed ~20 ms per step on one
+  H200 it is ~5 h for all 21 runs (split with --part across GPUs or sessions; every run
+  resumes). Untested there: whether the released head trains under the default cell's
+  max_lr 0.05 with a 10 % warm-up (the narrow one did not at any max_lr tried).
+
+Writes, under analysis/results/recipe/ (other sizes: a subfolder named after the size):
+factorial_rounds.csv (per cell, seed, round, view, window, layer type: std, ratio, sparsity,
+accuracies: the committed per-round data), factorial_summary.csv (mean ratio, CI over seeds,
+n), factorial_accuracy.csv (test/validation accuracy per cell and round), factorial_vs_default.csv
+(conv layers, each cell minus default paired by seed), factorial_table.md (the findings table),
+and the figure docs/img/recipe_factorial.png.
 """
 from __future__ import annotations
 
@@ -320,7 +349,9 @@ def plot_factorial(summ: pd.DataFrame, acc: pd.DataFrame, path: Path, title: str
                 ax.fill_between(g["round"], g["ci_lo"], g["ci_hi"], color=colours[cell], alpha=0.12)
             ax.plot(dens.index, dens.values, ":", color="k", label="sqrt(density)")
             ax.axhline(1.0, color="grey", lw=0.8)
-            ax.set_yscale("log")
+            top = max(1.6, float(np.nanmax(sel["ratio_mean"])) * 1.15) if len(sel) else 1.6
+            ax.set_ylim(0, min(top, 3.0))  # bands reaching past the axes are cut there
+            ax.set_xticks(sorted(summ["round"].unique()))
             ax.set_title(f"{t}: {VIEWS[v]}, {WINDOWS[w]}", fontsize="medium")
             ax.set_xlabel("round")
             if j == 0:
@@ -337,6 +368,7 @@ def plot_factorial(summ: pd.DataFrame, acc: pd.DataFrame, path: Path, title: str
                     yerr=[100 * (g["test_acc_mean"] - g["test_acc_lo"]), 100 * (g["test_acc_hi"] - g["test_acc_mean"])],
                     fmt="o-", ms=3, capsize=3, color=colours[cell], label=cell)
     ax.axhline(10, color="grey", lw=0.8, ls="--", label="chance (10 %)")
+    ax.set_xticks(sorted(acc["round"].unique()))
     ax.set_xlabel("round")
     ax.set_ylabel(f"test accuracy, % (mean, {level} % CI)")
     ax.legend(fontsize=8, ncol=4)
