@@ -10,6 +10,15 @@ What the study switches is the same as at full size: the head (global average po
 linear vs the released FC block), the init (Kaiming vs the released ``weight_init``), and,
 through gradscope's flags, pruning, rewinding and the LR.
 
+The released head on 32x32 inputs copies each channel of the 1x1 feature map 49 times
+(AdaptiveAvgPool(7, 7)) into the first FC layer: the function sees only the sum of the 49
+copies, which starts at the Kaiming scale of a 128-input layer and, since every copy gets the
+same gradient, moves with 49x the learning rate. At 256 hidden units that layer's ReLUs died
+within 30-90 steps at every max_lr tried (0.001-0.05) and the network stayed at chance
+(docs/recipe-silo-code.md, "The factorial study"). So the CPU study's FC ingredient
+("pooled-fc") is the released FC block's layers -- two hidden FC layers with dropout and no
+BatchNorm, 1,024 units, 67 % of the model's weights -- on the 1x1-pooled features.
+
 Loaded by gradscope as ``--model analysis.recipe_models:NAME`` (the repository root on
 PYTHONPATH); the library never imports this file.
 """
