@@ -212,14 +212,28 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float, int]:
     return mean, mean - half, mean + half, n
 
 
+def with_type_density(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``type_density``: the surviving fraction of the recorded weights of that layer type in that
+    run, round and window (survivors' values / all weights' values). Global pruning prunes layer
+    types unevenly, so this, not the network's density, is what the all-weights view's sqrt(density)
+    arithmetic uses: std_all ~ sqrt(type_density) x std_survivors when the mean gradient is small."""
+    key = ["cell", "seed", "round", "window", "layer_type"]
+    n = df.pivot_table(index=key, columns="view", values="n_values", aggfunc="first")
+    dens = (n["survivors"] / n["all"]).rename("type_density")
+    return df.drop(columns=["type_density"], errors="ignore").join(dens, on=key)
+
+
 def summarise(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean ratio over seeds (trajectories) with a Student-t CI over them; the test accuracy the same way."""
+    if "type_density" not in df and {"n_values", "view"} <= set(df.columns) and set(df["view"]) >= {"survivors", "all"}:
+        df = with_type_density(df)
     out = []
     for key, g in df.groupby(KEYS):
         mean, lo, hi, n = t_interval(g["ratio"], level)
         acc, acc_lo, acc_hi, _ = t_interval(g["test_acc"], level)
         out.append(dict(zip(KEYS, key), ratio_mean=mean, ci_lo=lo, ci_hi=hi, ci_level=level, n_seeds=n,
                         sparsity=float(g["sparsity"].mean()), sqrt_density=float(g["sqrt_density"].mean()),
+                        sqrt_type_density=float(np.sqrt(g["type_density"]).mean()) if "type_density" in g else math.nan,
                         test_acc_mean=acc, test_acc_lo=acc_lo, test_acc_hi=acc_hi))
     return pd.DataFrame(out)
 
@@ -284,7 +298,8 @@ def last_round_table(summ: pd.DataFrame, acc: pd.DataFrame) -> str:
     level = int(round(100 * float(summ["ci_level"].iloc[0])))
     cols = [(v, w) for v in VIEWS for w in WINDOWS]
     head = (["cell", "layers"] + [f"{VIEWS[v]}, {WINDOWS[w]}" for v, w in cols] +
-            ["n", "survivors narrower? (all / last epoch)", f"test acc. round 0", f"test acc. round {k}"])
+            ["√(density of these layers)", "n", "survivors narrower? (all / last epoch)", "test acc. round 0",
+             f"test acc. round {k}"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in [c for c in CELLS if c in last.index.get_level_values(0)]:
         for t in LAYER_TYPES:
@@ -299,12 +314,16 @@ def last_round_table(summ: pd.DataFrame, acc: pd.DataFrame) -> str:
                         100 * a0.loc[cell, "test_acc_hi"], 1) + " %" if cell in a0.index else "–"
             acck = _fmt(100 * a.loc[cell, "test_acc_mean"], 100 * a.loc[cell, "test_acc_lo"],
                         100 * a.loc[cell, "test_acc_hi"], 1) + " %" if cell in a.index else "–"
-            lines.append("| " + " | ".join([cell, t, *cells, str(n), verd, acc0, acck]) + " |")
+            sd = r[("survivors", "all")]["sqrt_type_density"]
+            lines.append("| " + " | ".join([cell, t, *cells, f"{sd:.3f}" if np.isfinite(sd) else "–", str(n), verd,
+                                            acc0, acck]) + " |")
     sp = float(last["sparsity"].iloc[0])
     caption = (f"Gradient std at round {k} ({100 * sp:.1f} % pruned, sqrt(density) {math.sqrt(1 - sp):.3f}) as a "
                f"ratio to round 0, pooled over the ReLU-fed layers of each type; mean over trajectories (seeds) "
                f"[{level} % Student-t CI over them]; n = trajectories; test accuracy mean [{level} % CI]. "
-               "\"narrower\": the survivors' CI lies below 1; \"wider\": above 1.")
+               "\"narrower\": the survivors' CI lies below 1; \"wider\": above 1. √(density of these layers): "
+               "the all-weights view's arithmetic, std_all ≈ √(density) × std_survivors, with the layer type's own "
+               "density (global pruning prunes layer types unevenly).")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
