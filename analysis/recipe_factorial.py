@@ -184,6 +184,7 @@ def per_round(run_dir: Path, cell: str, seed: int) -> pd.DataFrame:
                     rows.append({"cell": cell, "seed": seed, "round": int(k), "view": view, "window": window,
                                  "layer_type": t, "std": _pooled_std(g), "n_values": int(g["count"].sum())})
     df = pd.DataFrame(rows)
+    df = df[df["round"].isin(rounds.index)]  # a round still training (a stopped run) has windows but no result yet
     base = df[df["round"] == 0].set_index(["view", "window", "layer_type"])["std"]
     df["ratio"] = [s / base.get((v, w, t), math.nan) for s, v, w, t in
                    zip(df["std"], df["view"], df["window"], df["layer_type"])]

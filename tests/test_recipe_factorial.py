@@ -131,3 +131,14 @@ def test_analyse_regenerates_the_committed_tables(rf, tmp_path):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(committed / name))
     assert (tmp_path / "factorial_table.md").read_text() == (committed / "factorial_table.md").read_text()
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_type_density_is_the_layer_types_own(rf):
+    """Global pruning prunes layer types unevenly: the all-weights arithmetic uses each type's density."""
+    rows = [{"cell": "x", "seed": 0, "round": 1, "view": v, "window": "all", "layer_type": t, "n_values": n,
+             "ratio": 1.0, "sparsity": 0.2, "sqrt_density": np.sqrt(0.8), "test_acc": 0.5, "val_acc": 0.5}
+            for t, surv, total in (("conv (+BN)", 90, 100), ("fc (no BN)", 25, 100))
+            for v, n in (("survivors", surv), ("all", total))]
+    s = rf.summarise(pd.DataFrame(rows)).set_index(["layer_type", "view"])
+    assert s.loc[("conv (+BN)", "all"), "sqrt_type_density"] == pytest.approx(np.sqrt(0.9))
+    assert s.loc[("fc (no BN)", "survivors"), "sqrt_type_density"] == pytest.approx(0.5)
