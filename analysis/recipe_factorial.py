@@ -367,7 +367,7 @@ def plot_factorial(summ: pd.DataFrame, acc: pd.DataFrame, path: Path, title: str
                     continue
                 ax.plot(g["round"], g["ratio_mean"], "o-", ms=3, color=colours[cell], label=cell)
                 ax.fill_between(g["round"], g["ci_lo"], g["ci_hi"], color=colours[cell], alpha=0.12)
-            ax.plot(dens.index, dens.values, ":", color="k", label="sqrt(density)")
+            ax.plot(dens.index, dens.values, ":", color="k", label="sqrt(density), whole network")
             ax.axhline(1.0, color="grey", lw=0.8)
             top = max(1.6, float(np.nanmax(sel["ratio_mean"])) * 1.15) if len(sel) else 1.6
             ax.set_ylim(0, min(top, 3.0))  # bands reaching past the axes are cut there
