@@ -27,9 +27,10 @@ Sizes (SIZES):
 - ``cpu`` (the default, the study in docs/findings.md): CIFAR-10 subset of 5,120 training
   images (80 steps of 64 per epoch), 1,000 validation, 2,000 test images, 4 epochs per round, 5
   rounds (59 % pruned), the recorder on every 4th step; VGG-11's plan at x1/4 width
-  (analysis/recipe_models.py). 7 cells x 3 seeds = 21 runs, each ~2 min of one core when the
-  machine is idle (5 rounds x ~25 s), ~45-55 min of one core in all; on the shared 2-core box
-  it ran as 3 niced one-thread streams (timing.csv in the runs folder has wall and CPU seconds).
+  (analysis/recipe_models.py). 7 cells x 3 seeds = 21 runs; measured 96-153 s of CPU per run
+  (one torch thread; the FC-block cells are the dearer ones), 45 min of CPU in all, 50 min of
+  wall time as 3-4 niced one-thread streams on the shared 2-core box
+  (results/recipe/factorial_timing.csv: cell, seed, wall s, CPU s of the part run last).
   The FC ingredient is the released FC block's layers (2 hidden FC layers with dropout, no BN;
   1,024 units, 67 % of the weights) on the 1x1-pooled features: the released head (7x7 copies
   of each channel into the first FC layer) stalled at this width for every max_lr tried.
