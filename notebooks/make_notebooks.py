@@ -459,8 +459,9 @@ def last_round(summary):
     t[f"test acc. round {k}, %"] = [f"{100 * surv.loc[(c, l, 'all'), 'test_acc_mean']:.1f}" for c, l in t.index]
     t = t.reindex([ix for c in CELLS for ix in t.index if ix[0] == c])
     sp = float(s["sparsity"].iloc[0])
-    print(f"gradient std, round {k} / round 0 ({100 * sp:.1f} % pruned; sqrt(density) {(1 - sp) ** 0.5:.3f}, what "
-          "the all-weights view shows by arithmetic alone); mean over trajectories [95 % t-interval over them]")
+    print(f"gradient std, round {k} / round 0 ({100 * sp:.1f} % pruned; sqrt(density) {(1 - sp) ** 0.5:.3f} over "
+          "the network, what the all-weights view shows by arithmetic alone, each layer type by its own density: "
+          "column sqrt_type_density of the summary); mean over trajectories [95 % t-interval over them]")
     return t
 
 
@@ -488,7 +489,7 @@ if fig_path is None:
     print(f"no figure at {figure!r} (`python analysis/recipe_factorial.py --analyse` draws it)")
 else:
     print(f"{fig_path}: std ratio to round 0 per round (rows: layer type; columns: view x window; bands: 95 % CI "
-          "over trajectories; dotted: sqrt(density)), and test accuracy per round")
+          "over trajectories; dotted: sqrt(whole-network density)), and test accuracy per round")
     display(Image(filename=str(fig_path)))"""
 
 RECIPE_LIVE_MD = """## A tiny factorial, live
