@@ -388,7 +388,203 @@ def schedules():
     ])
 
 
-NOTEBOOKS = {"01-narrowing.ipynb": narrowing, "02-calibrate-silo.ipynb": calibrate, "03-schedules.ipynb": schedules}
+# Notebook 04: the released SILO recipe one ingredient at a time (issue 21; analysis/recipe_factorial.py).
+RECIPE_PARAMS = '''# Parameters (papermill: override with -p NAME VALUE)
+results_dir = "analysis/results/recipe"  # the committed factorial CSVs (a relative path is looked up from the working directory, its parent and the repository root)
+figure = "docs/img/recipe_factorial.png"  # the committed figure, looked up the same way
+live = True                  # run a tiny live factorial (analysis/recipe_factorial.py --tiny; seconds per cell)
+live_cells = "default,fc,full"  # cells of the live factorial (of default, fc, delta, bn, reinit, warmup, full)
+live_seeds = "0,1"           # its trajectories (two give a t-interval, a very wide one)
+data_root = None             # the CIFAR-10 archive or folder; None: shared/data/cifar10-jpeg.tar.xz beside the repository
+out_dir = "runs/notebooks"   # the live factorial's runs and results are written under here
+cache_dir = None             # dataset cache folder (None: the script's, data/cache in the repository)'''
+
+RECIPE_MD = """# 04 - The released SILO recipe, one ingredient at a time
+
+gradscope's default recipe (global magnitude pruning of conv/linear weights, weights rewound to init, a
+fixed-peak warm-up-step LR, a BatchNorm conv net with a global-average-pool head) is not the recipe the
+SILO authors released (docs/recipe-silo-code.md). The factorial study switches one released ingredient at
+a time, then all of them, and asks: **does any of them make the surviving weights' gradients narrow**
+(std ratio to round 0 below 1, with a CI over trajectories), per layer type (conv followed by BatchNorm;
+fully connected without), under each window (all epochs of a round; its last epoch) and in both views
+(survivors; all weights with the pruned ones as zeros, which shrink by sqrt(density) by arithmetic)?
+
+Cells: **default**; **fc** (the released FC block: two hidden FC layers with dropout, no BN); **delta**
+(|w_T - w_(T-1)| pruning, one global threshold); **bn** (BatchNorm weights pruned too); **reinit** (new
+random weights after pruning); **warmup** (the released ramp-and-drops LR, scaled to the round); **full**
+(all of them, the released init and S-curve).
+
+The first part reads the committed per-round data of the CPU study (`analysis/results/recipe/`; the
+scale, the answer and its limits are in docs/findings.md, section "The released SILO recipe, one
+ingredient at a time"); the last part runs a tiny factorial live, so the pipeline can be seen end to end.
+A network at chance accuracy says nothing about narrowing, so every table carries the test accuracy."""
+
+RECIPE_FIND = r"""from pathlib import Path
+
+import pandas as pd
+
+import gradscope
+
+ROOT = Path(gradscope.__file__).resolve().parents[1]  # the repository this gradscope was imported from
+
+
+def find(name, kind="file"):
+    # a path as given, else relative to the working directory, its parent (when run from notebooks/)
+    # or the repository root; None when nowhere
+    if name is None:
+        return None
+    p = Path(name).expanduser()
+    ok = Path.is_file if kind == "file" else Path.is_dir
+    for cand in [p] if p.is_absolute() else [b / p for b in (Path.cwd(), Path.cwd().parent, ROOT)]:
+        if ok(cand):
+            return cand
+    return None
+
+
+results = find(results_dir, "dir")
+if results is None or not (results / "factorial_summary.csv").is_file():
+    print(f"no factorial results at {results_dir!r}: run `python analysis/recipe_factorial.py --analyse` "
+          "in the repository (the committed tables are skipped)")
+    results = None
+else:
+    summary = pd.read_csv(results / "factorial_summary.csv")
+    accuracy = pd.read_csv(results / "factorial_accuracy.csv")
+    print(f"committed factorial: {results}; {summary['cell'].nunique()} cells, rounds 0-{summary['round'].max()}, "
+          f"up to {summary['n_seeds'].max()} trajectories per cell")"""
+
+RECIPE_TABLE = r"""CELLS = ["default", "fc", "delta", "bn", "reinit", "warmup", "full"]
+
+
+def verdict(lo, hi):
+    return "narrower" if hi < 1 else "wider" if lo > 1 else "cannot tell"
+
+
+def last_round(summary):
+    # per cell and layer type: the std ratio at the last round (mean [95 % t-CI over trajectories]) under
+    # each view and window, the trajectories n, the survivors' verdict and the test accuracy
+    k = summary["round"].max()
+    s = summary[summary["round"] == k].copy()
+    s["ratio"] = [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(s["ratio_mean"], s["ci_lo"], s["ci_hi"])]
+    s["column"] = (s["view"].map({"survivors": "survivors", "all": "all weights"}) + ", "
+                   + s["window"].map({"all": "all epochs", "last": "last epoch"}))
+    t = s.pivot_table(index=["cell", "layer_type"], columns="column", values="ratio", aggfunc="first")
+    t = t[[c for c in ("survivors, all epochs", "survivors, last epoch", "all weights, all epochs",
+                       "all weights, last epoch") if c in t.columns]]
+    surv = s[s["view"] == "survivors"].set_index(["cell", "layer_type", "window"])
+    t["survivors narrower? (all epochs / last epoch)"] = [
+        " / ".join(verdict(surv.loc[(c, l, w), "ci_lo"], surv.loc[(c, l, w), "ci_hi"]) for w in ("all", "last"))
+        for c, l in t.index]
+    t["n"] = [int(surv.loc[(c, l, "all"), "n_seeds"]) for c, l in t.index]
+    t[f"test acc. round {k}, %"] = [f"{100 * surv.loc[(c, l, 'all'), 'test_acc_mean']:.1f}" for c, l in t.index]
+    t = t.reindex([ix for c in CELLS for ix in t.index if ix[0] == c])
+    sp = float(s["sparsity"].iloc[0])
+    print(f"gradient std, round {k} / round 0 ({100 * sp:.1f} % pruned; sqrt(density) {(1 - sp) ** 0.5:.3f} over "
+          "the network, what the all-weights view shows by arithmetic alone, each layer type by its own density: "
+          "column sqrt_type_density of the summary); mean over trajectories [95 % t-interval over them]")
+    return t
+
+
+if results is not None:
+    display(last_round(summary))"""
+
+RECIPE_ACC = r"""def accuracy_by_round(accuracy):
+    a = accuracy.copy()
+    a["acc"] = [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in
+                zip(a["test_acc_mean"], a["test_acc_lo"], a["test_acc_hi"])]
+    t = a.pivot(index="cell", columns="round", values="acc")
+    t.columns = [f"round {k}" for k in t.columns]
+    return t.reindex([c for c in CELLS if c in t.index])
+
+
+if results is not None:
+    print("test accuracy per round, % (mean [95 % t-CI over trajectories]; chance 10 %): a cell at chance says "
+          "nothing about narrowing")
+    display(accuracy_by_round(accuracy))"""
+
+RECIPE_FIG = r"""from IPython.display import Image
+
+fig_path = find(figure)
+if fig_path is None:
+    print(f"no figure at {figure!r} (`python analysis/recipe_factorial.py --analyse` draws it)")
+else:
+    print(f"{fig_path}: std ratio to round 0 per round (rows: layer type; columns: view x window; bands: 95 % CI "
+          "over trajectories; dotted: sqrt(whole-network density)), and test accuracy per round")
+    display(Image(filename=str(fig_path)))"""
+
+RECIPE_LIVE_MD = """## A tiny factorial, live
+
+The same script at its CI size (`--tiny`: 128 CIFAR-10 training images, 2 rounds of 2 epochs of 2 steps
+per cell and trajectory): the runs are recorded by `gradscope profile`, read back into per-round CSVs and
+summarised the same way. At this size the networks do not learn (accuracy near chance) and two
+trajectories give very wide intervals: it shows the pipeline, not an answer."""
+
+RECIPE_LIVE = r"""import os
+import subprocess
+import sys
+
+script = ROOT / "analysis" / "recipe_factorial.py"
+archive = Path(data_root) if data_root else ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+if not archive.exists() and not data_root:  # a worktree one level deeper finds shared/ one level further up
+    archive = next((p / "shared" / "data" / "cifar10-jpeg.tar.xz" for p in ROOT.parents
+                    if (p / "shared" / "data" / "cifar10-jpeg.tar.xz").exists()), archive)
+live_results = None
+if not live:
+    print("live = False: the tiny factorial is not run")
+elif not script.is_file():
+    print(f"no {script} (gradscope installed without its repository): the tiny factorial is skipped")
+elif not archive.exists():
+    print(f"no CIFAR-10 at {archive} (set data_root): the tiny factorial is skipped")
+else:
+    base = Path(out_dir).resolve() / "recipe-tiny"
+    cmd = [sys.executable, str(script), "--tiny", "--cells", live_cells, "--seeds", live_seeds,
+           "--runs", str(base / "runs"), "--results", str(base / "results"), "--data-root", str(archive),
+           "--figure", str(base / "recipe_factorial_tiny.png")]
+    if cache_dir:
+        cmd += ["--cache", str(Path(cache_dir).resolve())]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"recipe_factorial.py --tiny exited {done.returncode}:\n{done.stderr[-3000:]}")
+    live_results = base / "results" / "tiny"
+    print("ran: python " + " ".join(cmd[1:]))"""
+
+RECIPE_LIVE_SHOW = r"""if live_results is not None:
+    tiny = pd.read_csv(live_results / "factorial_summary.csv")
+    print(f"live tiny factorial ({live_results}): {tiny['cell'].nunique()} cells x {tiny['n_seeds'].max()} "
+          "trajectories")
+    display(last_round(tiny))
+    display(accuracy_by_round(pd.read_csv(live_results / "factorial_accuracy.csv")))
+    display(Image(filename=str(live_results.parent.parent / "recipe_factorial_tiny.png")))"""
+
+RECIPE_END_MD = """## Regenerate, extend, run at full width
+
+- Tables and figure from the committed CSVs (no runs): `python analysis/recipe_factorial.py --analyse`.
+- The CPU study itself (resumes; one thread per process, `nice`): `python analysis/recipe_factorial.py`, or in
+  parallel streams `--part 0/3`, `--part 1/3`, `--part 2/3`, then `--collect`.
+- Full width (the released vgg19_bn, 36,000 training images per round) on a GPU:
+  `python analysis/recipe_factorial.py --gpu --runs /scratch/rf` (the script's docstring says what it needs
+  and how long it takes)."""
+
+
+def recipe():
+    params = new_code_cell(RECIPE_PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    return _nb([
+        new_markdown_cell(RECIPE_MD),
+        params,
+        new_code_cell(RECIPE_FIND),
+        new_code_cell(RECIPE_TABLE),
+        new_code_cell(RECIPE_ACC),
+        new_code_cell(RECIPE_FIG),
+        new_markdown_cell(RECIPE_LIVE_MD),
+        new_code_cell(RECIPE_LIVE),
+        new_code_cell(RECIPE_LIVE_SHOW),
+        new_markdown_cell(RECIPE_END_MD),
+    ])
+
+
+NOTEBOOKS = {"01-narrowing.ipynb": narrowing, "02-calibrate-silo.ipynb": calibrate, "03-schedules.ipynb": schedules,
+             "04-papers-recipe.ipynb": recipe}
 
 
 def main() -> None:

@@ -11,6 +11,10 @@ import pytest
 import papermill
 
 ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (CI), or one level further up from a worktree (as notebook 04 looks)
+CIFAR_ARCHIVE = next((p / "shared" / "data" / "cifar10-jpeg.tar.xz" for p in ROOT.parents
+                      if (p / "shared" / "data" / "cifar10-jpeg.tar.xz").exists()),
+                     ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMALL = {"rounds": 5, "epochs": 1, "threads": 1}
 
@@ -34,7 +38,8 @@ def test_papermill_sees_every_parameter(path, caplog):
 
 
 def test_notebooks_are_stored_without_outputs_and_with_parameters_cell():
-    assert [p.name for p in NOTEBOOKS] == ["01-narrowing.ipynb", "02-calibrate-silo.ipynb", "03-schedules.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01-narrowing.ipynb", "02-calibrate-silo.ipynb", "03-schedules.ipynb",
+                                           "04-papers-recipe.ipynb"]
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -44,11 +49,17 @@ def test_notebooks_are_stored_without_outputs_and_with_parameters_cell():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path, monkeypatch):
+def test_notebook_executes(path, tmp_path, monkeypatch, request):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     small = {**SMALL, "rounds": 3} if path.stem.startswith("03") else SMALL  # 02 needs 5 rounds to calibrate
     params = {**small, "out_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}
+    if path.stem.startswith("04"):
+        # the committed factorial (read relative to the repository root) and a live --tiny factorial of
+        # 2 cells x 2 trajectories on the real CIFAR-10 archive, decoded once per session (real_cache)
+        cache = request.getfixturevalue("real_cache") if CIFAR_ARCHIVE.exists() else str(tmp_path / "cache")
+        params = {"out_dir": str(tmp_path / "runs"), "cache_dir": cache, "live_cells": "default,full",
+                  "live_seeds": "0,1"}
     if path.stem.startswith("02"):
         # an Oracle rounds table in the predictor study's columns, given relative to the cwd: one
         # interior round per CI bar, one edge round drawn as a grid argmax, another config ignored
@@ -84,6 +95,31 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         text = _text(cell)
         assert "silo-cal" in text and "best_baseline" in text, text
         assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+    if path.stem.startswith("04"):
+        _check_recipe_notebook(nb, tmp_path)
+
+
+def _check_recipe_notebook(nb, tmp_path):
+    """04 shows the committed factorial's last round and accuracy, and (with CIFAR-10 beside the
+    repository) runs the tiny factorial live: both cells, two trajectories each, read back."""
+    import pandas as pd
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    committed = pd.read_csv(ROOT / "analysis" / "results" / "recipe" / "factorial_summary.csv")
+    k = int(committed["round"].max())
+    table = next(c for c in code if "def last_round" in c.source)
+    assert f"gradient std, round {k} / round 0" in _text(table), _text(table)
+    assert "survivors narrower?" in _text(table)
+    live = next(c for c in code if "recipe_factorial.py" in c.source and "subprocess" in c.source)
+    if not CIFAR_ARCHIVE.exists():
+        assert "the tiny factorial is skipped" in _text(live)
+        return
+    assert "ran: python" in _text(live) and "--tiny" in _text(live)
+    shown = _text(_next_code(nb, live))
+    assert "cells x 2 trajectories" in shown and "gradient std, round 1 / round 0" in shown, shown
+    tiny = pd.read_csv(tmp_path / "runs" / "recipe-tiny" / "results" / "tiny" / "factorial_summary.csv")
+    assert sorted(tiny["cell"].unique()) == ["default", "full"] and set(tiny["n_seeds"]) == {2}
+    assert {"conv (+BN)", "fc (no BN)"} <= set(tiny["layer_type"])  # full has the FC block
 
 
 def _text(cell) -> str:
