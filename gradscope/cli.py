@@ -93,6 +93,11 @@ def _cmd_oracle(ns) -> int:
     from gradscope.train.oracle import (OracleRounds, check_trajectories, default_grid, make_executor,
                                         oracle_report, parse_grid)
     cfg = run_config_from_args(ns)
+    if cfg.schedule.schedule == "silo-auto":
+        raise GradscopeError("the Oracle grid-searches every round's max_lr, so silo-auto's own calibration "
+                             f"({'--predictor ' + cfg.schedule.predictor if cfg.schedule.predictor else 'from the recorded gradients'}) "
+                             "would decide nothing; give the within-round shape with a fixed-peak --schedule "
+                             "(e.g. lth) instead")
     others = [o for o in (ns.trajectories or "").split(",") if o.strip()]
     if others:
         check_trajectories(others)  # before any training: a bad --trajectories fails now

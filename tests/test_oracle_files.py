@@ -74,3 +74,13 @@ def test_start_state_of_another_round_is_refused(tmp_path, capsys):
     torch.save(ck, start)
     assert main(["oracle-candidate", "--out", str(a), "--round", "0", "--max-lr", "0.01", "--seed", "0"]) == 2
     assert "start state of round 3, not of round 0" in _err(capsys)
+
+
+def test_silo_auto_is_refused_by_the_oracle(tmp_path, capsys):
+    """The Oracle sets every round's peak itself: silo-auto (with or without --predictor) decides nothing there."""
+    args = [a for a in ARGS if a != "lth"]
+    args[args.index("--schedule") + 1:args.index("--schedule") + 1] = ["silo-auto"]
+    for extra in ([], ["--predictor", "noise-scale", "--probes", "noise-scale"]):
+        assert main([*args, *extra, "--workers", "0", "--out", str(tmp_path / "o")]) == 2
+        assert "would decide nothing" in _err(capsys)
+    assert not (tmp_path / "o").exists()
