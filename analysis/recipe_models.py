@@ -24,7 +24,6 @@ PYTHONPATH); the library never imports this file.
 """
 from __future__ import annotations
 
-from torch import nn
 
 from gradscope.models.vgg_silo import VGG19Silo, _kaiming, released_init
 
@@ -33,48 +32,15 @@ CONV_WIDTH = 1 / 4        # 16 ... 128 channels
 CLASSIFIER_WIDTH = 1 / 16  # 4096 -> 256 hidden units
 
 
-class VGGPlanSilo(VGG19Silo):
-    """``VGG19Silo`` (same blocks, heads, ``reinitialize``) with a conv plan given."""
-
-    def __init__(self, plan, in_channels: int = 3, num_classes: int = 10, classifier_width: float = 1.0,
-                 conv_width: float = 1.0, head: str = "released") -> None:
-        nn.Module.__init__(self)
-        layers: list[nn.Module] = []
-        c = in_channels
-        for v in plan:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                w = max(1, int(round(v * conv_width)))
-                layers += [nn.Conv2d(c, w, kernel_size=3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
-                c = w
-        hidden = max(1, int(round(4096 * classifier_width)))
-        self.features = nn.Sequential(*layers)
-        if head == "gap":
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.classifier = nn.Sequential(nn.Linear(c, num_classes))
-        elif head in ("released", "pooled-fc"):
-            # "pooled-fc": the released FC block fed by the 1x1-pooled features instead of their
-            # 49 copies (see the module docstring)
-            side = 7 if head == "released" else 1
-            self.avgpool = nn.AdaptiveAvgPool2d((side, side))
-            self.classifier = nn.Sequential(
-                nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Dropout(),
-                nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
-                nn.Linear(hidden, num_classes))
-        else:
-            raise ValueError(f"head must be 'released' or 'gap', got {head!r}")
-
-
 def _plan_a(input_shape, num_classes, head):
-    return VGGPlanSilo(PLAN_A, input_shape[0], num_classes, CLASSIFIER_WIDTH, CONV_WIDTH, head)
+    return VGG19Silo(input_shape[0], num_classes, CLASSIFIER_WIDTH, CONV_WIDTH, head, plan=PLAN_A)
 
 
 POOLED_FC_WIDTH = 1 / 4  # 4096 -> 1024 hidden units: 1.19 M FC weights, 67 % of the model's weights
 
 
 def _plan_a_pooled(input_shape, num_classes):
-    return VGGPlanSilo(PLAN_A, input_shape[0], num_classes, POOLED_FC_WIDTH, CONV_WIDTH, "pooled-fc")
+    return VGG19Silo(input_shape[0], num_classes, POOLED_FC_WIDTH, CONV_WIDTH, "pooled-fc", plan=PLAN_A)
 
 
 def a_pfc(input_shape, num_classes):

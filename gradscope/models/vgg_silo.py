@@ -22,13 +22,13 @@ class VGG19Silo(nn.Module):
     """vgg19_bn as released, with width factors (see module docstring)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, classifier_width: float = 1.0,
-                 conv_width: float = 1.0, head: str = "released") -> None:
+                 conv_width: float = 1.0, head: str = "released", plan=PLAN_E) -> None:
         super().__init__()
         if not (classifier_width > 0 and conv_width > 0):
             raise ValueError("width factors must be positive")
         layers: list[nn.Module] = []
         c = in_channels
-        for v in PLAN_E:
+        for v in plan:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
@@ -40,14 +40,17 @@ class VGG19Silo(nn.Module):
         if head == "gap":  # gradscope's CIFAR VGG head (global average pool, one linear): no FC block
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.classifier = nn.Sequential(nn.Linear(c, num_classes))
-        elif head == "released":
-            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        elif head in ("released", "pooled-fc"):
+            # "pooled-fc": the released FC block fed by the 1x1-pooled features instead of their
+            # 7x7 copies (analysis/recipe_models.py says why a narrow CPU model needs it)
+            side = 7 if head == "released" else 1
+            self.avgpool = nn.AdaptiveAvgPool2d((side, side))
             self.classifier = nn.Sequential(
-                nn.Linear(c * 7 * 7, hidden), nn.ReLU(), nn.Dropout(),
+                nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Dropout(),
                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
                 nn.Linear(hidden, num_classes))
         else:
-            raise ValueError(f"head must be 'released' or 'gap', got {head!r}")
+            raise ValueError(f"head must be 'released', 'pooled-fc' or 'gap', got {head!r}")
         # ReLU(inplace=True) in the release; not in place here (gradscope's recorder and
         # forward hooks; the arithmetic is identical)
 
