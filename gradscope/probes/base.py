@@ -184,6 +184,18 @@ def take_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Ten
     return out
 
 
+def equal_batches(loader: Iterable, n: int, name: str) -> tuple[list, int]:
+    """At least 2 (up to ``n`` >= 2) batches of one size, and that size, for the estimators
+    that compare batch gradients (noise-scale, eps-opt; probe ``name`` in the messages)."""
+    batches = take_batches(loader, n)
+    if len(batches) < 2:
+        raise GradscopeError(f"{name} needs at least 2 batches; the training set gives one (lower --batch-size)")
+    sizes = {int(b[1].shape[0]) for b in batches}
+    if len(sizes) != 1:
+        raise GradscopeError(f"{name} needs equal batch sizes, got {sorted(sizes)}")
+    return batches, sizes.pop()
+
+
 def fwd_bwd_seconds(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss: LossFn,
                     masks=None, repeats: int = 3) -> float:
     """Median wall time of one forward+backward pass on ``batch`` (the probes' unit of cost),

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from gradscope import GradscopeError
-from gradscope.probes.base import Functional, finite, loss_of, take_batches
+from gradscope.probes.base import Functional, equal_batches, finite, loss_of
 from gradscope.probes.sharpness import HVP
 
 DEFAULTS = {"batches": 4, "hessian_batches": None}
@@ -46,13 +46,7 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
     if n < 2:
         raise GradscopeError("eps-opt needs at least 2 batches (gradient deviations between batches)")
     f = Functional(model, masks, loss_of(c))
-    batches = take_batches(loader, n)
-    if len(batches) < 2:
-        raise GradscopeError("eps-opt needs at least 2 batches; the training set gives one (lower --batch-size)")
-    sizes = {int(b[1].shape[0]) for b in batches}
-    if len(sizes) != 1:
-        raise GradscopeError(f"eps-opt needs equal batch sizes, got {sorted(sizes)}")
-    b = sizes.pop()
+    batches, b = equal_batches(loader, n, "eps-opt")
     n = len(batches)
     m = min(int(c["hessian_batches"] or n), n)
     hvp = HVP(f, batches[:m])

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from gradscope import GradscopeError
-from gradscope.probes.base import Functional, finite, loss_of, take_batches
+from gradscope.probes.base import Functional, equal_batches, finite, loss_of
 
 DEFAULTS = {"batches": 8}
 
@@ -30,13 +30,7 @@ def probe(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]], l
     if n < 2:
         raise GradscopeError("noise-scale needs at least 2 batches (the two-batch estimator)")
     f = Functional(model, masks, loss_of(c))
-    batches = take_batches(loader, n)
-    if len(batches) < 2:
-        raise GradscopeError("noise-scale needs at least 2 batches; the training set gives one (lower --batch-size)")
-    sizes = {int(b[1].shape[0]) for b in batches}
-    if len(sizes) != 1:
-        raise GradscopeError(f"noise-scale needs equal batch sizes, got {sorted(sizes)}")
-    b_small = sizes.pop()
+    batches, b_small = equal_batches(loader, n, "noise-scale")
     params = {k: p.requires_grad_(True) for k, p in f.params.items()}
     names = list(params)
     total = None
