@@ -86,6 +86,7 @@ def exact_terms(fam: Family, x, loc, logscale, shape, full: bool = True):
 
 
 _STORE_STEP = 1e-2  # newton_fit keeps the cells of points reached by a step shorter than this
+_TAKE = 1e-6  # a whole Newton step shorter than this (log units) ends a row, taken unevaluated
 _CHUNK_ELEMS = 1 << 16  # cells per block of rows: a block's temporaries stay in the CPU cache
 
 
@@ -370,12 +371,15 @@ def _newton_step(g, H, radius, x=None, bounds=None):
     A row whose shape sits on its bound with the step pointing out of it moves its scale
     alone (1-d Newton in log scale), so it converges to the constrained optimum (scale
     gradient 0) instead of where the clipped 2-d step's scale part vanishes, a point that
-    depends on the noise of the tiny shape curvature there."""
+    depends on the noise of the tiny shape curvature there. Returns (step, newton): newton
+    marks rows whose step is the whole Newton step (H negative definite, not shortened by the
+    trust region)."""
     m, d = g.shape
     if d == 1:
         h = H[:, 0, 0]
         nd = h < 0
         step = np.where(nd, -g[:, 0] / np.where(nd, h, -1.0), g[:, 0])[:, None]
+        newton = nd
     else:
         det = H[:, 0, 0] * H[:, 1, 1] - H[:, 0, 1] ** 2
         nd = (H[:, 0, 0] < 0) & (det > 0)
@@ -383,17 +387,18 @@ def _newton_step(g, H, radius, x=None, bounds=None):
         safe = np.where(nd, det, 1.0)
         inv[:, 0, 0], inv[:, 1, 1] = H[:, 1, 1] / safe, H[:, 0, 0] / safe
         inv[:, 0, 1] = inv[:, 1, 0] = -H[:, 0, 1] / safe
-        newton = -np.einsum("mij,mj->mi", inv, g)
-        step = np.where(nd[:, None], newton, g)
+        step = np.where(nd[:, None], -np.einsum("mij,mj->mi", inv, g), g)
+        newton = nd.copy()
         if x is not None:
             pin = ((x[:, 0] <= bounds[0, 0]) & (step[:, 0] < 0)) | ((x[:, 0] >= bounds[0, 1]) & (step[:, 0] > 0))
             if pin.any():
                 h = H[pin, 1, 1]
                 step[pin, 0] = 0.0
                 step[pin, 1] = np.where(h < 0, -g[pin, 1] / np.where(h < 0, h, -1.0), g[pin, 1])
+                newton[pin] = h < 0
     norm = np.sqrt((step**2).sum(1))
     scale = np.minimum(1.0, radius / np.maximum(norm, 1e-300))
-    return step * scale[:, None]
+    return step * scale[:, None], newton & (scale >= 1.0)
 
 
 def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: int = 60,
@@ -401,17 +406,21 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     """Maximise the log-likelihood of every row from x0 [m, d]; bounds [d, 2] in log units.
 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
-    step, shrinks by 4 on a rejected one. With ``problem.keep_cells`` the per-cell
-    derivatives at every row's final point are left in ``problem.cells`` (the bootstrap's).
-    A row is done when its next step is shorter than ``tol`` (that step is not evaluated: it
-    would move the estimate by less than tol in log units, and skipping it saves one
-    evaluation of every row) or its radius collapses.
+    step, shrinks by 4 on a rejected one. A row is done when its next step is a whole Newton
+    step shorter than ``_TAKE``: that step is taken without evaluating its end (Newton
+    converges quadratically, so the end is the maximum to ~1e-9 in log units) and the
+    log-likelihood there is the quadratic model's, LL + g.s + s.H.s/2; a row whose gradient
+    step is below ``tol`` or whose radius collapses is done where it is. With
+    ``problem.keep_cells`` the per-cell derivatives at every row's last evaluated point are
+    left in ``problem.cells``, that point in ``problem.cells_x`` (the bootstrap's and the
+    model cdf's, which add the last step themselves).
     """
     m, d = x0.shape
-    x = np.clip(x0, bounds[:, 0], bounds[:, 1])
+    x = np.clip(x0, bounds[:, 0], bounds[:, 1])  # every row's last evaluated, accepted point
     store = np.empty((m, problem.w.shape[1], 3 if d == 1 else 6)) if problem.keep_cells else None
     held = np.zeros(m, bool)  # store holds the cells of the row's current (accepted) x
     LL, g, H = problem.stats(np.arange(m), x)
+    xf, LLf = x.copy(), LL.copy()  # the final points: x, or x plus its last (unevaluated) Newton step
     radius = np.full(m, 0.5)
     done = np.zeros(m, bool)
     conv = np.zeros(m, bool)
@@ -419,10 +428,16 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         act = np.flatnonzero(~done)
         if act.size == 0:
             break
-        step = _newton_step(g[act], H[act], radius[act], x[act], bounds)
+        step, newton = _newton_step(g[act], H[act], radius[act], x[act], bounds)
         xn = np.clip(x[act] + step, bounds[:, 0], bounds[:, 1])
-        real = np.sqrt(((xn - x[act]) ** 2).sum(1))
-        small = (real < tol) & (radius[act] > tol)  # a Newton (or gradient) step, not a shrunk one
+        s = xn - x[act]
+        real = np.sqrt((s**2).sum(1))
+        take = newton & (real < _TAKE)
+        if take.any():
+            r, st = act[take], s[take]
+            xf[r] = xn[take]
+            LLf[r] = LL[r] + (g[r] * st).sum(1) + 0.5 * np.einsum("mi,mij,mj->m", st, H[r], st)
+        small = take | ((real < tol) & (radius[act] > tol))  # a gradient step below tol: done where it is
         conv[act[small]] = done[act[small]] = True
         act, xn, real = act[~small], xn[~small], real[~small]
         if act.size == 0:
@@ -434,6 +449,7 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         ok = np.isfinite(LLn) & (LLn >= LL[act] - 1e-10 * np.abs(LL[act]))
         acc = act[ok]
         x[acc], LL[acc], g[acc], H[acc] = xn[ok], LLn[ok], gn[ok], Hn[ok]
+        xf[acc], LLf[acc] = xn[ok], LLn[ok]
         held[act] = np.where(put, ok, held[act] & ~ok)
         radius[act] = np.where(ok, np.minimum(radius[act] * 2, 1.0), radius[act] / 4)
         fin = ok & (real < tol)  # a step shrunk below tol by the trust region, and accepted
@@ -444,7 +460,18 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
         if rows.size:
             problem.stats(rows, x[rows], store)
         problem.cells, problem.cells_x = store, x.copy()
-    return x, LL, conv
+    return xf, LLf, conv
+
+
+def cells_at(cells, x0, x):
+    """log P per cell [m, W] at x [m, d] from the cells kept at x0 (second-order Taylor in the
+    last, short step: exact to ~1e-15 for steps below _TAKE)."""
+    s = x - x0
+    if cells.shape[-1] == 3:
+        return cells[..., 0] + s[:, :1] * cells[..., 1] + 0.5 * s[:, :1] ** 2 * cells[..., 2]
+    a, b = s[:, :1], s[:, 1:2]
+    return (cells[..., 0] + a * cells[..., 1] + b * cells[..., 2]
+            + 0.5 * a * a * cells[..., 3] + a * b * cells[..., 4] + 0.5 * b * b * cells[..., 5])
 
 
 # ----------------------------------------------------------------------------- binned cdf
@@ -654,6 +681,9 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
                     delta[pr] = -g[pr, :, 1] / np.where(h < 0, h, np.nan)
             out[rows] = x[rows, -1][:, None] + delta
 
+    # replicates are one Newton step from the point whose cells are kept (x plus the optimiser's
+    # last, unevaluated step: the replicate of the observed counts is x itself)
+    x = x if problem.cells is None else problem.cells_x
     pool = _pool()
     pending = []
     for s in range(0, m, rows_per):
@@ -744,7 +774,7 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
            "shape": np.exp(x[:, 0]) if fam.n_shape else np.full(m, np.nan)}
     if prob.cells is not None:  # the model cdf at the finite edges, from the final cells' P
-        res["cdf_edges"] = np.cumsum(np.exp(prob.cells[:, :-1, 0]), 1)
+        res["cdf_edges"] = np.cumsum(np.exp(cells_at(prob.cells[:, :-1], prob.cells_x, x)), 1)
     if n_boot and m:
         b = _bounds(fam, None)
         pinned = ((x[:, 0] <= b[0, 0]) | (x[:, 0] >= b[0, 1])) if fam.n_shape else None
