@@ -103,7 +103,7 @@ class _Problem:
         self.fam, self.w, self.loc, self._terms = fam, weights, loc, terms
         self.keep_cells = keep_cells
         self.quad = quad  # a _BinQuad (binned fits of two-parameter families) or None
-        self.cells = self.cells_x = None  # [m, W, 1 + K] (log P, K = 2 or 5 derivatives: _cells) and [m, d]
+        self.cells = self.cells_x = None  # [1 + K, m, W] (log P, K = 2 or 5 derivatives: _cells) and [m, d]
 
     def cell_terms(self, rows, logshape, logscale, full=True):
         shape = None if logshape is None else np.exp(logshape)
@@ -111,8 +111,8 @@ class _Problem:
 
     def stats(self, rows, x, store=None, put=None):
         """LL, gradient [m, d], Hessian [m, d, d] at params x [m, d] (d = 1 or 2); with
-        ``store`` [M, W, 1 + K] (K = 2 or 5) each row's per-cell log P and derivatives are
-        written to ``store[rows]`` (preallocated: a fresh array of this size would page-fault
+        ``store`` [1 + K, M, W] (K = 2 or 5) each row's per-cell log P and derivatives are
+        written to ``store[:, rows]`` (preallocated: a fresh array of this size would page-fault
         on every call); ``put`` [m] bool limits that to some rows. Rows whose terms overflow (a
         diverged run's extreme cells) come out non-finite, silently: the optimiser rejects such
         steps and reports no-convergence."""
@@ -131,12 +131,12 @@ class _Problem:
                     fb = (ri + s, ci)
                 else:
                     c = self._cells(rows[sl], x[sl])
-                sums[sl] = np.matmul(self.w[rows[sl]][:, None, :], c)[:, 0, :]
+                sums[sl] = np.matmul(c.transpose(1, 0, 2), self.w[rows[sl]][:, :, None])[..., 0]
                 if store is not None:
                     if put is None or put[sl].all():
                         _put_rows(store, rows[sl], c)
                     elif put[sl].any():
-                        store[rows[sl][put[sl]]] = c[put[sl]]
+                        store[:, rows[sl][put[sl]]] = c[:, put[sl]]
             return fb
 
         # blocks write disjoint rows, so threads (numpy releases the GIL) give the same numbers
@@ -149,7 +149,7 @@ class _Problem:
                     np.add.at(sums, pos, self.w[rows[pos], ci][:, None] * c)
                     if store is not None:
                         keep = slice(None) if put is None else put[pos]
-                        store[rows[pos][keep], ci[keep]] = c[keep]
+                        store[:, rows[pos][keep], ci[keep]] = c[keep].T
         LL, g, H = sums[:, 0], np.empty((m, d)), np.empty((m, d, d))
         if d == 1:
             g[:, 0], H[:, 0, 0] = sums[:, 1], sums[:, 2]
@@ -160,11 +160,11 @@ class _Problem:
         return LL, g, H
 
     def _cells(self, rows, x):
-        """Per cell [r, W, 1 + K]: log P, then the gradient and the Hessian's upper triangle in
-        (log shape, log scale): [d1, d2] (d = 1) or [g_shape, g_scale, h_ss, h_st, h_tt]."""
+        """Per cell, as planes [1 + K, r, W]: log P, then the gradient and the Hessian's upper
+        triangle in (log shape, log scale): [d1, d2] (d = 1) or [g_shape, g_scale, h_ss, h_st, h_tt]."""
         if x.shape[1] == 1:
             lp, d1, d2 = self.cell_terms(rows, None, x[:, 0])
-            return np.stack([lp, d1, d2], -1)
+            return np.stack([lp, d1, d2])
         if self.quad is not None and _QUADRATURE:
             return self.quad.cells(self.fam, self.loc[rows], x)
         phi, th = x[:, 0], x[:, 1]
@@ -172,15 +172,17 @@ class _Problem:
         lpp, d1p, _ = self.cell_terms(rows, phi + _H, th, full=False)
         lpm, d1m, _ = self.cell_terms(rows, phi - _H, th, full=False)
         return np.stack([lp, (lpp - lpm) / (2 * _H), d1, (lpp - 2 * lp + lpm) / _H**2,
-                         (d1p - d1m) / (2 * _H), d2], -1)
+                         (d1p - d1m) / (2 * _H), d2])
 
     def cell_derivs(self, rows, x):
-        """Per-cell derivatives [m, W, K] of log P at x (the bootstrap's): the optimiser's kept
+        """Per-cell derivatives [K, m, W] of log P at x (the bootstrap's): the optimiser's kept
         cells where x is its final point, else a fresh evaluation."""
         if self.cells is not None and np.array_equal(self.cells_x[rows], x):
-            return self.cells[rows, :, 1:]
+            if rows.size and rows[-1] - rows[0] == rows.size - 1:
+                return self.cells[1:, rows[0]:rows[-1] + 1]
+            return self.cells[1:, rows]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            return self._cells(rows, x)[..., 1:]
+            return self._cells(rows, x)[1:]
 
 
 _POOL = None
@@ -230,11 +232,11 @@ def _map_blocks(fn, starts):
 
 
 def _put_rows(store, rows, c):
-    """store[rows] = c, by a slice where rows are consecutive (most calls: no index gather)."""
+    """store[:, rows] = c, by a slice where rows are consecutive (most calls: no index gather)."""
     if rows.size and rows[-1] - rows[0] == rows.size - 1:
-        store[rows[0]:rows[-1] + 1] = c
+        store[:, rows[0]:rows[-1] + 1] = c
     else:
-        store[rows] = c
+        store[:, rows] = c
 
 
 def _fd_cells(fam, pair, loc, x):
@@ -272,12 +274,12 @@ class _BinQuad:
         return _fd_cells(fam, np.stack([self.ext[ci], self.ext[ci + 1]], 1), loc, x)
 
     def cells(self, fam, loc, x, defer: bool = False):
-        """Per cell [r, W, 6] for rows with loc [r], params x [r, 2] (see _Problem._cells).
+        """Per cell [6, r, W] for rows with loc [r], params x [r, 2] (see _Problem._cells).
         ``defer``: leave the cdf-path cells zero and return (cells, rows, cell indices) of them."""
         r, B = x.shape[0], self.h.size
         sh = np.exp(x[:, 0])
         inv = np.exp(-x[:, 1])
-        out = np.empty((r, B + 2, 6))
+        out = np.empty((6, r, B + 2))
         central = _SHAPE_GRADIENT == "central"
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             s2 = sh[:, None]
@@ -285,7 +287,7 @@ class _BinQuad:
             zn = self.xn[None] - loc[:, None, None]  # [r, B, K]
             zn *= inv[:, None, None]
             hz = self.h[None, :] * inv[:, None]
-            o = out[:, 1:-1]
+            o = out[:, :, 1:-1]
             if central:  # f at shape e^{0, H, -H}: the cdf path's central differences in log shape
                 fe, fep, fem = fam.pdfs(z, s2, (0.0, _H, -_H))
                 P, Pp, Pm = (f @ _GL_W for f in fam.pdfs(zn, sh[:, None, None], (0.0, _H, -_H)))
@@ -301,11 +303,11 @@ class _BinQuad:
                 d1 *= iP
                 t = lpp - lpm
                 t *= 1.0 / (2 * _H)
-                o[..., 1] = t
+                o[1] = t
                 t = lpp + lpm
                 t -= 2.0 * lp
                 t *= 1.0 / _H**2
-                o[..., 3] = t
+                o[3] = t
                 fep *= z
                 fem *= z
                 t = fep[:, :-1] - fep[:, 1:]
@@ -314,7 +316,7 @@ class _BinQuad:
                 t2 /= Pm
                 t -= t2
                 t *= 1.0 / (2 * _H)
-                o[..., 4] = t
+                o[4] = t
             else:  # analytic: dP/dlog shape = int f D, d2P = int f (D^2 + dD), [z f D] at the edges
                 fe, De, _ = fam.dshape(z, s2)
                 qe = z * fe
@@ -332,37 +334,37 @@ class _BinQuad:
                 g = Q1 / P
                 d1 = (qe[:, :-1] - qe[:, 1:]) / P
                 qD = qe * De
-                o[..., 1] = g
-                o[..., 3] = Q2 / P - g * g
-                o[..., 4] = (qD[:, :-1] - qD[:, 1:]) / P - g * d1
+                o[1] = g
+                o[3] = Q2 / P - g * g
+                o[4] = (qD[:, :-1] - qD[:, 1:]) / P - g * d1
                 iP = 1.0 / P
             re = fam.zg(z, s2)
             re += 1.0
             re *= qe
-            o[..., 0] = lp
-            o[..., 2] = d1
+            o[0] = lp
+            o[2] = d1
             t = re[:, 1:] - re[:, :-1]
             t *= iP
             t -= d1 * d1
-            o[..., 5] = t
+            o[5] = t
             cz = (self.c[None, :] - loc[:, None]) * inv[:, None]
             ok &= fam.quad_ok(np.abs(cz), hz, s2)
             bad = np.ones((r, B + 2), bool)
             bad[:, 1:-1] = ~ok
             ri, ci = np.nonzero(bad)
         if defer:
-            out[ri, ci] = 0.0
+            out[:, ri, ci] = 0.0
             return out, ri, ci
-        out[ri, ci] = self.fallback(fam, loc[ri], x[ri], ci)
+        out[:, ri, ci] = self.fallback(fam, loc[ri], x[ri], ci).T
         return out
 
 
 def _split_cells(c):
-    """[r, W, K] per-cell derivatives (see _Problem._cells) -> gradient [r, W, d], Hessian [r, W, d, d]."""
-    if c.shape[-1] == 2:
-        return c[..., :1], c[..., 1:2, None]
-    H = np.stack([np.stack([c[..., 2], c[..., 3]], -1), np.stack([c[..., 3], c[..., 4]], -1)], -2)
-    return c[..., :2], H
+    """[K, r, W] per-cell derivatives (see _Problem._cells) -> gradient [r, W, d], Hessian [r, W, d, d]."""
+    if c.shape[0] == 2:
+        return c[0][..., None], c[1][..., None, None]
+    H = np.stack([np.stack([c[2], c[3]], -1), np.stack([c[3], c[4]], -1)], -2)
+    return np.stack([c[0], c[1]], -1), H
 
 
 def _newton_step(g, H, radius, x=None, bounds=None):
@@ -417,7 +419,7 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     """
     m, d = x0.shape
     x = np.clip(x0, bounds[:, 0], bounds[:, 1])  # every row's last evaluated, accepted point
-    store = np.empty((m, problem.w.shape[1], 3 if d == 1 else 6)) if problem.keep_cells else None
+    store = np.empty((3 if d == 1 else 6, m, problem.w.shape[1])) if problem.keep_cells else None
     held = np.zeros(m, bool)  # store holds the cells of the row's current (accepted) x
     LL, g, H = problem.stats(np.arange(m), x)
     xf, LLf = x.copy(), LL.copy()  # the final points: x, or x plus its last (unevaluated) Newton step
@@ -464,14 +466,14 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
 
 
 def cells_at(cells, x0, x):
-    """log P per cell [m, W] at x [m, d] from the cells kept at x0 (second-order Taylor in the
-    last, short step: exact to ~1e-15 for steps below _TAKE)."""
+    """log P per cell [m, W] at x [m, d] from the cells [1 + K, m, W] kept at x0 (first-order
+    Taylor in the last, short step: off by ~s^2 |d2 log P| < 1e-12 for steps below _TAKE)."""
     s = x - x0
-    if cells.shape[-1] == 3:
-        return cells[..., 0] + s[:, :1] * cells[..., 1] + 0.5 * s[:, :1] ** 2 * cells[..., 2]
-    a, b = s[:, :1], s[:, 1:2]
-    return (cells[..., 0] + a * cells[..., 1] + b * cells[..., 2]
-            + 0.5 * a * a * cells[..., 3] + a * b * cells[..., 4] + 0.5 * b * b * cells[..., 5])
+    out = s[:, :1] * cells[1]
+    out += cells[0]
+    if cells.shape[0] == 6:
+        out += s[:, 1:2] * cells[2]
+    return out
 
 
 # ----------------------------------------------------------------------------- binned cdf
@@ -688,7 +690,7 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
     pending = []
     for s in range(0, m, rows_per):
         rows = np.arange(s, min(m, s + rows_per))
-        c = problem.cell_derivs(rows, x[rows])  # [r, W, D]: gradient, Hessian's upper triangle
+        c = problem.cell_derivs(rows, x[rows])  # [D, r, W]: gradient, Hessian's upper triangle
         w = problem.w[rows]
         N = w.sum(1)
         p = w / np.where(N > 0, N, 1.0)[:, None]
@@ -697,11 +699,11 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
             draws = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
                                     size=(len(rows), n_boot)).astype(float)
         else:
-            v = c  # [r, W, D], D = d + d(d+1)/2: the linear statistics of a replicate
-            mean = np.matmul(p[:, None, :], v)[:, 0, :]
-            dv = v - mean[:, None, :]
-            cov = np.matmul((dv * p[:, :, None]).transpose(0, 2, 1), dv) * N[:, None, None]
-            D = v.shape[-1]
+            v = c.transpose(1, 0, 2)  # [r, D, W], D = d + d(d+1)/2: the linear statistics of a replicate
+            mean = np.matmul(v, p[:, :, None])[..., 0]
+            dv = v - mean[:, :, None]
+            cov = np.matmul(dv * p[:, None, :], dv.transpose(0, 2, 1)) * N[:, None, None]
+            D = v.shape[1]
             jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
             L = _psd_sqrt(cov + jitter * np.eye(D))
             draws = (rng.standard_normal((len(rows), n_boot, D)), mean, L)
@@ -774,7 +776,7 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
     res = {"scale": np.exp(x[:, -1]), "loglik": LL, "converged": conv,
            "shape": np.exp(x[:, 0]) if fam.n_shape else np.full(m, np.nan)}
     if prob.cells is not None:  # the model cdf at the finite edges, from the final cells' P
-        res["cdf_edges"] = np.cumsum(np.exp(cells_at(prob.cells[:, :-1], prob.cells_x, x)), 1)
+        res["cdf_edges"] = np.cumsum(np.exp(cells_at(prob.cells[:, :, :-1], prob.cells_x, x)), 1)
     if n_boot and m:
         b = _bounds(fam, None)
         pinned = ((x[:, 0] <= b[0, 0]) | (x[:, 0] >= b[0, 1])) if fam.n_shape else None
