@@ -1,0 +1,189 @@
+"""The vectorised table stage of the fit (narrowing_table, trend_table) gives exactly what the
+per-group pandas code it replaced gave: same columns, order, dtypes, rows and values, on
+randomised tables with the edge cases (round 0 missing or unusable, NaN or zero CIs, missing
+statistics, < 3 rounds, zero spread of log density, constant or exactly linear log scales,
+NaN layers, empty inputs). The reference implementations are the old code, kept here."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from gradscope.fit.core import (_Z95, MODELS, STATISTICS, narrowing_table, statistic_columns, trend_table,
+                                trend_verdict)
+
+
+# ----------------------------------------------------------------------------- reference (old code)
+def ref_narrowing_table(table, sparsity, statistics, layer_col="layer", level=0.95):
+    z = stats.norm.ppf(0.5 + level / 2)
+    out = []
+    cols = ["round", "sparsity", "layer", "statistic", "scale", "ratio", "ratio_lo", "ratio_hi", "resolution"]
+    for stat in statistics:
+        c, clo, chi = statistic_columns(stat)
+        if c not in table:
+            continue
+        with np.errstate(invalid="ignore"):
+            t = table[np.isfinite(table[c].to_numpy(float)) & (table[c].to_numpy(float) > 0)]
+        for layer, g in t.groupby(layer_col, sort=False):
+            g = g.sort_values("round")
+            if g.empty or g["round"].iloc[0] != 0:
+                continue
+            s = g[c].to_numpy(float)
+            if clo in g and chi in g:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    se = (np.log(g[chi].to_numpy(float)) - np.log(g[clo].to_numpy(float))) / (2 * _Z95)
+            else:
+                se = np.full(len(g), np.nan)
+            se_r = np.sqrt(se**2 + se[0] ** 2)
+            se_r[0] = 0.0
+            ratio = s / s[0]
+            res = g[f"{stat}_res"].to_numpy(float) if f"{stat}_res" in g else np.zeros(len(g))
+            out.append(pd.DataFrame({
+                "round": g["round"].to_numpy(), "sparsity": [sparsity.get(int(r), np.nan) for r in g["round"]],
+                "layer": layer, "statistic": stat, "scale": s, "ratio": ratio,
+                "ratio_lo": ratio * np.exp(-z * se_r), "ratio_hi": ratio * np.exp(z * se_r),
+                "resolution": res}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
+
+
+def ref_trend_slope(sparsity, scale, level=0.95):
+    d = 1.0 - np.asarray(sparsity, float)
+    s = np.asarray(scale, float)
+    keep = np.isfinite(d) & np.isfinite(s) & (d > 0) & (s > 0)
+    d, s = d[keep], s[keep]
+    if len(d) < 3 or np.ptp(np.log(d)) == 0:
+        return np.nan, np.nan, np.nan, len(d)
+    r = stats.linregress(np.log(d), np.log(s))
+    tq = stats.t.ppf(0.5 + level / 2, len(d) - 2)
+    return r.slope, r.slope - tq * r.stderr, r.slope + tq * r.stderr, len(d)
+
+
+def ref_trend_table(narrowing, level=0.95):
+    rows = []
+    for (layer, stat), g in narrowing.groupby(["layer", "statistic"], sort=False):
+        sl, lo, hi, n = ref_trend_slope(g["sparsity"], g["scale"], level)
+        if np.isfinite(sl):
+            rows.append({"layer": layer, "statistic": stat, "n_rounds": n, "slope": sl,
+                         "slope_lo": lo, "slope_hi": hi, "verdict": trend_verdict(lo, hi), "narrows": bool(lo > 0)})
+    cols = ["layer", "statistic", "n_rounds", "slope", "slope_lo", "slope_hi", "verdict", "narrows"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------- random tables
+def _same(new, ref):
+    """Identical frames: columns and their order, dtypes, index, row order, values (NaN = NaN)."""
+    assert list(new.columns) == list(ref.columns)
+    assert new.dtypes.to_dict() == ref.dtypes.to_dict()
+    pd.testing.assert_frame_equal(new, ref, check_exact=True)
+
+
+def _fit_like_table(rng, n_layers=6, n_rounds=7, stats_=STATISTICS, drop=()):
+    """A fit table (one row per layer and round, rows shuffled) with every edge case on some rows."""
+    rows = []
+    for li in range(n_layers):
+        rounds = np.arange(n_rounds)
+        if li % 5 == 1:
+            rounds = rounds[1:]  # round 0 missing
+        if li % 5 == 3:
+            rounds = rounds[:2]  # < 3 rounds
+        slope = rng.normal(0, 0.5)
+        for r in rounds:
+            row = {"round": int(r), "layer": "pooled" if li == 0 else f"conv{li}"}
+            for st in stats_:
+                c, clo, chi = statistic_columns(st)
+                v = 0.01 * (0.8**r) ** slope * np.exp(rng.normal(0, 0.05))
+                if li % 5 == 4:
+                    v = 0.01 * (0.8**r) ** 0.5  # exactly linear in log density (r = 1: stderr ~ 0)
+                if li % 7 == 5:
+                    v = 0.01  # constant: zero spread of log scale
+                u = rng.random()
+                if u < 0.08:
+                    v = [np.nan, 0.0, -v, np.inf][rng.integers(4)]  # unusable here (round 0 too)
+                w = np.exp(rng.normal(0, 0.1))
+                lo, hi = v / w, v * w
+                u = rng.random()
+                if u < 0.1:
+                    lo = np.nan  # missing CI
+                elif u < 0.15:
+                    lo, hi = 0.0, np.inf
+                row[c], row[clo], row[chi] = v, lo, hi
+                if st in ("iqr", "mad"):
+                    row[f"{st}_res"] = rng.random() * 0.1
+            rows.append(row)
+    t = pd.DataFrame(rows).sample(frac=1.0, random_state=int(rng.integers(1 << 31))).reset_index(drop=True)
+    return t.drop(columns=[c for c in t.columns if c.startswith(tuple(drop))])
+
+
+def _sparsity(rng, n_rounds, kind):
+    if kind == "flat":  # every round the same density: zero spread of log density
+        return {r: 0.5 for r in range(n_rounds)}
+    sp = {r: 1 - 0.8**r for r in range(n_rounds)}
+    if kind == "holes":
+        sp.pop(2, None)  # a round without a measured sparsity: NaN
+        sp[n_rounds - 1] = 1.0  # density 0: left out of the trend
+    return sp
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_narrowing_and_trend_equal_the_reference_on_random_tables(seed):
+    rng = np.random.default_rng(seed)
+    drop = [(), ("gennorm",), ("t_scale_lo", "t_scale_hi"), ("iqr_res",)][seed % 4]  # missing stats / CIs
+    table = _fit_like_table(rng, n_layers=int(rng.integers(2, 10)), n_rounds=int(rng.integers(3, 10)), drop=drop)
+    sp = _sparsity(rng, 9, ["plain", "flat", "holes"][seed % 3])
+    stats_ = list(STATISTICS) if seed % 2 else list(rng.permutation(STATISTICS))
+    new, ref = narrowing_table(table, sp, stats_), ref_narrowing_table(table, sp, stats_)
+    _same(new, ref)
+    assert len(new) > 0 or seed % 3 == 1
+    _same(trend_table(new), ref_trend_table(ref))
+    # a narrowing table in any row order, with NaN keys and other levels
+    shuffled = ref.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if len(shuffled) > 3:
+        shuffled.loc[0, "layer"] = np.nan
+        shuffled.loc[1, "statistic"] = None
+    for lev in (0.95, 0.8):
+        _same(trend_table(shuffled, lev), ref_trend_table(shuffled, lev))
+    _same(narrowing_table(table, sp, stats_, level=0.8), ref_narrowing_table(table, sp, stats_, level=0.8))
+
+
+def test_edge_cases_equal_the_reference():
+    rng = np.random.default_rng(0)
+    table = _fit_like_table(rng)
+    sp = _sparsity(rng, 9, "plain")
+    # empty inputs: the empty frames' columns and dtypes
+    for t in (table.iloc[:0], pd.DataFrame({"round": [], "layer": []}), table[["round", "layer"]]):
+        _same(narrowing_table(t, sp, STATISTICS), ref_narrowing_table(t, sp, STATISTICS))
+    empty = ref_narrowing_table(table.iloc[:0], sp, STATISTICS)
+    _same(trend_table(empty), ref_trend_table(empty))
+    _same(trend_table(empty.iloc[:0]), ref_trend_table(empty.iloc[:0]))
+    # no statistic asked for; a statistic unusable everywhere; every layer without round 0
+    _same(narrowing_table(table, sp, []), ref_narrowing_table(table, sp, []))
+    bad = table.assign(std=np.nan)
+    _same(narrowing_table(bad, sp, ["std", "mad"]), ref_narrowing_table(bad, sp, ["std", "mad"]))
+    late = table[table["round"] > 0]
+    _same(narrowing_table(late, sp, STATISTICS), ref_narrowing_table(late, sp, STATISTICS))
+    # a NaN layer is left out as groupby leaves it out
+    nan_layer = table.copy()
+    nan_layer.loc[nan_layer.index[:5], "layer"] = np.nan
+    _same(narrowing_table(nan_layer, sp, STATISTICS), ref_narrowing_table(nan_layer, sp, STATISTICS))
+    # a trend where every slope is NaN (< 3 rounds everywhere): the empty frame
+    n = ref_narrowing_table(table[table["round"] < 2], sp, STATISTICS)
+    assert len(n) > 0
+    _same(trend_table(n), ref_trend_table(n))
+    # unknown statistic: the same error
+    with pytest.raises(Exception, match="unknown statistic"):
+        narrowing_table(table, sp, ["foo"])
+
+
+def test_fit_tables_of_a_run_give_the_reference_narrowing_and_trend():
+    from gradscope.fit.run import fit_tables, load_windows, sparsity_by_round
+    from gradscope.fit.synthetic import make_synthetic_run
+
+    true = 0.01 * 0.9 ** np.arange(4)
+    run = make_synthetic_run({"conv1": true, "conv2": 2 * true, "fc": 3 * true}, n=20_000, windows=2, seed=3)
+    counts, edges, idx = load_windows(run)
+    rl, rp = fit_tables(counts, edges, idx, bootstrap=20, models=MODELS)
+    table = pd.concat([rp, rl], ignore_index=True)
+    sp = sparsity_by_round(run)
+    new, ref = narrowing_table(table, sp, list(STATISTICS)), ref_narrowing_table(table, sp, list(STATISTICS))
+    assert len(new) == 4 * 4 * len(STATISTICS)  # 3 layers + pooled, 4 rounds
+    _same(new, ref)
+    _same(trend_table(new), ref_trend_table(ref))
