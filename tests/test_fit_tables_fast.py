@@ -1,15 +1,22 @@
-"""The vectorised table stage of the fit (narrowing_table, trend_table) gives exactly what the
+"""The vectorised table stage of the fit (fit_histograms' bookkeeping, narrowing_table, trend_table) gives exactly what the
 per-group pandas code it replaced gave: same columns, order, dtypes, rows and values, on
 randomised tables with the edge cases (round 0 missing or unusable, NaN or zero CIs, missing
 statistics, < 3 rounds, zero spread of log density, constant or exactly linear log scales,
 NaN layers, empty inputs). The reference implementations are the old code, kept here."""
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from gradscope.fit.core import (_Z95, MODELS, STATISTICS, narrowing_table, statistic_columns, trend_table,
-                                trend_verdict)
+import gradscope.fit.core as core
+from gradscope import GradscopeError
+from gradscope.fit.binned import binned_cdf, binned_quantile, binned_spreads, fit_family, model_cdf_at_edges
+from gradscope.fit.core import (_Z95, MODELS, STATISTICS, check_bootstrap, fit_histograms, histogram_status,
+                                moment_spreads, narrowing_table, statistic_columns, trend_table, trend_verdict)
+from gradscope.fit.families import get_family
+from gradscope.fit.synthetic import log_edges
 
 
 # ----------------------------------------------------------------------------- reference (old code)
@@ -66,6 +73,105 @@ def ref_trend_table(narrowing, level=0.95):
                          "slope_lo": lo, "slope_hi": hi, "verdict": trend_verdict(lo, hi), "narrows": bool(lo > 0)})
     cols = ["layer", "statistic", "n_rounds", "slope", "slope_lo", "slope_hi", "verdict", "narrows"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def ref_fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, moments=None,
+                   models: Sequence[str] = MODELS, bootstrap: int = 200, seed: int = 0,
+                   resample: str = "auto", level: float = 0.95) -> pd.DataFrame:
+    counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise GradscopeError(f"histogram counts must be a 2-d array [n, bins], got shape {counts.shape}")
+    edges = np.asarray(edges, float)
+    n, B = counts.shape
+    if edges.shape != (B + 1,) or not np.all(np.diff(edges) > 0):
+        raise GradscopeError(f"need {B + 1} strictly increasing edges for {B} bins")
+    for m in models:
+        get_family(m)
+    bootstrap = check_bootstrap(bootstrap)
+    under = np.zeros(n) if under is None else np.asarray(under, float)
+    over = np.zeros(n) if over is None else np.asarray(over, float)
+    mom = moments or {}
+    status = histogram_status(counts, under, over, nonfinite, mom.get("sumsq"))
+    df = pd.DataFrame({"status": status})
+    cf = np.where(np.isfinite(counts), counts, 0).astype(float)
+    uf, of = np.nan_to_num(under), np.nan_to_num(over)
+    df["count"] = (cf.sum(1) + uf + of).astype(np.int64)
+    exact_cols = []
+    if mom:
+        ms = moment_spreads(mom["count"], mom["sum"], mom["sumsq"], mom.get("sum4"),
+                            mom.get("sum3"), mom.get("sumabs"), level)
+        for k, v in ms.items():
+            df[k] = v
+        exact_cols = list(ms)
+        loc_all = np.nan_to_num(ms["mean"])
+    else:
+        loc_all = np.zeros(n)
+    cdf = binned_cdf(cf, uf, of)
+    q = {p: binned_quantile(cdf, edges, p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)}
+    bs = binned_spreads(cf, uf, of, edges, level)
+    for k, v in bs.items():
+        df[k] = v
+    ok = df["status"].to_numpy() == "ok"
+    # a quartile or the MAD beyond the edges: the histogram range is far too narrow
+    oor = ok & ~np.isfinite(df[["iqr", "mad"]].to_numpy(float)).all(1)
+    df.loc[oor, "status"] = "out-of-range"
+    ok = df["status"].to_numpy() == "ok"
+    rows = np.flatnonzero(ok)
+    ext_edges = np.concatenate([[-np.inf], edges, [np.inf]])
+    C = np.concatenate([uf[rows, None], cf[rows], of[rows, None]], 1)
+    qr = {p: v[rows] for p, v in q.items()}
+    fallback = (df["std"].to_numpy(float)[rows] if "std" in df else np.full(len(rows), np.nan))
+    # starts near the MLE from the exact moments: the unbinned MLEs of the normal (std) and, for a
+    # location near 0, the Laplace (mean |g|)
+    starts = {"normal": fallback}
+    if "meanabs" in df:
+        ma = df["meanabs"].to_numpy(float)[rows]
+        with np.errstate(invalid="ignore"):
+            starts["laplace"] = np.where(np.abs(loc_all[rows]) < 0.1 * ma, ma, np.nan)
+    rng = np.random.default_rng(seed)
+    aics, model_cols = [], []
+    for m in models:
+        fam = get_family(m)
+        r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level,
+                       init_scale=starts.get(m))
+        conv = r["converged"] & np.isfinite(r["scale"]) & np.isfinite(r["loglik"])
+        if bootstrap:
+            conv &= np.isfinite(r["scale_lo"]) & np.isfinite(r["scale_hi"])
+        cols = {"scale": r["scale"], "scale_lo": r["scale_lo"], "scale_hi": r["scale_hi"],
+                "loglik": r["loglik"], "aic": 2 * (1 + fam.n_shape) - 2 * r["loglik"]}
+        if fam.n_shape:
+            cols["shape"] = r["shape"]
+        if not bootstrap:
+            del cols["scale_lo"], cols["scale_hi"]
+        mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
+        if mc is None:
+            mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
+        cols["ks"] = np.abs(mc - cdf[rows]).max(1)
+        mst = df["status"].to_numpy(object).copy()
+        mst[rows] = np.where(conv, "ok", "no-convergence")
+        df[f"{m}_status"] = mst
+        for k, v in cols.items():
+            full = np.full(n, np.nan)
+            full[rows] = np.where(conv, v, np.nan)
+            df[f"{m}_{k}"] = full
+            model_cols.append(f"{m}_{k}")
+        df.loc[rows[~conv], "status"] = "no-convergence"
+        aics.append(df[f"{m}_aic"].to_numpy())
+    if models:
+        A = np.stack(aics, 1)
+        anyfin = np.isfinite(A).any(1)
+        best = np.array(models, dtype=object)[np.argmin(np.where(np.isfinite(A), A, np.inf), 1)]
+        df["best"] = np.where(anyfin, best, None)
+    # binned statistics are meaningless where the histogram is unusable: blank them ...
+    st = df["status"].to_numpy(object)
+    dead = ~np.isin(st, ["ok", "no-convergence"])
+    binned = [c for c in df.columns if c.startswith(("iqr", "mad"))] + model_cols
+    df.loc[dead, binned] = np.nan
+    # ... while exact statistics need only values, all finite (not a usable histogram)
+    if exact_cols:
+        no_values = np.isin(st, ["empty", "nonfinite"]) | ~(np.asarray(mom["count"], float) > 0)
+        df.loc[no_values, exact_cols] = np.nan
+    return df
 
 
 # ----------------------------------------------------------------------------- random tables
@@ -187,3 +293,75 @@ def test_fit_tables_of_a_run_give_the_reference_narrowing_and_trend():
     assert len(new) == 4 * 4 * len(STATISTICS)  # 3 layers + pooled, 4 rounds
     _same(new, ref)
     _same(trend_table(new), ref_trend_table(ref))
+
+
+def _histograms(rng, n_rows, edges):
+    """Histograms with every status: ok (Laplace and t draws), empty, degenerate (< 3 bins used,
+    or sumsq 0), nonfinite (a NaN count, or non-finite values seen), out-of-range (the range far
+    too narrow), no moments (count 0); with exact power sums."""
+    ext = np.concatenate([[-np.inf], edges, [np.inf]])
+    rows, mom = [], {k: [] for k in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4")}
+    nonfinite = np.zeros(n_rows)
+    for i in range(n_rows):
+        s = 0.01 * np.exp(rng.normal(0, 0.3))
+        dist = stats.t(4, scale=s) if i % 2 else stats.laplace(scale=s)
+        kind = i % 9
+        if kind == 8:
+            dist = stats.laplace(scale=50 * s)  # out of range: most mass in under/over
+        c = rng.multinomial(5000, np.diff(dist.cdf(ext))).astype(float)
+        if kind == 3:
+            c[:] = 0  # empty
+        elif kind == 5:
+            c[:] = 0
+            c[len(c) // 2] = 10  # degenerate
+        elif kind == 6:
+            c[7] = np.nan  # nonfinite count
+        elif kind == 7 and i % 2:
+            nonfinite[i] = 3
+        v = dist.rvs(size=5000, random_state=rng)
+        n = 0 if kind in (3, 4) else 5000
+        for k, val in zip(mom, (n, v.sum(), 0.0 if kind == 5 else (v * v).sum(), np.abs(v).sum(), (v**3).sum(),
+                                (v**4).sum())):
+            mom[k].append(val)
+        rows.append(c)
+    c = np.array(rows)
+    return c[:, 1:-1], c[:, 0], c[:, -1], nonfinite, {k: np.array(v, float) for k, v in mom.items()}
+
+
+def _flaky(fit):
+    """fit_family that fails some rows: not converged, a NaN CI or a NaN log-likelihood."""
+    def wrapped(fam, C, *a, **kw):
+        r = dict(fit(fam, C, *a, **kw))
+        i = np.arange(len(C))
+        r["converged"] = r["converged"] & (i % 4 != 1)
+        for k, bad in (("scale_lo", i % 5 == 2), ("loglik", i % 7 == 3)):
+            if r.get(k) is not None:
+                r[k] = np.where(bad, np.nan, r[k])
+        return r
+    return wrapped
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_fit_histograms_equals_the_reference(case, monkeypatch):
+    rng = np.random.default_rng(100 + case)
+    edges = log_edges(0.1, n_half=30, min_abs=1e-5)
+    counts, under, over, nonfinite, mom = _histograms(rng, 27, edges)
+    models = [MODELS, ("laplace",), (), ("t", "normal")][case % 4]
+    bootstrap = [10, 0][case % 2]
+    kw = dict(nonfinite=nonfinite, moments=None if case == 3 else mom, models=models, bootstrap=bootstrap,
+              seed=case)
+    if case >= 4:  # failed fits: "no-convergence" rows and per-model statuses
+        monkeypatch.setattr(core, "fit_family", _flaky(fit_family))
+        monkeypatch.setitem(globals(), "fit_family", _flaky(fit_family))
+    new = fit_histograms(counts, edges, under, over, **kw)
+    ref = ref_fit_histograms(counts, edges, under, over, **kw)
+    _same(new, ref)
+    want = {"ok", "empty", "degenerate", "nonfinite", "out-of-range"} | ({"no-convergence"} if case >= 4 and models else set())
+    assert want <= set(new["status"])  # every status is exercised
+    # no rows; no under/over given
+    _same(fit_histograms(counts[:0], edges, under[:0], over[:0], models=models, bootstrap=bootstrap,
+                         moments={k: v[:0] for k, v in mom.items()}),
+          ref_fit_histograms(counts[:0], edges, under[:0], over[:0], models=models, bootstrap=bootstrap,
+                             moments={k: v[:0] for k, v in mom.items()}))
+    _same(fit_histograms(counts[:5], edges, models=models, bootstrap=bootstrap),
+          ref_fit_histograms(counts[:5], edges, models=models, bootstrap=bootstrap))

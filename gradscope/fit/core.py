@@ -132,40 +132,42 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     over = np.zeros(n) if over is None else np.asarray(over, float)
     mom = moments or {}
     status = histogram_status(counts, under, over, nonfinite, mom.get("sumsq"))
-    df = pd.DataFrame({"status": status})
+    # the columns are built as arrays in table order and become one DataFrame at the end (the
+    # values are those of the column-at-a-time version this replaced: tests/test_fit_tables_fast.py)
+    cols: dict = {"status": None}
     cf = np.where(np.isfinite(counts), counts, 0).astype(float)
     uf, of = np.nan_to_num(under), np.nan_to_num(over)
-    df["count"] = (cf.sum(1) + uf + of).astype(np.int64)
+    cols["count"] = (cf.sum(1) + uf + of).astype(np.int64)
     exact_cols = []
     if mom:
         ms = moment_spreads(mom["count"], mom["sum"], mom["sumsq"], mom.get("sum4"),
                             mom.get("sum3"), mom.get("sumabs"), level)
         for k, v in ms.items():
-            df[k] = v
+            cols[k] = np.array(v, float)  # a copy: blanked in place below
         exact_cols = list(ms)
-        loc_all = np.nan_to_num(ms["mean"])
+        loc_all = np.nan_to_num(cols["mean"])
     else:
         loc_all = np.zeros(n)
     cdf = binned_cdf(cf, uf, of)
     q = {p: binned_quantile(cdf, edges, p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)}
     bs = binned_spreads(cf, uf, of, edges, level)
     for k, v in bs.items():
-        df[k] = v
-    ok = df["status"].to_numpy() == "ok"
+        cols[k] = np.array(v, float)
+    st = np.asarray(status, dtype=object).copy()
+    ok = st == "ok"
     # a quartile or the MAD beyond the edges: the histogram range is far too narrow
-    oor = ok & ~np.isfinite(df[["iqr", "mad"]].to_numpy(float)).all(1)
-    df.loc[oor, "status"] = "out-of-range"
-    ok = df["status"].to_numpy() == "ok"
-    rows = np.flatnonzero(ok)
+    oor = ok & ~(np.isfinite(cols["iqr"]) & np.isfinite(cols["mad"]))
+    st[oor] = "out-of-range"
+    rows = np.flatnonzero(ok & ~oor)
     ext_edges = np.concatenate([[-np.inf], edges, [np.inf]])
     C = np.concatenate([uf[rows, None], cf[rows], of[rows, None]], 1)
     qr = {p: v[rows] for p, v in q.items()}
-    fallback = (df["std"].to_numpy(float)[rows] if "std" in df else np.full(len(rows), np.nan))
+    fallback = cols["std"][rows] if "std" in cols else np.full(len(rows), np.nan)
     # starts near the MLE from the exact moments: the unbinned MLEs of the normal (std) and, for a
     # location near 0, the Laplace (mean |g|)
     starts = {"normal": fallback}
-    if "meanabs" in df:
-        ma = df["meanabs"].to_numpy(float)[rows]
+    if "meanabs" in cols:
+        ma = cols["meanabs"][rows]
         with np.errstate(invalid="ignore"):
             starts["laplace"] = np.where(np.abs(loc_all[rows]) < 0.1 * ma, ma, np.nan)
     rng = np.random.default_rng(seed)
@@ -177,41 +179,42 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
         conv = r["converged"] & np.isfinite(r["scale"]) & np.isfinite(r["loglik"])
         if bootstrap:
             conv &= np.isfinite(r["scale_lo"]) & np.isfinite(r["scale_hi"])
-        cols = {"scale": r["scale"], "scale_lo": r["scale_lo"], "scale_hi": r["scale_hi"],
-                "loglik": r["loglik"], "aic": 2 * (1 + fam.n_shape) - 2 * r["loglik"]}
+        mc_ = {"scale": r["scale"], "scale_lo": r["scale_lo"], "scale_hi": r["scale_hi"],
+               "loglik": r["loglik"], "aic": 2 * (1 + fam.n_shape) - 2 * r["loglik"]}
         if fam.n_shape:
-            cols["shape"] = r["shape"]
+            mc_["shape"] = r["shape"]
         if not bootstrap:
-            del cols["scale_lo"], cols["scale_hi"]
+            del mc_["scale_lo"], mc_["scale_hi"]
         mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
         if mc is None:
             mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
-        cols["ks"] = np.abs(mc - cdf[rows]).max(1)
-        mst = df["status"].to_numpy(object).copy()
+        mc_["ks"] = np.abs(mc - cdf[rows]).max(1)
+        mst = st.copy()
         mst[rows] = np.where(conv, "ok", "no-convergence")
-        df[f"{m}_status"] = mst
-        for k, v in cols.items():
+        cols[f"{m}_status"] = mst
+        for k, v in mc_.items():
             full = np.full(n, np.nan)
             full[rows] = np.where(conv, v, np.nan)
-            df[f"{m}_{k}"] = full
+            cols[f"{m}_{k}"] = full
             model_cols.append(f"{m}_{k}")
-        df.loc[rows[~conv], "status"] = "no-convergence"
-        aics.append(df[f"{m}_aic"].to_numpy())
+        st[rows[~conv]] = "no-convergence"
+        aics.append(cols[f"{m}_aic"])
     if models:
         A = np.stack(aics, 1)
         anyfin = np.isfinite(A).any(1)
         best = np.array(models, dtype=object)[np.argmin(np.where(np.isfinite(A), A, np.inf), 1)]
-        df["best"] = np.where(anyfin, best, None)
+        cols["best"] = np.where(anyfin, best, None)
     # binned statistics are meaningless where the histogram is unusable: blank them ...
-    st = df["status"].to_numpy(object)
     dead = ~np.isin(st, ["ok", "no-convergence"])
-    binned = [c for c in df.columns if c.startswith(("iqr", "mad"))] + model_cols
-    df.loc[dead, binned] = np.nan
+    for c in [c for c in cols if c.startswith(("iqr", "mad"))] + model_cols:
+        cols[c][dead] = np.nan
     # ... while exact statistics need only values, all finite (not a usable histogram)
     if exact_cols:
         no_values = np.isin(st, ["empty", "nonfinite"]) | ~(np.asarray(mom["count"], float) > 0)
-        df.loc[no_values, exact_cols] = np.nan
-    return df
+        for c in exact_cols:
+            cols[c][no_values] = np.nan
+    cols["status"] = st
+    return pd.DataFrame(cols)
 
 
 def fit_samples(values, *, loc=None, models: Sequence[str] = MODELS) -> pd.DataFrame:
