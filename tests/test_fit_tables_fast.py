@@ -365,3 +365,40 @@ def test_fit_histograms_equals_the_reference(case, monkeypatch):
                              moments={k: v[:0] for k, v in mom.items()}))
     _same(fit_histograms(counts[:5], edges, models=models, bootstrap=bootstrap),
           ref_fit_histograms(counts[:5], edges, models=models, bootstrap=bootstrap))
+
+
+def ref_aggregate(counts, idx, keys):
+    if len(idx) == 0:
+        return np.zeros((0, counts.shape[1])), idx.iloc[:0][list(keys)]
+    gid = idx.groupby(list(keys), sort=True, dropna=False).ngroup().to_numpy()
+    order = np.argsort(gid, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(gid[order]) != 0])
+    c = np.asarray(counts, float)[order]
+    summed = np.add.reduceat(c, starts, axis=0)
+    num = [k for k in ["count", "sum", "sumsq", "sumabs", "sum3", "sum4"] + ["under", "over", "nonfinite"] if k in idx]
+    vals = idx[num].to_numpy(float)[order]
+    with np.errstate(invalid="ignore"):
+        s = np.add.reduceat(vals, starts, axis=0)
+    out = idx.iloc[order[starts]][list(keys)].reset_index(drop=True)
+    out[num] = s
+    return summed, out
+
+
+def test_aggregate_equals_the_reference_with_and_without_repeated_keys():
+    from gradscope.fit.run import aggregate
+
+    rng = np.random.default_rng(5)
+    n = 60
+    idx = pd.DataFrame({"round": rng.integers(0, 3, n), "window": rng.integers(0, 4, n),
+                        "layer": rng.choice(["a", "b", "c"], n), "count": rng.integers(0, 9, n).astype(float),
+                        "sum": rng.normal(size=n), "under": rng.integers(0, 3, n), "over": 0, "nonfinite": 0})
+    idx.loc[3, "sum"] = np.nan
+    counts = rng.integers(0, 5, (n, 7))
+    counts[4, 2] = -1
+    uniq = idx.drop_duplicates(["round", "window", "layer"]).reset_index(drop=True)  # every group one row
+    cu = counts[: len(uniq)]
+    for c, i, keys in ((counts, idx, ["round"]), (counts, idx, ["round", "layer"]), (cu, uniq, ["round", "window", "layer"]),
+                       (cu[::-1], uniq[::-1].reset_index(drop=True), ["round", "window", "layer"]), (counts[:0], idx.iloc[:0], ["round"])):
+        (a, ta), (b, tb) = aggregate(c, i, keys), ref_aggregate(c, i, keys)
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        _same(ta, tb)
