@@ -172,6 +172,7 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
             starts["laplace"] = np.where(np.abs(loc_all[rows]) < 0.1 * ma, ma, np.nan)
     rng = np.random.default_rng(seed)
     aics, model_cols = [], []
+    cdf_rows = cdf[rows]  # once, for every model's KS distance
     for m in models:
         fam = get_family(m)
         r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level,
@@ -188,7 +189,7 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
         mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
         if mc is None:
             mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
-        mc_["ks"] = np.abs(mc - cdf[rows]).max(1)
+        mc_["ks"] = np.abs(mc - cdf_rows).max(1)
         mst = st.copy()
         mst[rows] = np.where(conv, "ok", "no-convergence")
         cols[f"{m}_status"] = mst
