@@ -402,3 +402,50 @@ def test_aggregate_equals_the_reference_with_and_without_repeated_keys():
         (a, ta), (b, tb) = aggregate(c, i, keys), ref_aggregate(c, i, keys)
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
         _same(ta, tb)
+
+
+def test_synthetic_reader_gives_the_reference_frames():
+    """SyntheticRun builds its index from column lists: the frames of the old record-wise code."""
+    from gradscope.fit.synthetic import SyntheticRun, make_synthetic_run
+
+    class Old(SyntheticRun):
+        def _index(self, rows):
+            keys = ["round", "epoch", "window", "step_start", "step_end", "layer"]
+            idx = pd.DataFrame([{k: r[k] for k in keys} for r in rows], columns=keys)
+            relu = dict(zip(self._layers["layer"], self._layers["relu_fed"]))
+            idx["relu_fed"] = idx["layer"].map(relu).astype(bool) if len(idx) else []
+            return idx
+
+        def moments(self, layer=None, round=None, view="survivors"):
+            rows = self._view_rows(view)
+            idx = self._index(rows)
+            for c in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over", "nonfinite"):
+                idx[c] = [r[c] for r in rows]
+            return idx[self._select(idx, layer, round)].reset_index(drop=True)
+
+        def histograms(self, layer=None, round=None, window=None, view="survivors"):
+            rows = self._view_rows(view)
+            idx = self._index(rows)
+            for c in ("under", "over", "nonfinite"):
+                idx[c] = [r[c] for r in rows]
+            m = self._select(idx, layer, round, window)
+            nb = len(self.edges) - 1
+            counts = np.array([r["counts"] for r in rows]).reshape(-1, nb)[m]
+            return counts, self.edges.copy(), idx[m].reset_index(drop=True)
+
+    true = 0.01 * 0.9 ** np.arange(3)
+    run = make_synthetic_run({"conv1": true, "fc": 2 * true}, n=2000, windows=2, relu_fed={"fc": False},
+                             density={"conv1": [1.0, 0.8, 0.64], "fc": [1.0, 0.9, 0.81]}, seed=1)
+    empty = SyntheticRun(run.edges, [], run._rounds, run._layers)
+    for r in (run, empty):
+        old = Old(r.edges, r._rows, r._rounds, r._layers)
+        for view in r.views():
+            for sel in ({}, {"layer": "fc"}, {"round": [0, 2]}, {"layer": "nope"}):
+                _same(r.moments(view=view, **sel), old.moments(view=view, **sel))
+                (c, e, i), (c0, e0, i0) = r.histograms(view=view, **sel), old.histograms(view=view, **sel)
+                assert c.dtype == c0.dtype and np.array_equal(c, c0) and np.array_equal(e, e0)
+                _same(i, i0)
+            (c, _, i), (c0, _, i0) = r.histograms(window=1, view=view), old.histograms(window=1, view=view)
+            assert np.array_equal(c, c0)
+            _same(i, i0)
+    assert len(run.views()) == 2 and len(run.moments()) == 12
