@@ -271,7 +271,8 @@ def narrowing_table(table: pd.DataFrame, sparsity: dict, statistics: Sequence[st
     std). The CI treats the two log scales as independent and normal, with standard errors
     read off their CIs; NaN where a CI is missing. Layers whose round 0 is unusable for a
     statistic are left out of it. Binned statistics carry ``resolution`` (see binned_spreads).
-    Rows: statistics in the order given, layers in order of first appearance, rounds ascending.
+    Rows: statistics in the order given, layers in order of first appearance, rounds ascending
+    (rows repeating a (round, layer), outside this contract, keep their table order).
     """
     z = stats.norm.ppf(0.5 + level / 2)
     cols = ["round", "sparsity", "layer", "statistic", "scale", "ratio", "ratio_lo", "ratio_hi", "resolution"]
