@@ -132,44 +132,47 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
     over = np.zeros(n) if over is None else np.asarray(over, float)
     mom = moments or {}
     status = histogram_status(counts, under, over, nonfinite, mom.get("sumsq"))
-    df = pd.DataFrame({"status": status})
+    # the columns are built as arrays in table order and become one DataFrame at the end (the
+    # values are those of the column-at-a-time version this replaced: tests/test_fit_tables_fast.py)
+    cols: dict = {"status": None}
     cf = np.where(np.isfinite(counts), counts, 0).astype(float)
     uf, of = np.nan_to_num(under), np.nan_to_num(over)
-    df["count"] = (cf.sum(1) + uf + of).astype(np.int64)
+    cols["count"] = (cf.sum(1) + uf + of).astype(np.int64)
     exact_cols = []
     if mom:
         ms = moment_spreads(mom["count"], mom["sum"], mom["sumsq"], mom.get("sum4"),
                             mom.get("sum3"), mom.get("sumabs"), level)
         for k, v in ms.items():
-            df[k] = v
+            cols[k] = np.array(v, float)  # a copy: blanked in place below
         exact_cols = list(ms)
-        loc_all = np.nan_to_num(ms["mean"])
+        loc_all = np.nan_to_num(cols["mean"])
     else:
         loc_all = np.zeros(n)
     cdf = binned_cdf(cf, uf, of)
     q = {p: binned_quantile(cdf, edges, p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)}
     bs = binned_spreads(cf, uf, of, edges, level)
     for k, v in bs.items():
-        df[k] = v
-    ok = df["status"].to_numpy() == "ok"
+        cols[k] = np.array(v, float)
+    st = np.asarray(status, dtype=object).copy()
+    ok = st == "ok"
     # a quartile or the MAD beyond the edges: the histogram range is far too narrow
-    oor = ok & ~np.isfinite(df[["iqr", "mad"]].to_numpy(float)).all(1)
-    df.loc[oor, "status"] = "out-of-range"
-    ok = df["status"].to_numpy() == "ok"
-    rows = np.flatnonzero(ok)
+    oor = ok & ~(np.isfinite(cols["iqr"]) & np.isfinite(cols["mad"]))
+    st[oor] = "out-of-range"
+    rows = np.flatnonzero(ok & ~oor)
     ext_edges = np.concatenate([[-np.inf], edges, [np.inf]])
     C = np.concatenate([uf[rows, None], cf[rows], of[rows, None]], 1)
     qr = {p: v[rows] for p, v in q.items()}
-    fallback = (df["std"].to_numpy(float)[rows] if "std" in df else np.full(len(rows), np.nan))
+    fallback = cols["std"][rows] if "std" in cols else np.full(len(rows), np.nan)
     # starts near the MLE from the exact moments: the unbinned MLEs of the normal (std) and, for a
     # location near 0, the Laplace (mean |g|)
     starts = {"normal": fallback}
-    if "meanabs" in df:
-        ma = df["meanabs"].to_numpy(float)[rows]
+    if "meanabs" in cols:
+        ma = cols["meanabs"][rows]
         with np.errstate(invalid="ignore"):
             starts["laplace"] = np.where(np.abs(loc_all[rows]) < 0.1 * ma, ma, np.nan)
     rng = np.random.default_rng(seed)
     aics, model_cols = [], []
+    cdf_rows = cdf[rows]  # once, for every model's KS distance
     for m in models:
         fam = get_family(m)
         r = fit_family(fam, C, ext_edges, loc_all[rows], qr, fallback, bootstrap, rng, resample, level,
@@ -177,41 +180,42 @@ def fit_histograms(counts, edges, under=None, over=None, *, nonfinite=None, mome
         conv = r["converged"] & np.isfinite(r["scale"]) & np.isfinite(r["loglik"])
         if bootstrap:
             conv &= np.isfinite(r["scale_lo"]) & np.isfinite(r["scale_hi"])
-        cols = {"scale": r["scale"], "scale_lo": r["scale_lo"], "scale_hi": r["scale_hi"],
-                "loglik": r["loglik"], "aic": 2 * (1 + fam.n_shape) - 2 * r["loglik"]}
+        mc_ = {"scale": r["scale"], "scale_lo": r["scale_lo"], "scale_hi": r["scale_hi"],
+               "loglik": r["loglik"], "aic": 2 * (1 + fam.n_shape) - 2 * r["loglik"]}
         if fam.n_shape:
-            cols["shape"] = r["shape"]
+            mc_["shape"] = r["shape"]
         if not bootstrap:
-            del cols["scale_lo"], cols["scale_hi"]
+            del mc_["scale_lo"], mc_["scale_hi"]
         mc = r.get("cdf_edges")  # the optimiser's cells give it when it kept them
         if mc is None:
             mc = model_cdf_at_edges(fam, edges, loc_all[rows], r["scale"], r["shape"] if fam.n_shape else None)
-        cols["ks"] = np.abs(mc - cdf[rows]).max(1)
-        mst = df["status"].to_numpy(object).copy()
+        mc_["ks"] = np.abs(mc - cdf_rows).max(1)
+        mst = st.copy()
         mst[rows] = np.where(conv, "ok", "no-convergence")
-        df[f"{m}_status"] = mst
-        for k, v in cols.items():
+        cols[f"{m}_status"] = mst
+        for k, v in mc_.items():
             full = np.full(n, np.nan)
             full[rows] = np.where(conv, v, np.nan)
-            df[f"{m}_{k}"] = full
+            cols[f"{m}_{k}"] = full
             model_cols.append(f"{m}_{k}")
-        df.loc[rows[~conv], "status"] = "no-convergence"
-        aics.append(df[f"{m}_aic"].to_numpy())
+        st[rows[~conv]] = "no-convergence"
+        aics.append(cols[f"{m}_aic"])
     if models:
         A = np.stack(aics, 1)
         anyfin = np.isfinite(A).any(1)
         best = np.array(models, dtype=object)[np.argmin(np.where(np.isfinite(A), A, np.inf), 1)]
-        df["best"] = np.where(anyfin, best, None)
+        cols["best"] = np.where(anyfin, best, None)
     # binned statistics are meaningless where the histogram is unusable: blank them ...
-    st = df["status"].to_numpy(object)
     dead = ~np.isin(st, ["ok", "no-convergence"])
-    binned = [c for c in df.columns if c.startswith(("iqr", "mad"))] + model_cols
-    df.loc[dead, binned] = np.nan
+    for c in [c for c in cols if c.startswith(("iqr", "mad"))] + model_cols:
+        cols[c][dead] = np.nan
     # ... while exact statistics need only values, all finite (not a usable histogram)
     if exact_cols:
         no_values = np.isin(st, ["empty", "nonfinite"]) | ~(np.asarray(mom["count"], float) > 0)
-        df.loc[no_values, exact_cols] = np.nan
-    return df
+        for c in exact_cols:
+            cols[c][no_values] = np.nan
+    cols["status"] = st
+    return pd.DataFrame(cols)
 
 
 def fit_samples(values, *, loc=None, models: Sequence[str] = MODELS) -> pd.DataFrame:
@@ -267,36 +271,60 @@ def narrowing_table(table: pd.DataFrame, sparsity: dict, statistics: Sequence[st
     std). The CI treats the two log scales as independent and normal, with standard errors
     read off their CIs; NaN where a CI is missing. Layers whose round 0 is unusable for a
     statistic are left out of it. Binned statistics carry ``resolution`` (see binned_spreads).
+    Rows: statistics in the order given, layers in order of first appearance, rounds ascending
+    (rows repeating a (round, layer), outside this contract, keep their table order).
     """
     z = stats.norm.ppf(0.5 + level / 2)
-    out = []
     cols = ["round", "sparsity", "layer", "statistic", "scale", "ratio", "ratio_lo", "ratio_hi", "resolution"]
+    # one factorisation of the layers (NaN layers: code -1, left out as groupby leaves them out)
+    # and one stable sort per statistic by (layer in order of first appearance, round) replace
+    # a groupby, a sort and a DataFrame per layer; every value is the same elementwise arithmetic
+    lay_codes = lay_names = rounds = None
+    parts = {k: [] for k in ("ix", "stat", "scale", "ratio", "lo", "hi", "res")}
     for stat in statistics:
         c, clo, chi = statistic_columns(stat)
         if c not in table:
             continue
+        if lay_codes is None:
+            lay_codes, lay_names = pd.factorize(table[layer_col])
+            rounds = table["round"].to_numpy()
+        v = table[c].to_numpy(float)
         with np.errstate(invalid="ignore"):
-            t = table[np.isfinite(table[c].to_numpy(float)) & (table[c].to_numpy(float) > 0)]
-        for layer, g in t.groupby(layer_col, sort=False):
-            g = g.sort_values("round")
-            if g.empty or g["round"].iloc[0] != 0:
-                continue
-            s = g[c].to_numpy(float)
-            if clo in g and chi in g:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    se = (np.log(g[chi].to_numpy(float)) - np.log(g[clo].to_numpy(float))) / (2 * _Z95)
-            else:
-                se = np.full(len(g), np.nan)
-            se_r = np.sqrt(se**2 + se[0] ** 2)
-            se_r[0] = 0.0
-            ratio = s / s[0]
-            res = g[f"{stat}_res"].to_numpy(float) if f"{stat}_res" in g else np.zeros(len(g))
-            out.append(pd.DataFrame({
-                "round": g["round"].to_numpy(), "sparsity": [sparsity.get(int(r), np.nan) for r in g["round"]],
-                "layer": layer, "statistic": stat, "scale": s, "ratio": ratio,
-                "ratio_lo": ratio * np.exp(-z * se_r), "ratio_hi": ratio * np.exp(z * se_r),
-                "resolution": res}))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
+            ix = np.flatnonzero(np.isfinite(v) & (v > 0) & (lay_codes >= 0))
+        if not len(ix):
+            continue
+        grp = pd.factorize(lay_codes[ix])[0]  # layers in order of first appearance among these rows
+        order = np.lexsort((rounds[ix], grp))  # stable: by layer, then round
+        ix, grp = ix[order], grp[order]
+        first = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+        gid = np.cumsum(np.r_[True, grp[1:] != grp[:-1]]) - 1  # 0 .. number of layers - 1
+        keep = (rounds[ix[first]] == 0)[gid]  # the layer's first (lowest) round must be round 0
+        if not keep.any():
+            continue
+        s = v[ix]
+        if clo in table and chi in table:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                se = (np.log(table[chi].to_numpy(float)[ix]) - np.log(table[clo].to_numpy(float)[ix])) / (2 * _Z95)
+        else:
+            se = np.full(len(ix), np.nan)
+        se_r = np.sqrt(se**2 + se[first][gid] ** 2)
+        se_r[first] = 0.0
+        ratio = s / s[first][gid]
+        res = table[f"{stat}_res"].to_numpy(float)[ix] if f"{stat}_res" in table else np.zeros(len(ix))
+        for k, a in (("ix", ix), ("scale", s), ("ratio", ratio), ("lo", ratio * np.exp(-z * se_r)),
+                     ("hi", ratio * np.exp(z * se_r)), ("res", res)):
+            parts[k].append(a[keep])
+        parts["stat"].append(np.full(int(keep.sum()), stat, dtype=object))
+    if not parts["ix"]:
+        return pd.DataFrame(columns=cols)
+    ix = np.concatenate(parts["ix"])
+    r = rounds[ix]
+    sp = {u: sparsity.get(int(u), np.nan) for u in pd.unique(r)}
+    return pd.DataFrame({
+        "round": r, "sparsity": [sp[u] for u in r], "layer": lay_names.take(lay_codes[ix]).tolist(),
+        "statistic": np.concatenate(parts["stat"]), "scale": np.concatenate(parts["scale"]),
+        "ratio": np.concatenate(parts["ratio"]), "ratio_lo": np.concatenate(parts["lo"]),
+        "ratio_hi": np.concatenate(parts["hi"]), "resolution": np.concatenate(parts["res"])}, columns=cols)
 
 
 def trend_slope(sparsity, scale, level: float = 0.95):
@@ -319,11 +347,56 @@ def trend_slope(sparsity, scale, level: float = 0.95):
 def trend_table(narrowing: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Per layer and statistic: slope of log scale on log density, its CI, and the verdict
     (narrows / widens / cannot tell; ``narrows`` kept as a bool). Layers with < 3 rounds are left out."""
-    rows = []
-    for (layer, stat), g in narrowing.groupby(["layer", "statistic"], sort=False):
-        sl, lo, hi, n = trend_slope(g["sparsity"], g["scale"], level)
-        if np.isfinite(sl):
-            rows.append({"layer": layer, "statistic": stat, "n_rounds": n, "slope": sl,
-                         "slope_lo": lo, "slope_hi": hi, "verdict": trend_verdict(lo, hi), "narrows": bool(lo > 0)})
     cols = ["layer", "statistic", "n_rounds", "slope", "slope_lo", "slope_hi", "verdict", "narrows"]
-    return pd.DataFrame(rows, columns=cols)
+    if len(narrowing) == 0:
+        return pd.DataFrame([], columns=cols)
+    # groups in order of first appearance, rows in table order (as groupby(sort=False)); rows with
+    # a NaN key are left out, as groupby leaves them out
+    lc, lnames = pd.factorize(narrowing["layer"])
+    sc, snames = pd.factorize(narrowing["statistic"])
+    ok = (lc >= 0) & (sc >= 0)
+    gid = np.full(len(narrowing), -1, np.intp)
+    gid[ok] = pd.factorize(lc[ok].astype(np.int64) * max(len(snames), 1) + sc[ok])[0]
+    d = 1.0 - narrowing["sparsity"].to_numpy(float)
+    s = narrowing["scale"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = ok & np.isfinite(d) & np.isfinite(s) & (d > 0) & (s > 0)
+        x, y = np.log(np.where(keep, d, 1.0)), np.log(np.where(keep, s, 1.0))
+    order = np.argsort(np.where(keep, gid, -1), kind="stable")
+    order = order[keep[order]]
+    g = gid[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]) if len(g) else np.zeros(1, np.intp)
+    q = 0.5 + level / 2
+    tq = {n: stats.t.ppf(q, n - 2) for n in np.unique(np.diff(bounds)) if n >= 3}  # once per n
+    out = {c: [] for c in cols}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        n = b - a
+        if n < 3:
+            continue
+        xi, yi = x[order[a:b]], y[order[a:b]]
+        if np.ptp(xi) == 0:
+            continue
+        sl, se = _ols_slope(xi, yi)
+        if not np.isfinite(sl):
+            continue
+        lo, hi = sl - tq[n] * se, sl + tq[n] * se
+        i = order[a]
+        for c, v in zip(cols, (lnames[lc[i]], snames[sc[i]], int(n), sl, lo, hi, trend_verdict(lo, hi),
+                               bool(lo > 0))):
+            out[c].append(v)
+    if not out["layer"]:
+        return pd.DataFrame([], columns=cols)
+    return pd.DataFrame(out, columns=cols)
+
+
+def _ols_slope(x: np.ndarray, y: np.ndarray):
+    """OLS slope of y on x and its standard error, with the arithmetic of scipy.stats.linregress
+    (np.cov with bias=1, r clipped to [-1, 1], stderr = sqrt((1 - r^2) ssy / ssx / (n - 2))),
+    without its per-call overhead; x must not be constant and n >= 3."""
+    ssxm, ssxym, _, ssym = np.cov(x, y, bias=1).flat
+    if ssxm == 0.0 or ssym == 0.0:
+        r = np.nan if ssxym == 0 else 0.0
+    else:
+        r = min(max(ssxym / np.sqrt(ssxm * ssym), -1.0), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ssxym / ssxm, np.sqrt((1 - r**2) * ssym / ssxm / (len(x) - 2))

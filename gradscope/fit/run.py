@@ -157,11 +157,14 @@ def aggregate(counts, idx: pd.DataFrame, keys: Sequence[str]):
     order = np.argsort(gid, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(gid[order]) != 0])
     c = np.asarray(counts, float)[order]
-    summed = np.add.reduceat(c, starts, axis=0)
     num = [k for k in _SUMS + ["under", "over", "nonfinite"] if k in idx]
     vals = idx[num].to_numpy(float)[order]
-    with np.errstate(invalid="ignore"):
-        s = np.add.reduceat(vals, starts, axis=0)
+    if len(starts) == len(gid):  # every group is one row (windows fitted per window): the sums are the rows
+        summed, s = c, vals
+    else:
+        summed = np.add.reduceat(c, starts, axis=0)
+        with np.errstate(invalid="ignore"):
+            s = np.add.reduceat(vals, starts, axis=0)
     out = idx.iloc[order[starts]][list(keys)].reset_index(drop=True)
     out[num] = s
     return summed, out

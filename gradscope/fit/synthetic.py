@@ -76,12 +76,21 @@ class SyntheticRun:
             raise GradscopeError(f"view {view!r} is not recorded in this run; it has {', '.join(self.views())}")
         return [r for r in self._rows if r.get("view", "survivors") == view]
 
-    def _index(self, rows):
+    def _index(self, rows, extra=()):
+        """One row per histogram: its keys, relu_fed, then the ``extra`` fields of the rows
+        (one DataFrame from column lists: the frame the record-wise construction gave, cheaper)."""
         keys = ["round", "epoch", "window", "step_start", "step_end", "layer"]
-        idx = pd.DataFrame([{k: r[k] for k in keys} for r in rows], columns=keys)
+        if not rows:
+            idx = pd.DataFrame([], columns=keys)
+            idx["relu_fed"] = []
+            for c in extra:
+                idx[c] = []
+            return idx
+        cols = {k: [r[k] for r in rows] for k in keys}
         relu = dict(zip(self._layers["layer"], self._layers["relu_fed"]))
-        idx["relu_fed"] = idx["layer"].map(relu).astype(bool) if len(idx) else []
-        return idx
+        cols["relu_fed"] = pd.Series(cols["layer"]).map(relu).astype(bool)
+        cols.update({c: [r[c] for r in rows] for c in extra})
+        return pd.DataFrame(cols)
 
     def _select(self, df, layer=None, round=None, window=None):
         m = np.ones(len(df), bool)
@@ -98,20 +107,20 @@ class SyntheticRun:
 
     def moments(self, layer=None, round=None, view: str = "survivors"):
         rows = self._view_rows(view)
-        idx = self._index(rows)
-        for c in ("count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over", "nonfinite"):
-            idx[c] = [r[c] for r in rows]
-        return idx[self._select(idx, layer, round)].reset_index(drop=True)
+        idx = self._index(rows, ("count", "sum", "sumsq", "sumabs", "sum3", "sum4", "min", "max", "under", "over",
+                                 "nonfinite"))
+        m = self._select(idx, layer, round)
+        return idx if m.all() else idx[m].reset_index(drop=True)
 
     def histograms(self, layer=None, round=None, window=None, view: str = "survivors"):
         rows = self._view_rows(view)
-        idx = self._index(rows)
-        for c in ("under", "over", "nonfinite"):
-            idx[c] = [r[c] for r in rows]
+        idx = self._index(rows, ("under", "over", "nonfinite"))
         m = self._select(idx, layer, round, window)
         nb = len(self.edges) - 1
-        counts = np.array([r["counts"] for r in rows]).reshape(-1, nb)[m]
-        return counts, self.edges.copy(), idx[m].reset_index(drop=True)
+        counts = np.array([r["counts"] for r in rows]).reshape(-1, nb)
+        if m.all():
+            return counts, self.edges.copy(), idx
+        return counts[m], self.edges.copy(), idx[m].reset_index(drop=True)
 
     def samples(self, layer=None, round=None, window=None):
         if not self._samples:
