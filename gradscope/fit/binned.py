@@ -268,6 +268,7 @@ class _BinQuad:
         self.c = 0.5 * (self.e[1:] + self.e[:-1])
         self.h = 0.5 * (self.e[1:] - self.e[:-1])
         self.xn = self.c[:, None] + self.h[:, None] * _GL_T[None, :]  # [B, K]
+        self.pts = np.concatenate([self.e, self.xn.ravel()])  # edges, then nodes: one density call
 
     def fallback(self, fam, loc, x, ci):
         """The cdf path for cells ci (one per entry of loc [n], x [n, 2]) -> [n, 6]."""
@@ -283,14 +284,15 @@ class _BinQuad:
         central = _SHAPE_GRADIENT == "central"
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             s2 = sh[:, None]
-            z = (self.e[None, :] - loc[:, None]) * inv[:, None]  # [r, B+1]
-            zn = self.xn[None] - loc[:, None, None]  # [r, B, K]
-            zn *= inv[:, None, None]
+            za = self.pts[None, :] - loc[:, None]
+            za *= inv[:, None]  # [r, B+1 + B K]: z at the edges, then at the nodes
+            z, zn = za[:, :B + 1], za[:, B + 1:].reshape(r, B, _GL_K)
             hz = self.h[None, :] * inv[:, None]
             o = out[:, :, 1:-1]
             if central:  # f at shape e^{0, H, -H}: the cdf path's central differences in log shape
-                fe, fep, fem = fam.pdfs(z, s2, (0.0, _H, -_H))
-                P, Pp, Pm = (f @ _GL_W for f in fam.pdfs(zn, sh[:, None, None], (0.0, _H, -_H)))
+                fa = fam.pdfs(za, s2, (0.0, _H, -_H))
+                P, Pp, Pm = (f[:, B + 1:].reshape(r, B, _GL_K) @ _GL_W for f in fa)
+                fe, fep, fem = (f[:, :B + 1] for f in fa)
                 P *= hz
                 Pp *= hz
                 Pm *= hz
