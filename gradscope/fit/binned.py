@@ -361,14 +361,6 @@ class _BinQuad:
         return out
 
 
-def _split_cells(c):
-    """[K, r, W] per-cell derivatives (see _Problem._cells) -> gradient [r, W, d], Hessian [r, W, d, d]."""
-    if c.shape[0] == 2:
-        return c[0][..., None], c[1][..., None, None]
-    H = np.stack([np.stack([c[2], c[3]], -1), np.stack([c[3], c[4]], -1)], -2)
-    return np.stack([c[0], c[1]], -1), H
-
-
 def _newton_step(g, H, radius, x=None, bounds=None):
     """Newton step for maximisation, or a gradient step where H is not negative definite.
 
@@ -660,29 +652,31 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
     rows_per = max(1, int(chunk_elems // max(1, n_boot * W)))
 
     def replicates(rows, c, N, p, draws):
-        """out[rows] from the chunk's cells and its draws (no random numbers: runs on the pool)."""
+        """out[rows] from the chunk's cells and its draws (no random numbers: runs on the pool).
+        A replicate's linear statistics vs [r, b, D]: the gradient, then the Hessian's upper
+        triangle (h_ss, h_st, h_tt for d = 2)."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if resample == "multinomial":
-                a, H = _split_cells(c)  # [r, W, d], [r, W, d, d]
-                g = np.matmul(draws, a)  # the counts enter linearly: [r, b, W] @ [r, W, .]
-                Hs = np.matmul(draws, H.reshape(len(rows), W, d * d)).reshape(len(rows), n_boot, d, d)
+                # the counts enter linearly: [r, b, W] @ [r, W, D]
+                vs = np.matmul(draws, c.transpose(1, 2, 0))
             else:
-                mean, L = draws[1], draws[2]
-                vs = N[:, None, None] * mean[:, None, :] + np.matmul(draws[0], L.transpose(0, 2, 1))
-                g = vs[..., :d]
-                Hs = np.empty((len(rows), n_boot, d, d))
-                iu = np.triu_indices(d)
-                Hs[..., iu[0], iu[1]] = vs[..., d:]
-                Hs[..., iu[1], iu[0]] = vs[..., d:]
+                v = c.transpose(1, 0, 2)  # [r, D, W]
+                mean = np.matmul(v, p[:, :, None])[..., 0]
+                dv = v - mean[:, :, None]
+                cov = np.matmul(dv * p[:, None, :], dv.transpose(0, 2, 1)) * N[:, None, None]
+                D = v.shape[1]
+                jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
+                L = _psd_sqrt(cov + jitter * np.eye(D))
+                vs = N[:, None, None] * mean[:, None, :] + np.matmul(draws, L.transpose(0, 2, 1))
             if d == 1:
-                h = Hs[..., 0, 0]
-                delta = -g[..., 0] / np.where(h < 0, h, np.nan)
+                h = vs[..., 1]
+                delta = -vs[..., 0] / np.where(h < 0, h, np.nan)
             else:
-                delta = _solve2_last(Hs, g)
+                delta = _solve2_last(vs[..., 2], vs[..., 3], vs[..., 4], vs[..., 0], vs[..., 1])
                 if pinned is not None and pinned[rows].any():  # shape on its bound: the scale moves alone
                     pr = pinned[rows]
-                    h = Hs[pr, :, 1, 1]
-                    delta[pr] = -g[pr, :, 1] / np.where(h < 0, h, np.nan)
+                    h = vs[pr, :, 4]
+                    delta[pr] = -vs[pr, :, 1] / np.where(h < 0, h, np.nan)
             out[rows] = x[rows, -1][:, None] + delta
 
     # replicates are one Newton step from the point whose cells are kept (x plus the optimiser's
@@ -696,19 +690,13 @@ def bootstrap_scales(problem: _Problem, x, n_boot: int, rng, resample: str = "au
         w = problem.w[rows]
         N = w.sum(1)
         p = w / np.where(N > 0, N, 1.0)[:, None]
-        # the random draws in chunk order, here; the arithmetic on them may run on the pool
+        # the random draws in chunk order, here; the arithmetic on them (the normal limit's
+        # covariance too) may run on the pool
         if resample == "multinomial":
             draws = rng.multinomial(N.astype(np.int64)[:, None], p[:, None, :],
                                     size=(len(rows), n_boot)).astype(float)
-        else:
-            v = c.transpose(1, 0, 2)  # [r, D, W], D = d + d(d+1)/2: the linear statistics of a replicate
-            mean = np.matmul(v, p[:, :, None])[..., 0]
-            dv = v - mean[:, :, None]
-            cov = np.matmul(dv * p[:, None, :], dv.transpose(0, 2, 1)) * N[:, None, None]
-            D = v.shape[1]
-            jitter = 1e-12 * np.abs(np.trace(cov, axis1=1, axis2=2))[:, None, None] + 1e-300
-            L = _psd_sqrt(cov + jitter * np.eye(D))
-            draws = (rng.standard_normal((len(rows), n_boot, D)), mean, L)
+        else:  # D = d + d(d+1)/2 linear statistics per replicate
+            draws = rng.standard_normal((len(rows), n_boot, c.shape[0]))
         if pool is None:
             replicates(rows, c, N, p, draws)
             continue
@@ -728,14 +716,14 @@ def _psd_sqrt(cov):
     return v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
 
 
-def _solve2_last(H, g):
-    """Last component of -H^-1 g for each 2x2 H [.., 2, 2], g [.., 2]; NaN where H is not
-    negative definite (a replicate whose Newton step is undefined is dropped, not fatal)."""
-    a, b, c = H[..., 0, 0], H[..., 0, 1], H[..., 1, 1]
+def _solve2_last(a, b, c, g0, g1):
+    """Last component of -H^-1 g for each 2x2 H = [[a, b], [b, c]], g = (g0, g1) (arrays of one
+    shape); NaN where H is not negative definite (a replicate whose Newton step is undefined
+    is dropped, not fatal)."""
     det = a * c - b * b
     ok = (a < 0) & (det > 0) & np.isfinite(det)
     with np.errstate(invalid="ignore", divide="ignore"):
-        step = -(a * g[..., 1] - b * g[..., 0]) / np.where(ok, det, 1.0)
+        step = -(a * g1 - b * g0) / np.where(ok, det, 1.0)
     return np.where(ok, step, np.nan)
 
 
