@@ -316,3 +316,26 @@ def test_a_fit_does_not_import_torch():
             "fit_histograms(c, e, bootstrap=5); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_a_failed_fit_without_bootstrap_warns_nothing(monkeypatch):
+    """Without a bootstrap the KS comes from model_cdf_at_edges; a row whose fit failed with a
+    scale of 1e-320 overflowed there into a RuntimeWarning. Now: no warning, that row blanked."""
+    import warnings
+
+    import gradscope.fit.core as core
+
+    real = B.fit_family
+
+    def failing(*a, **k):
+        r = real(*a, **k)
+        r["scale"][0], r["converged"][0] = 1e-320, False
+        return r
+
+    monkeypatch.setattr(core, "fit_family", failing)
+    c = _counts(4, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = fit_histograms(c[:, 1:-1], EDGES, c[:, 0], c[:, -1], bootstrap=0, models=("laplace",))
+    assert df["laplace_status"].tolist() == ["no-convergence", "ok", "ok", "ok"]
+    assert np.isnan(df["laplace_ks"][0]) and np.isfinite(df["laplace_ks"][1:]).all()

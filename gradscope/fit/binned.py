@@ -780,11 +780,13 @@ def fit_family(fam: Family, counts_ext, ext_edges, loc, q, fallback_scale,
 
 
 def model_cdf_at_edges(fam: Family, edges, loc, scale, shape):
-    """Model cdf at the (finite) edges [m, B+1]."""
+    """Model cdf at the (finite) edges [m, B+1]. A failed fit's scale (0, tiny, non-finite) gives
+    whatever it gives, silently: such rows are blanked by the caller."""
     sh = None if shape is None else shape[:, None]
-    z = (edges[None, :] - loc[:, None]) / scale[:, None]
-    G = fam.lower_tail(np.abs(z), sh)
-    return np.where(z < 0, G, 1.0 - G)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        z = (edges[None, :] - loc[:, None]) / scale[:, None]
+        G = fam.lower_tail(np.abs(z), sh)
+        return np.where(z < 0, G, 1.0 - G)
 
 
 def fit_exact(fam: Family, values, loc, max_iter: int = 60):
