@@ -404,7 +404,7 @@ def newton_fit(problem: _Problem, x0: np.ndarray, bounds: np.ndarray, max_iter: 
     Returns (x, loglik, converged). Trust region per row: radius doubles on an accepted
     step, shrinks by 4 on a rejected one. A row is done when its next step is a whole Newton
     step shorter than ``_TAKE``: that step is taken without evaluating its end (Newton
-    converges quadratically, so the end is the maximum to ~1e-9 in log units) and the
+    converges quadratically, so the end is the maximum to ~1e-12 in log units) and the
     log-likelihood there is the quadratic model's, LL + g.s + s.H.s/2; a row whose gradient
     step is below ``tol`` or whose radius collapses is done where it is. With
     ``problem.keep_cells`` the per-cell derivatives at every row's last evaluated point are
