@@ -178,9 +178,18 @@ def _cmd_fit(ns) -> int:
 
 
 def _probe_columns(path: str):
-    """The run's probes per round (``gradscope.calibrate.predictor.probe_table``) beside RUN.h5."""
-    from gradscope.calibrate.predictor import probe_table
-    return probe_table(os.path.dirname(os.path.abspath(path)))
+    """The run's probes per round (``gradscope.calibrate.predictor.probe_table``) beside RUN.h5;
+    without a probes file, no columns and no import of the calibration package (it imports the
+    schedules, and so torch: ~2.7 s that a fit need not pay)."""
+    import pandas as pd  # noqa: PLC0415
+
+    from gradscope.store.probes import FILENAME  # noqa: PLC0415
+
+    run_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.lexists(os.path.join(run_dir, FILENAME)):
+        return pd.DataFrame({"round": []})
+    from gradscope.calibrate.predictor import probe_table  # noqa: PLC0415
+    return probe_table(run_dir)
 
 
 def _cmd_calibrate_predictor(ns) -> int:
@@ -384,7 +393,12 @@ def _with_recipe(defaults: dict, recipe: Optional[str]) -> dict:
     return {**defaults, **recipe_defaults(recipe), "recipe": recipe}
 
 
-def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
+_SCHEDULE_COMMANDS = ("prune", "profile", "oracle")  # the commands whose help names schedule defaults
+
+
+def build_parser(recipe: Optional[str] = None, schedule_help: bool = True) -> argparse.ArgumentParser:
+    """The CLI parser. ``schedule_help``: fill in the schedule defaults of prune/profile/oracle's
+    help (it imports the schedules, and so torch: ~2.7 s that `gradscope fit` need not pay)."""
     p = Parser(prog="gradscope", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"gradscope {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -513,7 +527,8 @@ def build_parser(recipe: Optional[str] = None) -> argparse.ArgumentParser:
 
     for register in _EXTRA:
         register(sub)
-    _explain_schedule_defaults(sub.choices)
+    if schedule_help:
+        _explain_schedule_defaults(sub.choices)
     finish_help(sub.choices)
     p.commands = sub.choices  # name -> subparser, for errors about a command's arguments
     return p
@@ -571,11 +586,14 @@ _EXTRA: list = [_register_plot, _register_store, _register_export]  # subcommand
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if not a.startswith("-")), None)  # the only top-level flag: --version
+    schedule_help = command is None or command in _SCHEDULE_COMMANDS
+    parser = build_parser(schedule_help=schedule_help)
     ns, extra = parser.parse_known_args(argv)
     if getattr(ns, "recipe", None):  # a recipe's values become the defaults; parse again
         try:
-            parser = build_parser(ns.recipe)
+            parser = build_parser(ns.recipe, schedule_help=schedule_help)
         except GradscopeError as e:
             parser.commands[ns.command].error(str(e))
         ns, extra = parser.parse_known_args(argv)
