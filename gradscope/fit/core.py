@@ -339,9 +339,9 @@ def trend_slope(sparsity, scale, level: float = 0.95):
     d, s = d[keep], s[keep]
     if len(d) < 3 or np.ptp(np.log(d)) == 0:
         return np.nan, np.nan, np.nan, len(d)
-    r = stats.linregress(np.log(d), np.log(s))
+    slope, se = _ols_slope(np.log(d), np.log(s))
     tq = stats.t.ppf(0.5 + level / 2, len(d) - 2)
-    return r.slope, r.slope - tq * r.stderr, r.slope + tq * r.stderr, len(d)
+    return slope, slope - tq * se, slope + tq * se, len(d)
 
 
 def trend_table(narrowing: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
