@@ -178,9 +178,7 @@ class _Problem:
         """Per-cell derivatives [K, m, W] of log P at x (the bootstrap's): the optimiser's kept
         cells where x is its final point, else a fresh evaluation."""
         if self.cells is not None and np.array_equal(self.cells_x[rows], x):
-            if rows.size and rows[-1] - rows[0] == rows.size - 1:
-                return self.cells[1:, rows[0]:rows[-1] + 1]
-            return self.cells[1:, rows]
+            return self.cells[1:, _row_index(rows)]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return self._cells(rows, x)[1:]
 
@@ -231,12 +229,16 @@ def _map_blocks(fn, starts):
     return list(pool.map(fn, starts))
 
 
-def _put_rows(store, rows, c):
-    """store[:, rows] = c, by a slice where rows are consecutive (most calls: no index gather)."""
+def _row_index(rows):
+    """rows as a slice where they are consecutive (most calls: a view, no index gather), else rows."""
     if rows.size and rows[-1] - rows[0] == rows.size - 1:
-        store[:, rows[0]:rows[-1] + 1] = c
-    else:
-        store[:, rows] = c
+        return slice(rows[0], rows[-1] + 1)
+    return rows
+
+
+def _put_rows(store, rows, c):
+    """store[:, rows] = c (by a slice where rows are consecutive)."""
+    store[:, _row_index(rows)] = c
 
 
 def _fd_cells(fam, pair, loc, x):
